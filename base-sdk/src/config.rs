@@ -1,0 +1,372 @@
+//! Operator settings, layered: defaults, then a TOML file, then `BASE_*`
+//! environment variables, then `*_FILE` variants (Docker secrets).
+//!
+//! Secrets are [`SecretString`]s, so neither `Debug` output nor logs can
+//! show them; the database URL prints with its password masked.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+
+use figment::Figment;
+use figment::providers::{Env, Format, Serialized, Toml};
+use secrecy::{ExposeSecret, SecretString};
+use serde::{Deserialize, Deserializer, Serialize};
+
+/// Why settings could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// A value has the wrong shape (names the key).
+    #[error("invalid configuration: {0}")]
+    Invalid(String),
+    /// A `*_FILE` setting names a file that cannot be read.
+    #[error("cannot read {key} from '{path}': {source}")]
+    SecretFile {
+        /// The setting.
+        key: String,
+        /// The file.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Which rules are in force.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Environment {
+    /// Local work: SQLite and the process orchestrator allowed.
+    #[default]
+    Development,
+    /// Like production.
+    Staging,
+    /// Production policy on.
+    Production,
+}
+
+impl Environment {
+    /// Whether production policy applies.
+    pub fn is_strict(self) -> bool {
+        matches!(self, Self::Staging | Self::Production)
+    }
+
+    /// Lowercase name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Development => "development",
+            Self::Staging => "staging",
+            Self::Production => "production",
+        }
+    }
+}
+
+/// Where challenge services run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum OrchestratorKind {
+    /// Docker Swarm through the Engine API.
+    Swarm,
+    /// Local processes (development only).
+    Process,
+    /// Challenges run elsewhere; their `internal_base_url` is used as given.
+    None,
+}
+
+impl FromStr for OrchestratorKind {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "swarm" => Ok(Self::Swarm),
+            "process" => Ok(Self::Process),
+            "none" => Ok(Self::None),
+            o => Err(format!(
+                "invalid orchestrator '{o}': expected swarm, process or none"
+            )),
+        }
+    }
+}
+
+/// A database URL that never prints its password.
+#[derive(Clone)]
+pub struct DatabaseUrl(SecretString);
+
+impl DatabaseUrl {
+    /// Wraps a URL.
+    pub fn new(url: impl Into<String>) -> Self {
+        Self(SecretString::from(url.into()))
+    }
+
+    /// The URL with credentials, for the one place that connects.
+    pub fn expose(&self) -> &str {
+        self.0.expose_secret()
+    }
+
+    /// The URL with its password replaced by `***`.
+    pub fn redacted(&self) -> String {
+        let raw = self.0.expose_secret();
+        match url::Url::parse(raw) {
+            Ok(mut u) if u.password().is_some() => {
+                // set_password only fails for cannot-be-a-base URLs, which have none.
+                let _ = u.set_password(Some("***"));
+                u.to_string()
+            }
+            Ok(u) => u.to_string(),
+            Err(_) => "<unparseable database URL>".to_string(),
+        }
+    }
+
+    /// Whether this names PostgreSQL.
+    pub fn is_postgres(&self) -> bool {
+        let raw = self.0.expose_secret();
+        raw.starts_with("postgres://") || raw.starts_with("postgresql://")
+    }
+}
+
+impl fmt::Debug for DatabaseUrl {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "DatabaseUrl({})", self.redacted())
+    }
+}
+
+impl<'de> Deserialize<'de> for DatabaseUrl {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        Ok(Self::new(String::deserialize(d)?))
+    }
+}
+
+/// Everything an operator can set. Field names are the env var names
+/// without `BASE_`, lowercased.
+#[derive(Debug, Clone, Deserialize)]
+pub struct Settings {
+    /// Master API address (`BASE_LISTEN`).
+    pub listen: SocketAddr,
+    /// Broker address (`BASE_BROKER_LISTEN`).
+    pub broker_listen: SocketAddr,
+    /// Control-plane database (`BASE_DATABASE_URL`); defaults to a SQLite
+    /// file in the data dir outside production.
+    pub database_url: Option<DatabaseUrl>,
+    /// Where embedded defaults keep files (`BASE_DATA_DIR`).
+    pub data_dir: PathBuf,
+    /// Development, staging or production (`BASE_ENVIRONMENT`).
+    pub environment: Environment,
+    /// Admin token (`BASE_ADMIN_TOKEN` / `BASE_ADMIN_TOKEN_FILE`); none
+    /// means admin routes fail closed.
+    pub admin_token: Option<SecretString>,
+    /// Where challenges run (`BASE_ORCHESTRATOR`).
+    pub orchestrator: Option<OrchestratorKind>,
+    /// Weight epoch interval (`BASE_EPOCH_SECONDS`).
+    pub epoch_seconds: u64,
+    /// Subnet id (`BASE_NETUID`).
+    pub netuid: u16,
+    /// Image prefixes the broker accepts (`BASE_BROKER_ALLOWED_IMAGES`, comma-separated).
+    #[serde(deserialize_with = "comma_list")]
+    pub broker_allowed_images: Vec<String>,
+    /// File metagraph (`BASE_METAGRAPH_FILE`).
+    pub metagraph_file: Option<PathBuf>,
+    /// Chain endpoint the published vector is meant for (`BASE_CHAIN_ENDPOINT`).
+    pub chain_endpoint: String,
+}
+
+#[derive(Serialize)]
+struct Defaults {
+    listen: &'static str,
+    broker_listen: &'static str,
+    data_dir: &'static str,
+    environment: Environment,
+    epoch_seconds: u64,
+    netuid: u16,
+    broker_allowed_images: &'static str,
+    chain_endpoint: &'static str,
+}
+
+const DEFAULTS: Defaults = Defaults {
+    listen: "0.0.0.0:18080",
+    broker_listen: "0.0.0.0:18082",
+    data_dir: "./.base",
+    environment: Environment::Development,
+    epoch_seconds: 360,
+    netuid: 100,
+    broker_allowed_images: "ghcr.io/platformnetwork/",
+    chain_endpoint: "wss://entrypoint-finney.opentensor.ai:443",
+};
+
+/// Settings whose value may come from a file named by `<key>_file`.
+const FILE_KEYS: &[&str] = &["admin_token", "database_url"];
+
+fn comma_list<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Raw {
+        One(String),
+        Many(Vec<String>),
+    }
+    let items = match Raw::deserialize(d)? {
+        Raw::One(s) => s.split(',').map(str::to_string).collect(),
+        Raw::Many(v) => v,
+    };
+    Ok(items
+        .into_iter()
+        .map(|s| s.trim().to_string())
+        .filter(|s| !s.is_empty())
+        .collect())
+}
+
+impl Settings {
+    /// Loads defaults, then `file` (if given), then the process environment.
+    pub fn load(file: Option<&Path>) -> Result<Self, ConfigError> {
+        Self::from_figment(Self::figment(file))
+    }
+
+    /// The layered sources, for callers that add their own (CLI flags).
+    pub fn figment(file: Option<&Path>) -> Figment {
+        let mut fig = Figment::from(Serialized::defaults(DEFAULTS));
+        if let Some(f) = file {
+            fig = fig.merge(Toml::file_exact(f));
+        }
+        // BASE_CONFIG names the file; it is not a setting itself.
+        fig.merge(Env::prefixed("BASE_").ignore(&["config"]))
+    }
+
+    /// Extracts settings and resolves `*_FILE` variants.
+    pub fn from_figment(fig: Figment) -> Result<Self, ConfigError> {
+        let mut fig = fig;
+        for key in FILE_KEYS {
+            let file_key = format!("{key}_file");
+            if let Ok(path) = fig.extract_inner::<PathBuf>(&file_key) {
+                let text =
+                    std::fs::read_to_string(&path).map_err(|source| ConfigError::SecretFile {
+                        key: format!("BASE_{}", file_key.to_ascii_uppercase()),
+                        path: path.clone(),
+                        source,
+                    })?;
+                let value = text.trim_end_matches(['\n', '\r']).to_string();
+                fig = fig.merge(Serialized::default(key, value));
+            }
+        }
+        let mut s: Settings = fig
+            .extract()
+            .map_err(|e| ConfigError::Invalid(describe(e)))?;
+        if s.epoch_seconds == 0 {
+            return Err(ConfigError::Invalid(
+                "epoch_seconds must be at least 1".into(),
+            ));
+        }
+        // An empty admin token would make every admin route open to "".
+        if s.admin_token
+            .as_ref()
+            .is_some_and(|t| t.expose_secret().trim().is_empty())
+        {
+            s.admin_token = None;
+        }
+        Ok(s)
+    }
+
+    /// The database URL in force: the configured one, or a SQLite file in
+    /// the data dir outside production.
+    pub fn effective_database_url(&self) -> Result<DatabaseUrl, ConfigError> {
+        match &self.database_url {
+            Some(u) => Ok(u.clone()),
+            None if self.environment.is_strict() => Err(ConfigError::Invalid(format!(
+                "BASE_DATABASE_URL is required in {}",
+                self.environment.as_str()
+            ))),
+            None => Ok(DatabaseUrl::new(format!(
+                "sqlite://{}",
+                self.data_dir.join("base.sqlite3").display()
+            ))),
+        }
+    }
+}
+
+fn describe(e: figment::Error) -> String {
+    e.into_iter()
+        .map(|err| {
+            let key = err.path.join(".");
+            if key.is_empty() {
+                err.kind.to_string()
+            } else {
+                format!("BASE_{} ({key}): {}", key.to_ascii_uppercase(), err.kind)
+            }
+        })
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use figment::Jail;
+
+    #[test]
+    fn defaults_then_file_then_env_then_secret_files() {
+        Jail::expect_with(|jail| {
+            jail.create_file(
+                "base.toml",
+                "netuid = 7\nepoch_seconds = 60\nlisten = \"127.0.0.1:1\"",
+            )?;
+            jail.create_file("token", "from-file\n")?;
+            jail.set_env("BASE_EPOCH_SECONDS", "30");
+            jail.set_env("BASE_ADMIN_TOKEN", "from-env");
+            jail.set_env("BASE_ADMIN_TOKEN_FILE", "token");
+            jail.set_env("BASE_BROKER_ALLOWED_IMAGES", "ghcr.io/a/, ghcr.io/b/");
+            jail.set_env("BASE_DATABASE_URL", "postgres://u:hunter2@db/base");
+            let s = Settings::load(Some(Path::new("base.toml"))).map_err(|e| e.to_string())?;
+            assert_eq!(s.netuid, 7);
+            assert_eq!(s.epoch_seconds, 30);
+            assert_eq!(s.listen.to_string(), "127.0.0.1:1");
+            assert_eq!(s.broker_listen.to_string(), "0.0.0.0:18082");
+            assert_eq!(
+                s.admin_token
+                    .as_ref()
+                    .map(|t| t.expose_secret().to_string())
+                    .as_deref(),
+                Some("from-file")
+            );
+            assert_eq!(s.broker_allowed_images, vec!["ghcr.io/a/", "ghcr.io/b/"]);
+            let dbg = format!("{s:?}");
+            assert!(!dbg.contains("hunter2"), "{dbg}");
+            assert!(!dbg.contains("from-file"), "{dbg}");
+            assert!(dbg.contains("postgres://u:***@db/base"), "{dbg}");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn bad_values_name_the_variable() {
+        Jail::expect_with(|jail| {
+            jail.set_env("BASE_NETUID", "many");
+            let e = Settings::load(None).unwrap_err().to_string();
+            assert!(e.contains("BASE_NETUID"), "{e}");
+            Ok(())
+        });
+        Jail::expect_with(|jail| {
+            jail.set_env("BASE_ADMIN_TOKEN_FILE", "/nonexistent/token");
+            let e = Settings::load(None).unwrap_err().to_string();
+            assert!(
+                e.contains("BASE_ADMIN_TOKEN_FILE") && e.contains("/nonexistent/token"),
+                "{e}"
+            );
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn database_defaults_to_sqlite_outside_production() {
+        Jail::expect_with(|jail| {
+            jail.set_env("BASE_DATA_DIR", "/tmp/x");
+            let s = Settings::load(None).map_err(|e| e.to_string())?;
+            assert_eq!(
+                s.effective_database_url()
+                    .map_err(|e| e.to_string())?
+                    .expose(),
+                "sqlite:///tmp/x/base.sqlite3"
+            );
+            jail.set_env("BASE_ENVIRONMENT", "production");
+            let s = Settings::load(None).map_err(|e| e.to_string())?;
+            assert!(s.effective_database_url().is_err());
+            Ok(())
+        });
+    }
+}

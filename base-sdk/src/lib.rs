@@ -1,0 +1,16 @@
+//! BASE: run many independent evaluation challenges as one Bittensor subnet.
+//!
+//! This crate holds every concept and rule of the platform; the
+//! `base-server` and `base` binaries are thin shells over it. Modules are
+//! nouns (see `shared/ARCHITECTURE.md`): [`model`] for wire types,
+//! [`store`] for persistence, [`registry`] for challenge rules, [`config`]
+//! for settings and [`auth`] for credentials.
+
+pub mod auth;
+pub mod config;
+pub mod model;
+pub mod registry;
+pub mod store;
+
+#[cfg(feature = "testing")]
+pub mod testing;

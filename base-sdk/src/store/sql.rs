@@ -1,0 +1,552 @@
+//! The two sqlx backends of [`Store`], generated from one body.
+//!
+//! PostgreSQL and SQLite accept the same SQL here (`$n` placeholders,
+//! `ON CONFLICT`, `RETURNING`), and sqlx encodes `DateTime<Utc>` and
+//! `Json<T>` for both, so a macro stamps the same implementation onto each
+//! pool type. That keeps the backends from drifting apart, which the
+//! backend-agnostic contract tests then check.
+
+use std::collections::BTreeMap;
+use std::str::FromStr;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use chrono::{DateTime, Utc};
+use sqlx::types::Json;
+
+use super::{Backend, Store, StoreError};
+use crate::model::{
+    AuditEntry, BrokerPolicy, Challenge, ChallengeStatus, EmissionPercent, NonceKey, Slug,
+    TokenKind, TokenRecord, WeightsSnapshot,
+};
+
+/// The PostgreSQL backend (production).
+#[derive(Clone)]
+pub struct PgStore {
+    pool: sqlx::PgPool,
+}
+
+/// The SQLite backend (the embedded default for development).
+#[derive(Clone)]
+pub struct SqliteStore {
+    pool: sqlx::SqlitePool,
+}
+
+impl std::fmt::Debug for PgStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PgStore").finish_non_exhaustive()
+    }
+}
+
+impl std::fmt::Debug for SqliteStore {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SqliteStore").finish_non_exhaustive()
+    }
+}
+
+impl PgStore {
+    /// Connects to `url` with a small pool; does not migrate.
+    pub async fn connect(url: &str) -> Result<Self, StoreError> {
+        let pool = sqlx::postgres::PgPoolOptions::new()
+            .max_connections(16)
+            .acquire_timeout(std::time::Duration::from_secs(5))
+            .connect(url)
+            .await
+            .map_err(StoreError::Unavailable)?;
+        Ok(Self { pool })
+    }
+
+    /// Wraps an existing pool.
+    pub fn from_pool(pool: sqlx::PgPool) -> Self {
+        Self { pool }
+    }
+}
+
+impl SqliteStore {
+    /// Opens (creating if missing) the SQLite file named by `url`; WAL mode
+    /// so readers never wait for the epoch writer.
+    pub async fn connect(url: &str) -> Result<Self, StoreError> {
+        use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions};
+        let opts = SqliteConnectOptions::from_str(url)
+            .map_err(StoreError::Unavailable)?
+            .create_if_missing(true)
+            .journal_mode(SqliteJournalMode::Wal)
+            .foreign_keys(true)
+            .busy_timeout(std::time::Duration::from_secs(5));
+        let pool = SqlitePoolOptions::new()
+            .max_connections(8)
+            .connect_with(opts)
+            .await
+            .map_err(StoreError::Unavailable)?;
+        Ok(Self { pool })
+    }
+}
+
+/// Opens the store named by a `BASE_DATABASE_URL` and applies migrations.
+pub async fn connect(url: &str) -> Result<Arc<dyn Store>, StoreError> {
+    let scheme = url.split_once("://").map(|(s, _)| s).unwrap_or("");
+    let store: Arc<dyn Store> = match scheme {
+        "postgres" | "postgresql" => Arc::new(PgStore::connect(url).await?),
+        "sqlite" => Arc::new(SqliteStore::connect(url).await?),
+        // Never echo the URL itself: it may carry a password.
+        other => return Err(StoreError::UnsupportedUrl(other.to_string())),
+    };
+    store.migrate().await?;
+    Ok(store)
+}
+
+fn map_err(what: impl Fn() -> String) -> impl Fn(sqlx::Error) -> StoreError {
+    move |e| match &e {
+        sqlx::Error::Database(db) if db.is_unique_violation() => StoreError::Conflict(what()),
+        sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::Io(_)
+        | sqlx::Error::Tls(_) => StoreError::Unavailable(e),
+        _ => StoreError::Database(e),
+    }
+}
+
+fn db_err(e: sqlx::Error) -> StoreError {
+    map_err(|| "row".to_string())(e)
+}
+
+#[derive(sqlx::FromRow)]
+struct ChallengeRow {
+    slug: String,
+    name: String,
+    description: String,
+    image: String,
+    image_digest: Option<String>,
+    version: String,
+    emission_percent: f64,
+    status: String,
+    api_version: String,
+    internal_base_url: String,
+    required_capabilities: Json<Vec<String>>,
+    resources: Json<BTreeMap<String, String>>,
+    volumes: Json<BTreeMap<String, String>>,
+    env: Json<BTreeMap<String, String>>,
+    secrets: Json<Vec<String>>,
+    metadata: Json<serde_json::Map<String, serde_json::Value>>,
+    broker: Json<BrokerPolicy>,
+    created_at: DateTime<Utc>,
+    updated_at: DateTime<Utc>,
+}
+
+impl TryFrom<ChallengeRow> for Challenge {
+    type Error = StoreError;
+    fn try_from(r: ChallengeRow) -> Result<Self, StoreError> {
+        let corrupt = |what: String| StoreError::Corrupt(format!("challenge '{}': {what}", r.slug));
+        Ok(Challenge {
+            slug: Slug::parse(&r.slug).map_err(|e| corrupt(e.to_string()))?,
+            image: r
+                .image
+                .parse()
+                .map_err(|e: crate::registry::image::ImageRefError| corrupt(e.to_string()))?,
+            status: ChallengeStatus::from_str(&r.status).map_err(corrupt)?,
+            name: r.name,
+            description: r.description,
+            image_digest: r.image_digest,
+            version: r.version,
+            emission_percent: EmissionPercent(r.emission_percent),
+            api_version: r.api_version,
+            internal_base_url: r.internal_base_url,
+            required_capabilities: r.required_capabilities.0,
+            resources: r.resources.0,
+            volumes: r.volumes.0,
+            env: r.env.0,
+            secrets: r.secrets.0,
+            metadata: r.metadata.0,
+            broker: r.broker.0,
+            created_at: r.created_at,
+            updated_at: r.updated_at,
+        })
+    }
+}
+
+#[derive(sqlx::FromRow)]
+struct TokenRow {
+    slug: String,
+    kind: String,
+    token_hash: String,
+    hint: String,
+    created_at: DateTime<Utc>,
+}
+
+impl TryFrom<TokenRow> for TokenRecord {
+    type Error = StoreError;
+    fn try_from(r: TokenRow) -> Result<Self, StoreError> {
+        Ok(TokenRecord {
+            slug: Slug::parse(&r.slug).map_err(|e| StoreError::Corrupt(e.to_string()))?,
+            kind: TokenKind::from_str(&r.kind).map_err(StoreError::Corrupt)?,
+            hash: r.token_hash,
+            hint: r.hint,
+            created_at: r.created_at,
+        })
+    }
+}
+
+#[derive(sqlx::FromRow)]
+struct AuditRow {
+    id: i64,
+    at: DateTime<Utc>,
+    actor: String,
+    action: String,
+    slug: Option<String>,
+    detail: Json<serde_json::Value>,
+}
+
+const CHALLENGE_COLUMNS: &str = "slug, name, description, image, image_digest, version, \
+    emission_percent, status, api_version, internal_base_url, required_capabilities, resources, \
+    volumes, env, secrets, metadata, broker, created_at, updated_at";
+
+const INSERT_AUDIT: &str =
+    "INSERT INTO audit_log (at, actor, action, slug, detail) VALUES ($1, $2, $3, $4, $5)";
+
+const INSERT_TOKEN: &str = "INSERT INTO challenge_tokens (slug, kind, token_hash, hint, created_at) \
+     VALUES ($1, $2, $3, $4, $5) \
+     ON CONFLICT (slug, kind) DO UPDATE SET token_hash = excluded.token_hash, \
+     hint = excluded.hint, created_at = excluded.created_at";
+
+macro_rules! insert_audit {
+    ($tx:ident, $audit:expr) => {
+        sqlx::query(INSERT_AUDIT)
+            .bind($audit.at)
+            .bind(&$audit.actor)
+            .bind(&$audit.action)
+            .bind(&$audit.slug)
+            .bind(Json(&$audit.detail))
+            .execute(&mut *$tx)
+            .await
+            .map_err(db_err)?;
+    };
+}
+
+macro_rules! sql_store {
+    ($ty:ty, $backend:expr, $migrations:literal) => {
+        #[async_trait]
+        impl Store for $ty {
+            fn backend(&self) -> Backend {
+                $backend
+            }
+
+            async fn migrate(&self) -> Result<(), StoreError> {
+                sqlx::migrate!($migrations)
+                    .run(&self.pool)
+                    .await
+                    .map_err(StoreError::Migration)
+            }
+
+            async fn ping(&self) -> Result<(), StoreError> {
+                sqlx::query("SELECT 1")
+                    .execute(&self.pool)
+                    .await
+                    .map(|_| ())
+                    .map_err(StoreError::Unavailable)
+            }
+
+            async fn create_challenge(
+                &self,
+                c: &Challenge,
+                tokens: &[TokenRecord],
+                audit: &AuditEntry,
+            ) -> Result<(), StoreError> {
+                let conflict = || format!("Challenge '{}'", c.slug);
+                let mut tx = self.pool.begin().await.map_err(db_err)?;
+                sqlx::query(&format!(
+                    "INSERT INTO challenges ({CHALLENGE_COLUMNS}) VALUES \
+                     ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19)"
+                ))
+                .bind(c.slug.as_str())
+                .bind(&c.name)
+                .bind(&c.description)
+                .bind(c.image.to_string())
+                .bind(&c.image_digest)
+                .bind(&c.version)
+                .bind(c.emission_percent.0)
+                .bind(c.status.as_str())
+                .bind(&c.api_version)
+                .bind(&c.internal_base_url)
+                .bind(Json(&c.required_capabilities))
+                .bind(Json(&c.resources))
+                .bind(Json(&c.volumes))
+                .bind(Json(&c.env))
+                .bind(Json(&c.secrets))
+                .bind(Json(&c.metadata))
+                .bind(Json(&c.broker))
+                .bind(c.created_at)
+                .bind(c.updated_at)
+                .execute(&mut *tx)
+                .await
+                .map_err(map_err(conflict))?;
+                for t in tokens {
+                    sqlx::query(INSERT_TOKEN)
+                        .bind(t.slug.as_str())
+                        .bind(t.kind.as_str())
+                        .bind(&t.hash)
+                        .bind(&t.hint)
+                        .bind(t.created_at)
+                        .execute(&mut *tx)
+                        .await
+                        .map_err(map_err(|| "token".to_string()))?;
+                }
+                insert_audit!(tx, audit);
+                tx.commit().await.map_err(db_err)
+            }
+
+            async fn get_challenge(&self, slug: &Slug) -> Result<Option<Challenge>, StoreError> {
+                let row: Option<ChallengeRow> = sqlx::query_as(&format!(
+                    "SELECT {CHALLENGE_COLUMNS} FROM challenges WHERE slug = $1"
+                ))
+                .bind(slug.as_str())
+                .fetch_optional(&self.pool)
+                .await
+                .map_err(db_err)?;
+                row.map(Challenge::try_from).transpose()
+            }
+
+            async fn list_challenges(&self) -> Result<Vec<Challenge>, StoreError> {
+                let rows: Vec<ChallengeRow> = sqlx::query_as(&format!(
+                    "SELECT {CHALLENGE_COLUMNS} FROM challenges ORDER BY slug"
+                ))
+                .fetch_all(&self.pool)
+                .await
+                .map_err(db_err)?;
+                rows.into_iter().map(Challenge::try_from).collect()
+            }
+
+            async fn update_challenge(
+                &self,
+                c: &Challenge,
+                audit: &AuditEntry,
+            ) -> Result<(), StoreError> {
+                let mut tx = self.pool.begin().await.map_err(db_err)?;
+                let done = sqlx::query(
+                    "UPDATE challenges SET name = $2, description = $3, image = $4, \
+                     image_digest = $5, version = $6, emission_percent = $7, status = $8, \
+                     api_version = $9, internal_base_url = $10, required_capabilities = $11, \
+                     resources = $12, volumes = $13, env = $14, secrets = $15, metadata = $16, \
+                     broker = $17, updated_at = $18 WHERE slug = $1",
+                )
+                .bind(c.slug.as_str())
+                .bind(&c.name)
+                .bind(&c.description)
+                .bind(c.image.to_string())
+                .bind(&c.image_digest)
+                .bind(&c.version)
+                .bind(c.emission_percent.0)
+                .bind(c.status.as_str())
+                .bind(&c.api_version)
+                .bind(&c.internal_base_url)
+                .bind(Json(&c.required_capabilities))
+                .bind(Json(&c.resources))
+                .bind(Json(&c.volumes))
+                .bind(Json(&c.env))
+                .bind(Json(&c.secrets))
+                .bind(Json(&c.metadata))
+                .bind(Json(&c.broker))
+                .bind(c.updated_at)
+                .execute(&mut *tx)
+                .await
+                .map_err(db_err)?;
+                if done.rows_affected() == 0 {
+                    return Err(StoreError::NotFound(format!("Challenge '{}'", c.slug)));
+                }
+                insert_audit!(tx, audit);
+                tx.commit().await.map_err(db_err)
+            }
+
+            async fn delete_challenge(
+                &self,
+                slug: &Slug,
+                audit: &AuditEntry,
+            ) -> Result<(), StoreError> {
+                let mut tx = self.pool.begin().await.map_err(db_err)?;
+                // Tokens first: not every SQLite connection may enforce the cascade.
+                sqlx::query("DELETE FROM challenge_tokens WHERE slug = $1")
+                    .bind(slug.as_str())
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(db_err)?;
+                let done = sqlx::query("DELETE FROM challenges WHERE slug = $1")
+                    .bind(slug.as_str())
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(db_err)?;
+                if done.rows_affected() == 0 {
+                    return Err(StoreError::NotFound(format!("Challenge '{slug}'")));
+                }
+                insert_audit!(tx, audit);
+                tx.commit().await.map_err(db_err)
+            }
+
+            async fn replace_tokens(
+                &self,
+                tokens: &[TokenRecord],
+                audit: &AuditEntry,
+            ) -> Result<(), StoreError> {
+                let mut tx = self.pool.begin().await.map_err(db_err)?;
+                for t in tokens {
+                    let exists: Option<(String,)> =
+                        sqlx::query_as("SELECT slug FROM challenges WHERE slug = $1")
+                            .bind(t.slug.as_str())
+                            .fetch_optional(&mut *tx)
+                            .await
+                            .map_err(db_err)?;
+                    if exists.is_none() {
+                        return Err(StoreError::NotFound(format!("Challenge '{}'", t.slug)));
+                    }
+                    sqlx::query(INSERT_TOKEN)
+                        .bind(t.slug.as_str())
+                        .bind(t.kind.as_str())
+                        .bind(&t.hash)
+                        .bind(&t.hint)
+                        .bind(t.created_at)
+                        .execute(&mut *tx)
+                        .await
+                        .map_err(map_err(|| "token".to_string()))?;
+                }
+                insert_audit!(tx, audit);
+                tx.commit().await.map_err(db_err)
+            }
+
+            async fn tokens(&self, slug: &Slug) -> Result<Vec<TokenRecord>, StoreError> {
+                let rows: Vec<TokenRow> = sqlx::query_as(
+                    "SELECT slug, kind, token_hash, hint, created_at FROM challenge_tokens \
+                     WHERE slug = $1 ORDER BY kind",
+                )
+                .bind(slug.as_str())
+                .fetch_all(&self.pool)
+                .await
+                .map_err(db_err)?;
+                rows.into_iter().map(TokenRecord::try_from).collect()
+            }
+
+            async fn find_token(
+                &self,
+                kind: TokenKind,
+                hash: &str,
+            ) -> Result<Option<TokenRecord>, StoreError> {
+                let row: Option<TokenRow> = sqlx::query_as(
+                    "SELECT slug, kind, token_hash, hint, created_at FROM challenge_tokens \
+                     WHERE kind = $1 AND token_hash = $2",
+                )
+                .bind(kind.as_str())
+                .bind(hash)
+                .fetch_optional(&self.pool)
+                .await
+                .map_err(db_err)?;
+                row.map(TokenRecord::try_from).transpose()
+            }
+
+            async fn audit_log(
+                &self,
+                slug: Option<Slug>,
+                limit: u32,
+            ) -> Result<Vec<AuditEntry>, StoreError> {
+                let rows: Vec<AuditRow> = sqlx::query_as(
+                    "SELECT id, at, actor, action, slug, detail FROM audit_log \
+                     WHERE ($1 IS NULL OR slug = $1) ORDER BY id DESC LIMIT $2",
+                )
+                .bind(slug.as_ref().map(|s| s.as_str().to_string()))
+                .bind(i64::from(limit))
+                .fetch_all(&self.pool)
+                .await
+                .map_err(db_err)?;
+                Ok(rows
+                    .into_iter()
+                    .map(|r| AuditEntry {
+                        id: r.id,
+                        at: r.at,
+                        actor: r.actor,
+                        action: r.action,
+                        slug: r.slug,
+                        detail: r.detail.0,
+                    })
+                    .collect())
+            }
+
+            async fn reserve_nonce(
+                &self,
+                key: &NonceKey,
+                now: DateTime<Utc>,
+                expires_at: DateTime<Utc>,
+            ) -> Result<bool, StoreError> {
+                let mut tx = self.pool.begin().await.map_err(db_err)?;
+                // An expired row of the same key no longer counts as a use.
+                sqlx::query(
+                    "DELETE FROM miner_nonces WHERE netuid = $1 AND slug = $2 AND hotkey = $3 \
+                     AND nonce = $4 AND expires_at <= $5",
+                )
+                .bind(i32::from(key.netuid))
+                .bind(key.slug.as_str())
+                .bind(&key.hotkey)
+                .bind(&key.nonce)
+                .bind(now)
+                .execute(&mut *tx)
+                .await
+                .map_err(db_err)?;
+                let done = sqlx::query(
+                    "INSERT INTO miner_nonces (netuid, slug, hotkey, nonce, created_at, expires_at) \
+                     VALUES ($1, $2, $3, $4, $5, $6) ON CONFLICT DO NOTHING",
+                )
+                .bind(i32::from(key.netuid))
+                .bind(key.slug.as_str())
+                .bind(&key.hotkey)
+                .bind(&key.nonce)
+                .bind(now)
+                .bind(expires_at)
+                .execute(&mut *tx)
+                .await
+                .map_err(db_err)?;
+                tx.commit().await.map_err(db_err)?;
+                Ok(done.rows_affected() == 1)
+            }
+
+            async fn purge_nonces(&self, now: DateTime<Utc>) -> Result<u64, StoreError> {
+                let done = sqlx::query("DELETE FROM miner_nonces WHERE expires_at <= $1")
+                    .bind(now)
+                    .execute(&self.pool)
+                    .await
+                    .map_err(db_err)?;
+                Ok(done.rows_affected())
+            }
+
+            async fn put_snapshot(
+                &self,
+                snapshot: &WeightsSnapshot,
+                keep: u32,
+            ) -> Result<(), StoreError> {
+                let mut tx = self.pool.begin().await.map_err(db_err)?;
+                sqlx::query("INSERT INTO weight_snapshots (computed_at, body) VALUES ($1, $2)")
+                    .bind(snapshot.computed_at)
+                    .bind(Json(snapshot))
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(db_err)?;
+                sqlx::query(
+                    "DELETE FROM weight_snapshots WHERE id NOT IN \
+                     (SELECT id FROM weight_snapshots ORDER BY id DESC LIMIT $1)",
+                )
+                .bind(i64::from(keep.max(1)))
+                .execute(&mut *tx)
+                .await
+                .map_err(db_err)?;
+                tx.commit().await.map_err(db_err)
+            }
+
+            async fn latest_snapshot(&self) -> Result<Option<WeightsSnapshot>, StoreError> {
+                let row: Option<(Json<WeightsSnapshot>,)> = sqlx::query_as(
+                    "SELECT body FROM weight_snapshots ORDER BY id DESC LIMIT 1",
+                )
+                .fetch_optional(&self.pool)
+                .await
+                .map_err(db_err)?;
+                Ok(row.map(|(j,)| j.0))
+            }
+        }
+    };
+}
+
+sql_store!(PgStore, Backend::Postgres, "migrations/postgres");
+sql_store!(SqliteStore, Backend::Sqlite, "migrations/sqlite");

@@ -1,0 +1,1 @@
+//! Placeholder library target of the top-level package; the real code lives in base-sdk.

@@ -7,10 +7,12 @@
 //! for settings and [`auth`] for credentials.
 
 pub mod auth;
+pub mod challenge;
 pub mod config;
 pub mod model;
 pub mod registry;
 pub mod store;
+pub mod weights;
 
 #[cfg(feature = "testing")]
 pub mod testing;

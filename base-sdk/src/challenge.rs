@@ -1,0 +1,1 @@
+//! The SDK a challenge author embeds (CONTRACTS.md §2).

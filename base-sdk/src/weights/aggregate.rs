@@ -1,0 +1,1 @@
+//! Pure aggregation of challenge weights (CONTRACTS.md §5).

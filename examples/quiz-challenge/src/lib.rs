@@ -1,0 +1,1 @@
+//! Example BASE challenge (being written).

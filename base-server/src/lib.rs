@@ -1,1 +1,64 @@
-//! BASE server.
+//! The BASE control-plane server: routes, state and the serve loop.
+//!
+//! `main.rs` only parses flags and starts things; everything testable is
+//! here, so tests bind `127.0.0.1:0` and call [`serve`] or drive [`app`]
+//! with `oneshot`.
+
+pub mod admin;
+pub mod error;
+pub mod json;
+pub mod public;
+pub mod state;
+
+use std::future::Future;
+
+use axum::Router;
+use axum::http::StatusCode;
+use axum::middleware;
+use axum::response::IntoResponse;
+use axum::routing::{get, post};
+
+pub use error::ApiError;
+pub use state::AppState;
+
+/// The master API router.
+pub fn app(state: AppState) -> Router {
+    let admin = Router::new()
+        .route("/challenges", post(admin::create).get(admin::list))
+        .route(
+            "/challenges/{slug}",
+            get(admin::get).patch(admin::patch).delete(admin::delete),
+        )
+        .route("/challenges/{slug}/activate", post(admin::activate))
+        .route("/challenges/{slug}/deactivate", post(admin::deactivate))
+        .route("/challenges/{slug}/tokens/rotate", post(admin::rotate))
+        .route("/audit", get(admin::audit))
+        .route_layer(middleware::from_fn_with_state(
+            state.clone(),
+            admin::require_admin,
+        ));
+    Router::new()
+        .route("/health", get(public::health))
+        .route("/v1/registry", get(public::registry))
+        .nest("/v1/admin", admin)
+        .fallback(not_found)
+        .with_state(state)
+}
+
+async fn not_found() -> impl IntoResponse {
+    (
+        StatusCode::NOT_FOUND,
+        axum::Json(serde_json::json!({"detail": "Not Found"})),
+    )
+}
+
+/// Serves [`app`] on `listener` until `shutdown` resolves, then drains.
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    state: AppState,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    axum::serve(listener, app(state))
+        .with_graceful_shutdown(shutdown)
+        .await
+}

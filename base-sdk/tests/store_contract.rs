@@ -1,0 +1,419 @@
+//! One backend-agnostic contract suite for `Store`, run against SQLite and
+//! PostgreSQL so the two backends cannot drift apart.
+//!
+//! Each case is an `async fn(Arc<dyn Store>)`; the `contract!` macro stamps
+//! a SQLite test and a PostgreSQL test (ignored unless a server is given,
+//! which `scripts/test.sh` does) for every case.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use base_sdk::config::Environment;
+use base_sdk::model::{
+    self, AuditEntry, Challenge, ChallengeStatus, NonceKey, Slug, SourceChallenge, TokenKind,
+    WeightsSnapshot,
+};
+use base_sdk::registry::{self, NewChallenge, Policy, token};
+use base_sdk::store::{Backend, Store, StoreError};
+use chrono::Duration;
+
+macro_rules! contract {
+    ($($case:ident),* $(,)?) => {
+        mod sqlite {
+            $(
+                #[tokio::test]
+                async fn $case() {
+                    let db = base_sdk::testing::sqlite().await.expect("sqlite store");
+                    super::$case(db.store.clone()).await;
+                }
+            )*
+        }
+        mod postgres {
+            $(
+                #[tokio::test]
+                #[ignore = "needs postgres (BASE_TEST_POSTGRES_URL; run scripts/test.sh)"]
+                async fn $case() {
+                    let db = base_sdk::testing::postgres().await.expect("postgres store");
+                    super::$case(db.store.clone()).await;
+                }
+            )*
+        }
+    };
+}
+
+contract!(
+    create_get_list_round_trip,
+    duplicate_create_leaves_nothing_behind,
+    failed_token_insert_rolls_back_challenge,
+    update_and_delete,
+    tokens_replace_and_find,
+    audit_log_records_every_write,
+    nonces_are_single_use_until_expiry,
+    snapshots_keep_the_newest,
+);
+
+fn challenge(slug: &str) -> Challenge {
+    let policy = Policy {
+        environment: Environment::Development,
+        backend: Backend::Sqlite,
+    };
+    let mut metadata = serde_json::Map::new();
+    metadata.insert("tagline".into(), "solve things".into());
+    metadata.insert(
+        "nested".into(),
+        serde_json::json!({"a": [1, 2, {"b": null}]}),
+    );
+    registry::validate_new(
+        NewChallenge {
+            slug: slug.into(),
+            name: format!("Challenge {slug}"),
+            image: "registry:5000/x/y:1.2.3@sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef".into(),
+            version: "1.2.3".into(),
+            description: Some("ünïcode ✓ and 'quotes'".into()),
+            emission_percent: Some(model::EmissionPercent(37.5)),
+            env: Some(BTreeMap::from([("MODE".into(), "fast".into())])),
+            secrets: Some(vec!["hf_token".into()]),
+            resources: Some(BTreeMap::from([("cpus".into(), "2".into())])),
+            metadata: Some(metadata),
+            ..Default::default()
+        },
+        &policy,
+        model::now(),
+    )
+    .expect("valid challenge")
+}
+
+fn audit(action: &str, slug: &Slug) -> AuditEntry {
+    AuditEntry::new("test", action, Some(slug), serde_json::json!({"k": action}))
+}
+
+fn both_tokens(slug: &Slug) -> Vec<model::TokenRecord> {
+    TokenKind::ALL
+        .iter()
+        .map(|k| token::issue(slug, *k).record)
+        .collect()
+}
+
+async fn create_get_list_round_trip(store: Arc<dyn Store>) {
+    let b = challenge("bravo");
+    let a = challenge("alpha");
+    for c in [&b, &a] {
+        store
+            .create_challenge(c, &both_tokens(&c.slug), &audit("create", &c.slug))
+            .await
+            .unwrap();
+    }
+    let got = store.get_challenge(&a.slug).await.unwrap().expect("stored");
+    assert_eq!(got, a, "a challenge reads back exactly as written");
+    let slugs: Vec<String> = store
+        .list_challenges()
+        .await
+        .unwrap()
+        .iter()
+        .map(|c| c.slug.to_string())
+        .collect();
+    assert_eq!(slugs, ["alpha", "bravo"], "ordered by slug");
+    assert!(
+        store
+            .get_challenge(&Slug::parse("zz").unwrap())
+            .await
+            .unwrap()
+            .is_none()
+    );
+    store.ping().await.unwrap();
+    store.migrate().await.expect("migrations are idempotent");
+}
+
+async fn duplicate_create_leaves_nothing_behind(store: Arc<dyn Store>) {
+    let c = challenge("dup");
+    store
+        .create_challenge(&c, &both_tokens(&c.slug), &audit("create", &c.slug))
+        .await
+        .unwrap();
+    let mut again = c.clone();
+    again.name = "second".into();
+    let t2 = both_tokens(&c.slug);
+    let err = store
+        .create_challenge(&again, &t2, &audit("create", &c.slug))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StoreError::Conflict(_)), "{err:?}");
+    assert_eq!(
+        store.get_challenge(&c.slug).await.unwrap().unwrap().name,
+        c.name
+    );
+    let hashes: Vec<String> = store
+        .tokens(&c.slug)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|t| t.hash)
+        .collect();
+    assert_eq!(hashes.len(), 2);
+    for t in &t2 {
+        assert!(
+            !hashes.contains(&t.hash),
+            "the failed create's tokens were stored"
+        );
+    }
+    assert_eq!(
+        store
+            .audit_log(Some(c.slug.clone()), 10)
+            .await
+            .unwrap()
+            .len(),
+        1,
+        "no audit row for the failed create"
+    );
+}
+
+async fn failed_token_insert_rolls_back_challenge(store: Arc<dyn Store>) {
+    // Two challenges cannot share a token hash: the second create fails on
+    // its token row, after its challenge row was inserted in the same
+    // transaction, and must leave no challenge behind.
+    let first = challenge("first");
+    let shared = token::issue(&first.slug, TokenKind::Challenge).record;
+    store
+        .create_challenge(
+            &first,
+            std::slice::from_ref(&shared),
+            &audit("create", &first.slug),
+        )
+        .await
+        .unwrap();
+    let second = challenge("second");
+    let mut clash = shared.clone();
+    clash.slug = second.slug.clone();
+    let err = store
+        .create_challenge(&second, &[clash], &audit("create", &second.slug))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StoreError::Conflict(_)), "{err:?}");
+    assert!(
+        store.get_challenge(&second.slug).await.unwrap().is_none(),
+        "half-written challenge left behind"
+    );
+    assert!(store.tokens(&second.slug).await.unwrap().is_empty());
+    assert!(
+        store
+            .audit_log(Some(second.slug.clone()), 10)
+            .await
+            .unwrap()
+            .is_empty()
+    );
+}
+
+async fn update_and_delete(store: Arc<dyn Store>) {
+    let c = challenge("upd");
+    store
+        .create_challenge(&c, &both_tokens(&c.slug), &audit("create", &c.slug))
+        .await
+        .unwrap();
+    let mut next = c.clone();
+    next.status = ChallengeStatus::Active;
+    next.emission_percent = model::EmissionPercent(12.25);
+    next.env.insert("EXTRA".into(), "1".into());
+    next.updated_at = model::now() + Duration::seconds(1);
+    store
+        .update_challenge(&next, &audit("update", &c.slug))
+        .await
+        .unwrap();
+    assert_eq!(store.get_challenge(&c.slug).await.unwrap().unwrap(), next);
+
+    let ghost = challenge("ghost");
+    let err = store
+        .update_challenge(&ghost, &audit("update", &ghost.slug))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StoreError::NotFound(_)), "{err:?}");
+    assert!(
+        store
+            .audit_log(Some(ghost.slug.clone()), 10)
+            .await
+            .unwrap()
+            .is_empty(),
+        "failed update left an audit row"
+    );
+
+    store
+        .delete_challenge(&c.slug, &audit("delete", &c.slug))
+        .await
+        .unwrap();
+    assert!(store.get_challenge(&c.slug).await.unwrap().is_none());
+    assert!(
+        store.tokens(&c.slug).await.unwrap().is_empty(),
+        "tokens deleted with the challenge"
+    );
+    let err = store
+        .delete_challenge(&c.slug, &audit("delete", &c.slug))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StoreError::NotFound(_)));
+}
+
+async fn tokens_replace_and_find(store: Arc<dyn Store>) {
+    let c = challenge("tok");
+    let records = both_tokens(&c.slug);
+    store
+        .create_challenge(&c, &records, &audit("create", &c.slug))
+        .await
+        .unwrap();
+    let found = store
+        .find_token(TokenKind::DockerBroker, &records[1].hash)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(found.slug, c.slug);
+    assert!(
+        store
+            .find_token(TokenKind::Challenge, &records[1].hash)
+            .await
+            .unwrap()
+            .is_none(),
+        "kind is part of the lookup"
+    );
+
+    let fresh = token::issue(&c.slug, TokenKind::Challenge).record;
+    store
+        .replace_tokens(std::slice::from_ref(&fresh), &audit("rotate", &c.slug))
+        .await
+        .unwrap();
+    assert!(
+        store
+            .find_token(TokenKind::Challenge, &records[0].hash)
+            .await
+            .unwrap()
+            .is_none(),
+        "old token revoked"
+    );
+    assert!(
+        store
+            .find_token(TokenKind::Challenge, &fresh.hash)
+            .await
+            .unwrap()
+            .is_some()
+    );
+    assert!(
+        store
+            .find_token(TokenKind::DockerBroker, &records[1].hash)
+            .await
+            .unwrap()
+            .is_some(),
+        "other kind untouched"
+    );
+    let stored = store.tokens(&c.slug).await.unwrap();
+    assert_eq!(stored.len(), 2);
+    assert!(stored.iter().all(|t| t.hint.contains('…')));
+
+    let ghost = Slug::parse("ghost").unwrap();
+    let orphan = token::issue(&ghost, TokenKind::Challenge).record;
+    let err = store
+        .replace_tokens(&[orphan], &audit("rotate", &ghost))
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StoreError::NotFound(_)), "{err:?}");
+}
+
+async fn audit_log_records_every_write(store: Arc<dyn Store>) {
+    let c = challenge("aud");
+    store
+        .create_challenge(&c, &[], &audit("create", &c.slug))
+        .await
+        .unwrap();
+    store
+        .update_challenge(&c, &audit("update", &c.slug))
+        .await
+        .unwrap();
+    let other = challenge("other");
+    store
+        .create_challenge(&other, &[], &audit("create", &other.slug))
+        .await
+        .unwrap();
+    let mine = store.audit_log(Some(c.slug.clone()), 10).await.unwrap();
+    let actions: Vec<&str> = mine.iter().map(|e| e.action.as_str()).collect();
+    assert_eq!(
+        actions,
+        ["update", "create"],
+        "newest first, one challenge only"
+    );
+    assert_eq!(mine[0].detail, serde_json::json!({"k": "update"}));
+    assert_eq!(store.audit_log(None, 10).await.unwrap().len(), 3);
+    assert_eq!(store.audit_log(None, 1).await.unwrap().len(), 1);
+}
+
+async fn nonces_are_single_use_until_expiry(store: Arc<dyn Store>) {
+    let key = NonceKey {
+        netuid: 100,
+        slug: Slug::parse("ab").unwrap(),
+        hotkey: "5Hk".into(),
+        nonce: "n1".into(),
+    };
+    let t0 = model::now();
+    let ttl = Duration::hours(24);
+    assert!(store.reserve_nonce(&key, t0, t0 + ttl).await.unwrap());
+    assert!(
+        !store
+            .reserve_nonce(&key, t0 + Duration::seconds(5), t0 + ttl)
+            .await
+            .unwrap(),
+        "replay refused"
+    );
+    let other_slug = NonceKey {
+        slug: Slug::parse("cd").unwrap(),
+        ..key.clone()
+    };
+    assert!(
+        store
+            .reserve_nonce(&other_slug, t0, t0 + ttl)
+            .await
+            .unwrap(),
+        "scope includes the slug"
+    );
+    let later = t0 + ttl + Duration::seconds(1);
+    assert!(
+        store.reserve_nonce(&key, later, later + ttl).await.unwrap(),
+        "usable again after expiry"
+    );
+    assert_eq!(
+        store.purge_nonces(later).await.unwrap(),
+        1,
+        "only the expired other-slug nonce"
+    );
+    assert_eq!(
+        store
+            .purge_nonces(later + ttl + Duration::seconds(1))
+            .await
+            .unwrap(),
+        1
+    );
+}
+
+async fn snapshots_keep_the_newest(store: Arc<dyn Store>) {
+    assert!(store.latest_snapshot().await.unwrap().is_none());
+    let base = model::now();
+    let mk = |i: u16| {
+        let at = base + Duration::seconds(i64::from(i));
+        WeightsSnapshot {
+            netuid: 100,
+            chain_endpoint: "ws://x".into(),
+            uids: vec![i, i + 1],
+            weights: vec![0.25, 0.75],
+            hotkey_weights: BTreeMap::from([("hk".into(), 1.0)]),
+            computed_at: at,
+            expires_at: at + Duration::seconds(720),
+            source_challenges: vec![SourceChallenge {
+                slug: "a".into(),
+                emission_percent: model::EmissionPercent(50.0),
+                weights: BTreeMap::new(),
+                ok: false,
+                error: Some("timeout".into()),
+            }],
+            metagraph_updated_at: Some(base),
+        }
+    };
+    for i in 1..=5 {
+        store.put_snapshot(&mk(i), 3).await.unwrap();
+    }
+    let latest = store.latest_snapshot().await.unwrap().unwrap();
+    assert_eq!(latest, mk(5), "the newest snapshot reads back exactly");
+}

@@ -154,6 +154,10 @@ pub struct Settings {
     /// Admin token (`BASE_ADMIN_TOKEN` / `BASE_ADMIN_TOKEN_FILE`); none
     /// means admin routes fail closed.
     pub admin_token: Option<SecretString>,
+    /// Key sealing the tokens the master presents (`BASE_SECRET_KEY` /
+    /// `BASE_SECRET_KEY_FILE`, 32 bytes as base64 or hex); generated into
+    /// the data dir outside production.
+    pub secret_key: Option<SecretString>,
     /// Where challenges run (`BASE_ORCHESTRATOR`).
     pub orchestrator: Option<OrchestratorKind>,
     /// Weight epoch interval (`BASE_EPOCH_SECONDS`).
@@ -193,7 +197,7 @@ const DEFAULTS: Defaults = Defaults {
 };
 
 /// Settings whose value may come from a file named by `<key>_file`.
-const FILE_KEYS: &[&str] = &["admin_token", "database_url"];
+const FILE_KEYS: &[&str] = &["admin_token", "database_url", "secret_key"];
 
 fn comma_list<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
     #[derive(Deserialize)]
@@ -261,6 +265,22 @@ impl Settings {
             s.admin_token = None;
         }
         Ok(s)
+    }
+
+    /// The sealing key in force: the configured one, or (outside
+    /// production) `<data_dir>/secret.key`, created on first use.
+    pub fn vault(&self) -> Result<crate::vault::Vault, ConfigError> {
+        use crate::vault::Vault;
+        match &self.secret_key {
+            Some(k) => Vault::from_text(k)
+                .map_err(|e| ConfigError::Invalid(format!("BASE_SECRET_KEY: {e}"))),
+            None if self.environment.is_strict() => Err(ConfigError::Invalid(format!(
+                "BASE_SECRET_KEY (or BASE_SECRET_KEY_FILE) is required in {}",
+                self.environment.as_str()
+            ))),
+            None => Vault::load_or_create(&self.data_dir.join("secret.key"))
+                .map_err(|e| ConfigError::Invalid(e.to_string())),
+        }
     }
 
     /// The database URL in force: the configured one, or a SQLite file in

@@ -9,9 +9,12 @@
 pub mod auth;
 pub mod challenge;
 pub mod config;
+pub mod metagraph;
 pub mod model;
+pub mod orchestrator;
 pub mod registry;
 pub mod store;
+pub mod vault;
 pub mod weights;
 
 #[cfg(feature = "testing")]

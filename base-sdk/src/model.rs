@@ -11,7 +11,8 @@ use std::str::FromStr;
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
-use crate::registry::image::{ImageRef, ImageRefError};
+pub use crate::registry::image::ImageRef;
+use crate::registry::image::ImageRefError;
 
 /// The current time at the precision every store keeps (microseconds), so a
 /// record reads back equal to what was written.
@@ -371,6 +372,9 @@ pub struct TokenRecord {
     pub hash: String,
     /// `abcd…wxyz`, enough for an operator to tell tokens apart.
     pub hint: String,
+    /// The cleartext sealed under the master's key (never serialized).
+    #[serde(skip_serializing, default)]
+    pub sealed: Option<String>,
     /// When it was issued.
     pub created_at: DateTime<Utc>,
 }

@@ -73,7 +73,9 @@ impl ApiError {
                 RegistryError::Store(StoreError::Unavailable(_)) => StatusCode::SERVICE_UNAVAILABLE,
                 RegistryError::Store(StoreError::Conflict(_)) => StatusCode::CONFLICT,
                 RegistryError::Store(StoreError::NotFound(_)) => StatusCode::NOT_FOUND,
-                RegistryError::Store(_) => StatusCode::INTERNAL_SERVER_ERROR,
+                RegistryError::Store(_) | RegistryError::Sealed { .. } => {
+                    StatusCode::INTERNAL_SERVER_ERROR
+                }
             },
         }
     }

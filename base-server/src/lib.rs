@@ -9,6 +9,7 @@ pub mod error;
 pub mod json;
 pub mod public;
 pub mod state;
+pub mod weights;
 
 use std::future::Future;
 
@@ -40,6 +41,7 @@ pub fn app(state: AppState) -> Router {
     Router::new()
         .route("/health", get(public::health))
         .route("/v1/registry", get(public::registry))
+        .route("/v1/weights/latest", get(weights::latest))
         .nest("/v1/admin", admin)
         .fallback(not_found)
         .with_state(state)

@@ -77,7 +77,8 @@ async fn master(settings: Settings) -> anyhow::Result<()> {
             "no admin token configured (BASE_ADMIN_TOKEN / BASE_ADMIN_TOKEN_FILE): admin routes will answer 401"
         );
     }
-    let registry = Registry::new(store, settings.environment);
+    let vault = std::sync::Arc::new(settings.vault()?);
+    let registry = Registry::new(store, settings.environment).with_vault(vault);
     let state = base_server::AppState::new(
         registry,
         AdminAuth::new(settings.admin_token.clone()),

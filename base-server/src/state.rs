@@ -6,6 +6,8 @@ use std::sync::Arc;
 use base_sdk::auth::AdminAuth;
 use base_sdk::registry::Registry;
 
+use crate::weights::WeightsCache;
+
 /// Shared, cheaply cloned handler state.
 #[derive(Clone)]
 pub struct AppState {
@@ -16,6 +18,7 @@ struct Inner {
     registry: Registry,
     admin: AdminAuth,
     netuid: u16,
+    weights: Arc<WeightsCache>,
 }
 
 impl AppState {
@@ -26,6 +29,7 @@ impl AppState {
                 registry,
                 admin,
                 netuid,
+                weights: Arc::default(),
             }),
         }
     }
@@ -43,6 +47,11 @@ impl AppState {
     /// The subnet id.
     pub fn netuid(&self) -> u16 {
         self.inner.netuid
+    }
+
+    /// The published weights.
+    pub fn weights(&self) -> &Arc<WeightsCache> {
+        &self.inner.weights
     }
 
     /// Called after every admin write so in-memory views can refresh.

@@ -30,6 +30,9 @@ CREATE TABLE challenge_tokens (
     kind        TEXT NOT NULL CHECK (kind IN ('challenge', 'docker_broker')),
     token_hash  TEXT NOT NULL UNIQUE,
     hint        TEXT NOT NULL,
+    -- The cleartext sealed under the master's key (see base_sdk::vault),
+    -- because the master must present it later; NULL if no key was set.
+    sealed      TEXT,
     created_at  TEXT NOT NULL,
     PRIMARY KEY (slug, kind)
 );

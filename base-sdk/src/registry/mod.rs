@@ -19,7 +19,9 @@ use crate::config::Environment;
 use crate::model::{
     AuditEntry, BrokerPolicy, Challenge, ChallengeStatus, EmissionPercent, Slug, TokenKind,
 };
+use crate::orchestrator::ChallengeSecrets;
 use crate::store::{Backend, Store, StoreError};
+use crate::vault::Vault;
 use image::ImageRef;
 
 /// Why a registry operation was refused.
@@ -40,6 +42,17 @@ pub enum RegistryError {
     /// The store failed.
     #[error(transparent)]
     Store(StoreError),
+    /// A token the master must present cannot be recovered (no sealing
+    /// key configured when it was issued, or a different key now).
+    #[error("token '{kind}' of challenge '{slug}' cannot be revealed: {reason}")]
+    Sealed {
+        /// Challenge.
+        slug: String,
+        /// Token kind.
+        kind: &'static str,
+        /// Why.
+        reason: String,
+    },
 }
 
 impl From<StoreError> for RegistryError {
@@ -481,6 +494,7 @@ fn ser_secret<S: serde::Serializer>(v: &Option<SecretString>, s: S) -> Result<S:
 pub struct Registry {
     store: Arc<dyn Store>,
     policy: Policy,
+    vault: Option<Arc<Vault>>,
 }
 
 impl Registry {
@@ -490,7 +504,59 @@ impl Registry {
             environment,
             backend: store.backend(),
         };
-        Self { store, policy }
+        Self {
+            store,
+            policy,
+            vault: None,
+        }
+    }
+
+    /// Seals issued tokens under `vault` so the master can present them
+    /// later (see [`crate::vault`]).
+    pub fn with_vault(mut self, vault: Arc<Vault>) -> Self {
+        self.vault = Some(vault);
+        self
+    }
+
+    fn issue(&self, slug: &Slug, kind: TokenKind) -> token::IssuedToken {
+        let mut t = token::issue(slug, kind);
+        if let Some(v) = &self.vault {
+            use secrecy::ExposeSecret;
+            t.record.sealed = Some(v.seal(t.cleartext.expose_secret(), &seal_context(slug, kind)));
+        }
+        t
+    }
+
+    /// The cleartext tokens of a challenge, for the master's own use
+    /// (calling `get_weights`, handing secrets to the orchestrator).
+    pub async fn reveal(&self, slug: &Slug) -> Result<ChallengeSecrets, RegistryError> {
+        let records = self.store.tokens(slug).await?;
+        let open = |kind: TokenKind| -> Result<SecretString, RegistryError> {
+            let sealed_err = |reason: &str| RegistryError::Sealed {
+                slug: slug.to_string(),
+                kind: kind.as_str(),
+                reason: reason.to_string(),
+            };
+            let rec = records
+                .iter()
+                .find(|r| r.kind == kind)
+                .ok_or_else(|| sealed_err("no such token"))?;
+            let sealed = rec
+                .sealed
+                .as_deref()
+                .ok_or_else(|| sealed_err("it was issued without a sealing key; rotate it"))?;
+            let vault = self
+                .vault
+                .as_ref()
+                .ok_or_else(|| sealed_err("no sealing key configured (BASE_SECRET_KEY)"))?;
+            vault
+                .open(sealed, &seal_context(slug, kind))
+                .map_err(|e| sealed_err(&e.to_string()))
+        };
+        Ok(ChallengeSecrets {
+            challenge_token: open(TokenKind::Challenge)?,
+            broker_token: open(TokenKind::DockerBroker)?,
+        })
     }
 
     /// The store underneath.
@@ -512,7 +578,7 @@ impl Registry {
         let challenge = validate_new(req, &self.policy, crate::model::now())?;
         let issued: Vec<token::IssuedToken> = TokenKind::ALL
             .iter()
-            .map(|k| token::issue(&challenge.slug, *k))
+            .map(|k| self.issue(&challenge.slug, *k))
             .collect();
         let records: Vec<_> = issued.iter().map(|t| t.record.clone()).collect();
         let audit = AuditEntry::new(
@@ -636,7 +702,7 @@ impl Registry {
     ) -> Result<IssuedTokens, RegistryError> {
         let c = self.get(slug).await?;
         let issued: Vec<token::IssuedToken> =
-            kinds.iter().map(|k| token::issue(&c.slug, *k)).collect();
+            kinds.iter().map(|k| self.issue(&c.slug, *k)).collect();
         let records: Vec<_> = issued.iter().map(|t| t.record.clone()).collect();
         let audit = AuditEntry::new(
             actor,
@@ -676,6 +742,10 @@ impl Registry {
                 other => other.into(),
             })
     }
+}
+
+fn seal_context(slug: &Slug, kind: TokenKind) -> String {
+    format!("{slug}/{}", kind.as_str())
 }
 
 /// Env values may be secrets: the audit log keeps their names only.

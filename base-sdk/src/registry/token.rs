@@ -39,6 +39,7 @@ pub fn issue(slug: &Slug, kind: TokenKind) -> IssuedToken {
         kind,
         hash: hash(&text),
         hint: hint(&text),
+        sealed: None,
         created_at: crate::model::now(),
     };
     IssuedToken {

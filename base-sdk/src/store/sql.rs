@@ -170,6 +170,7 @@ struct TokenRow {
     kind: String,
     token_hash: String,
     hint: String,
+    sealed: Option<String>,
     created_at: DateTime<Utc>,
 }
 
@@ -181,6 +182,7 @@ impl TryFrom<TokenRow> for TokenRecord {
             kind: TokenKind::from_str(&r.kind).map_err(StoreError::Corrupt)?,
             hash: r.token_hash,
             hint: r.hint,
+            sealed: r.sealed,
             created_at: r.created_at,
         })
     }
@@ -203,10 +205,12 @@ const CHALLENGE_COLUMNS: &str = "slug, name, description, image, image_digest, v
 const INSERT_AUDIT: &str =
     "INSERT INTO audit_log (at, actor, action, slug, detail) VALUES ($1, $2, $3, $4, $5)";
 
-const INSERT_TOKEN: &str = "INSERT INTO challenge_tokens (slug, kind, token_hash, hint, created_at) \
-     VALUES ($1, $2, $3, $4, $5) \
+const INSERT_TOKEN: &str = "INSERT INTO challenge_tokens (slug, kind, token_hash, hint, sealed, created_at) \
+     VALUES ($1, $2, $3, $4, $5, $6) \
      ON CONFLICT (slug, kind) DO UPDATE SET token_hash = excluded.token_hash, \
-     hint = excluded.hint, created_at = excluded.created_at";
+     hint = excluded.hint, sealed = excluded.sealed, created_at = excluded.created_at";
+
+const TOKEN_COLUMNS: &str = "slug, kind, token_hash, hint, sealed, created_at";
 
 macro_rules! insert_audit {
     ($tx:ident, $audit:expr) => {
@@ -285,6 +289,7 @@ macro_rules! sql_store {
                         .bind(t.kind.as_str())
                         .bind(&t.hash)
                         .bind(&t.hint)
+                        .bind(&t.sealed)
                         .bind(t.created_at)
                         .execute(&mut *tx)
                         .await
@@ -401,6 +406,7 @@ macro_rules! sql_store {
                         .bind(t.kind.as_str())
                         .bind(&t.hash)
                         .bind(&t.hint)
+                        .bind(&t.sealed)
                         .bind(t.created_at)
                         .execute(&mut *tx)
                         .await
@@ -411,10 +417,9 @@ macro_rules! sql_store {
             }
 
             async fn tokens(&self, slug: &Slug) -> Result<Vec<TokenRecord>, StoreError> {
-                let rows: Vec<TokenRow> = sqlx::query_as(
-                    "SELECT slug, kind, token_hash, hint, created_at FROM challenge_tokens \
-                     WHERE slug = $1 ORDER BY kind",
-                )
+                let rows: Vec<TokenRow> = sqlx::query_as(&format!(
+                    "SELECT {TOKEN_COLUMNS} FROM challenge_tokens WHERE slug = $1 ORDER BY kind"
+                ))
                 .bind(slug.as_str())
                 .fetch_all(&self.pool)
                 .await
@@ -427,10 +432,9 @@ macro_rules! sql_store {
                 kind: TokenKind,
                 hash: &str,
             ) -> Result<Option<TokenRecord>, StoreError> {
-                let row: Option<TokenRow> = sqlx::query_as(
-                    "SELECT slug, kind, token_hash, hint, created_at FROM challenge_tokens \
-                     WHERE kind = $1 AND token_hash = $2",
-                )
+                let row: Option<TokenRow> = sqlx::query_as(&format!(
+                    "SELECT {TOKEN_COLUMNS} FROM challenge_tokens WHERE kind = $1 AND token_hash = $2"
+                ))
                 .bind(kind.as_str())
                 .bind(hash)
                 .fetch_optional(&self.pool)

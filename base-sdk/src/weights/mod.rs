@@ -1,4 +1,10 @@
 //! The weight pipeline: each challenge's raw scores become one vector per
-//! epoch.
+//! epoch. [`aggregate`] is the pure math, [`http`] asks the challenges,
+//! [`epoch`] ties them to the registry and the metagraph.
 
 pub mod aggregate;
+pub mod epoch;
+pub mod http;
+
+pub use epoch::{EpochConfig, EpochRunner};
+pub use http::{HttpWeightSource, WeightSource, WeightTarget, WeightsError};

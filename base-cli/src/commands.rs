@@ -1,0 +1,145 @@
+//! What each command does: resolve the token if the command needs one, make
+//! one call, and render the answer as a table or as the server's JSON.
+
+use std::io::Write;
+
+use crate::Error;
+use crate::args::{ChallengeCommand, Cli, Command, DbCommand, GlobalArgs};
+use crate::client::{Fetched, MasterClient};
+use crate::output::{self, OutputError};
+use crate::token::{self, TokenFlags};
+
+/// Runs one command, writing its normal output to `out` (errors are
+/// returned, not printed, so the caller owns standard error and the exit
+/// code).
+pub async fn run(cli: Cli, out: &mut dyn Write) -> Result<(), Error> {
+    let Cli { global, command } = cli;
+    let json = global.json;
+    let text = match command {
+        Command::Registry => {
+            let f = public_client(&global)?.registry().await?;
+            render(json, &f, output::registry)?
+        }
+        Command::Audit { slug, limit } => {
+            let f = admin_client(&global)?.audit(slug.as_deref(), limit).await?;
+            render(json, &f, |v| output::audit(&v.entries))?
+        }
+        Command::Challenge(c) => challenge(admin_client(&global)?, c, json).await?,
+        Command::Db(DbCommand::Migrate { config }) => {
+            let m = crate::db::migrate(config.as_deref()).await?;
+            if json {
+                output::json(&serde_json::json!({
+                    "migrated": true,
+                    "database": m.database,
+                    "backend": m.backend,
+                }))?
+            } else {
+                format!(
+                    "migrated the control-plane database {} ({})\n",
+                    m.database, m.backend
+                )
+            }
+        }
+    };
+    emit(out, &text)
+}
+
+async fn challenge(
+    client: MasterClient,
+    cmd: ChallengeCommand,
+    json: bool,
+) -> Result<String, Error> {
+    Ok(match cmd {
+        ChallengeCommand::Register(args) => {
+            let req = args.to_request()?;
+            let f = client.create_challenge(&req).await?;
+            render(json, &f, |v| {
+                format!(
+                    "registered challenge '{}'\n{}{}",
+                    v.challenge.slug,
+                    output::challenge_detail(&v.challenge, &[]),
+                    output::issued_tokens(v.challenge.slug.as_str(), &v.tokens)
+                )
+            })?
+        }
+        ChallengeCommand::List => {
+            let f = client.list_challenges().await?;
+            render(json, &f, |v| output::challenge_list(&v.challenges))?
+        }
+        ChallengeCommand::Show { slug } => {
+            let f = client.challenge(&slug).await?;
+            render(json, &f, |v| {
+                output::challenge_detail(&v.challenge, &v.tokens)
+            })?
+        }
+        ChallengeCommand::Activate { slug } => {
+            let f = client.activate(&slug).await?;
+            render(json, &f, output::status_changed)?
+        }
+        ChallengeCommand::Deactivate { slug } => {
+            let f = client.deactivate(&slug).await?;
+            render(json, &f, output::status_changed)?
+        }
+        ChallengeCommand::RotateToken { slug, kind } => {
+            let f = client.rotate_tokens(&slug, kind.token_kind()).await?;
+            render(json, &f, |v| {
+                format!(
+                    "rotated the tokens of '{slug}'; the old ones no longer work\n{}",
+                    output::issued_tokens(&slug, v)
+                )
+            })?
+        }
+        ChallengeCommand::Update(args) => {
+            let patch = args.to_patch()?;
+            let f = client.update_challenge(&args.slug, &patch).await?;
+            render(json, &f, output::updated)?
+        }
+        ChallengeCommand::Delete {
+            slug,
+            purge_volumes,
+        } => {
+            let f = client.delete_challenge(&slug, purge_volumes).await?;
+            render(json, &f, output::deleted)?
+        }
+    })
+}
+
+/// A client for routes that need no token. The token is not even read, so
+/// a broken `BASE_ADMIN_TOKEN_FILE` does not stop `base registry`.
+fn public_client(global: &GlobalArgs) -> Result<MasterClient, Error> {
+    Ok(MasterClient::new(global.master.clone(), None)?)
+}
+
+/// A client carrying the admin token, if one was given (a missing token is
+/// reported by the client when a call needs it).
+fn admin_client(global: &GlobalArgs) -> Result<MasterClient, Error> {
+    let flags = TokenFlags {
+        token: global.admin_token.clone(),
+        file: global.admin_token_file.clone(),
+    };
+    let token = token::resolve(flags, |name| std::env::var(name).ok())?;
+    Ok(MasterClient::new(global.master.clone(), token)?)
+}
+
+/// The server's JSON as it came (`--json`), or the table rendering.
+fn render<T>(
+    json: bool,
+    f: &Fetched<T>,
+    table: impl FnOnce(&T) -> String,
+) -> Result<String, Error> {
+    if json {
+        Ok(output::json(&f.raw)?)
+    } else {
+        Ok(table(&f.body))
+    }
+}
+
+/// Writes the output; a closed pipe (`base challenge list | head -1`) is
+/// not an error worth reporting.
+fn emit(out: &mut dyn Write, text: &str) -> Result<(), Error> {
+    match out.write_all(text.as_bytes()).and_then(|()| out.flush()) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::BrokenPipe => Ok(()),
+        Err(e) => Err(OutputError::Write(e).into()),
+    }
+}

@@ -14,6 +14,7 @@ pub mod model;
 pub mod orchestrator;
 pub mod registry;
 pub mod store;
+pub mod supervisor;
 pub mod vault;
 pub mod weights;
 

@@ -239,7 +239,7 @@ pub struct FieldArgs {
     /// Lifecycle status.
     #[arg(long, value_enum)]
     pub status: Option<StatusArg>,
-    /// Where the master reaches the challenge (default http://challenge-<slug>:8000).
+    /// Where the master reaches the challenge (default http://challenge-SLUG:8000).
     #[arg(long, value_name = "URL")]
     pub internal_base_url: Option<String>,
     /// Environment variable for the challenge service; repeatable. Values are
@@ -267,7 +267,7 @@ pub struct RegisterArgs {
     /// Display name.
     #[arg(long)]
     pub name: String,
-    /// Image reference (registry/repo:tag[@sha256:…]).
+    /// Image reference, such as ghcr.io/org/name:1.0.0 (a @sha256: digest may follow).
     #[arg(long)]
     pub image: String,
     /// The challenge's own version (its /version must report it).

@@ -58,7 +58,11 @@ pub enum ClientError {
     )]
     BadToken,
     /// The master answered 401 to the token given.
-    #[error("the master refused the admin token (check BASE_ADMIN_TOKEN / --admin-token-file)")]
+    // The master answers 401 alike for a wrong token and for none configured
+    // on its side (fail closed), so the message names both causes.
+    #[error(
+        "the master refused the admin token (check BASE_ADMIN_TOKEN / --admin-token-file; a master started without BASE_ADMIN_TOKEN refuses every token)"
+    )]
     Unauthorized,
     /// The master answered another non-2xx status.
     #[error("the master answered {status}: {detail}")]

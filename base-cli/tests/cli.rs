@@ -351,7 +351,7 @@ async fn a_wrong_token_is_refused_with_a_clear_message() {
     )
     .await;
     run.assert_failed_with(
-        "the master refused the admin token (check BASE_ADMIN_TOKEN / --admin-token-file)",
+        "the master refused the admin token (check BASE_ADMIN_TOKEN / --admin-token-file",
     );
     assert!(
         !run.stderr.contains(wrong) && !run.stdout.contains(wrong),

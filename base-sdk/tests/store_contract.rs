@@ -5,6 +5,8 @@
 //! a SQLite test and a PostgreSQL test (ignored unless a server is given,
 //! which `scripts/test.sh` does) for every case.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::collections::BTreeMap;
 use std::sync::Arc;
 

@@ -1,6 +1,8 @@
 //! The master's `get_weights` client against real HTTP servers on loopback:
 //! headers, retries only where a retry can help, timeouts, size caps.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};

@@ -208,6 +208,7 @@ pub async fn rotate(
         Some(k) => vec![k.parse().map_err(ApiError::Unprocessable)?],
     };
     let tokens = state.registry().rotate(&slug, &kinds, &actor).await?;
+    state.registry_changed();
     Ok(Json(tokens))
 }
 

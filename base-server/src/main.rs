@@ -52,19 +52,6 @@ async fn main() -> anyhow::Result<()> {
 
 async fn master(settings: Settings) -> anyhow::Result<()> {
     let db = settings.effective_database_url()?;
-    if !db.is_postgres() {
-        if let Some(parent) = db
-            .expose()
-            .strip_prefix("sqlite://")
-            .map(std::path::Path::new)
-            .and_then(|p| p.parent())
-        {
-            if !parent.as_os_str().is_empty() {
-                std::fs::create_dir_all(parent)
-                    .with_context(|| format!("creating data directory {}", parent.display()))?;
-            }
-        }
-    }
     let store = base_sdk::store::connect(db.expose())
         .await
         .with_context(|| format!("opening the control-plane database {}", db.redacted()))?;

@@ -1,6 +1,8 @@
 //! HTTP-level tests of the master's registry and admin API, run against
 //! both store backends (PostgreSQL ones need `scripts/test.sh`).
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::sync::Arc;
 
 use axum::body::Body;

@@ -1,6 +1,8 @@
 //! `/v1/weights/latest` end to end inside the process: registry → epoch
 //! (with a fake weight source) → store → published bytes → HTTP.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 

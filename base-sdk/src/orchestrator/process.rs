@@ -832,7 +832,10 @@ async fn signal_group(_pgid: u32, _signal: &str) -> std::io::Result<()> {
     ))
 }
 
-#[cfg(test)]
+// The tests drive real processes with sh, sleep and kill(1): Unix only.
+#[cfg(all(test, unix))]
+// Tests may unwrap: a panic is the failure report.
+#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
     use crate::orchestrator::ChallengeSecrets;
@@ -996,22 +999,22 @@ mod tests {
         let base = spec("quiz", IMAGE);
         let fp = fingerprint(&base);
         assert_eq!(fp, fingerprint(&base.clone()));
-        let variants: Vec<Box<dyn Fn(&mut ChallengeSpec)>> = vec![
-            Box::new(|s| s.version = "1.0.1".into()),
-            Box::new(|s| s.image = ImageRef::parse("ghcr.io/base/sleeper:1.1").unwrap()),
-            Box::new(|s| {
+        let variants: &[fn(&mut ChallengeSpec)] = &[
+            |s| s.version = "1.0.1".into(),
+            |s| s.image = ImageRef::parse("ghcr.io/base/sleeper:1.1").unwrap(),
+            |s| {
                 s.env.insert("MORE".into(), "x".into());
-            }),
-            Box::new(|s| {
+            },
+            |s| {
                 s.resources.insert("memory".into(), "1g".into());
-            }),
-            Box::new(|s| s.broker_url = None),
-            Box::new(|s| s.secrets.challenge_token = SecretString::from("rotated")),
-            Box::new(|s| s.secrets.broker_token = SecretString::from("rotated")),
+            },
+            |s| s.broker_url = None,
+            |s| s.secrets.challenge_token = SecretString::from("rotated"),
+            |s| s.secrets.broker_token = SecretString::from("rotated"),
             // Same bytes, different split between fields.
-            Box::new(|s| {
+            |s| {
                 s.env = BTreeMap::from([("GREETINGh".into(), "ello world".into())]);
-            }),
+            },
         ];
         for (i, change) in variants.iter().enumerate() {
             let mut changed = base.clone();

@@ -63,12 +63,19 @@ impl PgStore {
 }
 
 impl SqliteStore {
-    /// Opens (creating if missing) the SQLite file named by `url`; WAL mode
+    /// Opens (creating it and its directory if missing) the SQLite file
+    /// named by `url`; WAL mode
     /// so readers never wait for the epoch writer.
     pub async fn connect(url: &str) -> Result<Self, StoreError> {
         use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions};
-        let opts = SqliteConnectOptions::from_str(url)
-            .map_err(StoreError::Unavailable)?
+        let opts = SqliteConnectOptions::from_str(url).map_err(StoreError::Unavailable)?;
+        // SQLite creates the file but not its directory.
+        if let Some(dir) = opts.get_filename().parent()
+            && !dir.as_os_str().is_empty()
+        {
+            std::fs::create_dir_all(dir).map_err(|e| StoreError::Unavailable(sqlx::Error::Io(e)))?;
+        }
+        let opts = opts
             .create_if_missing(true)
             .journal_mode(SqliteJournalMode::Wal)
             .foreign_keys(true)

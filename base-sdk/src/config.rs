@@ -164,6 +164,9 @@ pub struct Settings {
     pub epoch_seconds: u64,
     /// Subnet id (`BASE_NETUID`).
     pub netuid: u16,
+    /// Interval of the reconciler's full pass (`BASE_RECONCILE_SECONDS`);
+    /// admin writes also wake it at once.
+    pub reconcile_seconds: u64,
     /// Image prefixes the broker accepts (`BASE_BROKER_ALLOWED_IMAGES`, comma-separated).
     #[serde(deserialize_with = "comma_list")]
     pub broker_allowed_images: Vec<String>,
@@ -181,6 +184,7 @@ struct Defaults {
     environment: Environment,
     epoch_seconds: u64,
     netuid: u16,
+    reconcile_seconds: u64,
     broker_allowed_images: &'static str,
     chain_endpoint: &'static str,
 }
@@ -192,6 +196,7 @@ const DEFAULTS: Defaults = Defaults {
     environment: Environment::Development,
     epoch_seconds: 360,
     netuid: 100,
+    reconcile_seconds: 10,
     broker_allowed_images: "ghcr.io/platformnetwork/",
     chain_endpoint: "wss://entrypoint-finney.opentensor.ai:443",
 };
@@ -225,7 +230,14 @@ impl Settings {
 
     /// The layered sources, for callers that add their own (CLI flags).
     pub fn figment(file: Option<&Path>) -> Figment {
-        let mut fig = Figment::from(Serialized::defaults(DEFAULTS));
+        Self::figment_with(file, Serialized::defaults(serde_json::json!({})))
+    }
+
+    /// Like [`Settings::figment`], with `defaults` (a mode's own defaults,
+    /// such as `dev`'s short epoch) between the built-in defaults and the
+    /// file, so the file and the environment still override them.
+    pub fn figment_with(file: Option<&Path>, defaults: impl figment::Provider) -> Figment {
+        let mut fig = Figment::from(Serialized::defaults(DEFAULTS)).merge(defaults);
         if let Some(f) = file {
             fig = fig.merge(Toml::file_exact(f));
         }
@@ -253,9 +265,10 @@ impl Settings {
             .extract()
             .map_err(|e| ConfigError::Invalid(describe(e)))?;
         if s.epoch_seconds == 0 {
-            return Err(ConfigError::Invalid(
-                "epoch_seconds must be at least 1".into(),
-            ));
+            return Err(ConfigError::Invalid("BASE_EPOCH_SECONDS must be at least 1".into()));
+        }
+        if s.reconcile_seconds == 0 {
+            return Err(ConfigError::Invalid("BASE_RECONCILE_SECONDS must be at least 1".into()));
         }
         // An empty admin token would make every admin route open to "".
         if s.admin_token

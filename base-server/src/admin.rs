@@ -164,6 +164,13 @@ pub async fn delete(
         .registry()
         .delete(&slug, q.purge_volumes, &actor)
         .await?;
+    // The record is gone; stop the service now rather than at the next
+    // reconcile, because only here is the purge choice known.
+    if let Some(o) = state.orchestrator()
+        && let Err(e) = o.remove_challenge(&c.slug, q.purge_volumes).await
+    {
+        tracing::error!(slug = %c.slug, error = %e, "challenge deleted but its service could not be removed; the reconciler will retry (data kept)");
+    }
     state.registry_changed();
     Ok(Json(serde_json::json!({
         "deleted": c.slug,

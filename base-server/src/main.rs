@@ -1,10 +1,14 @@
 //! `base-server`: flag parsing, logging and start-up; the work is in the library.
 
 use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
 
 use anyhow::Context;
 use base_sdk::auth::AdminAuth;
-use base_sdk::config::Settings;
+use base_sdk::config::{OrchestratorKind, Settings};
+use base_sdk::metagraph::FileMetagraph;
+use base_sdk::weights::{EpochConfig, EpochRunner, HttpWeightSource};
 use base_sdk::registry::{self, Policy, Registry};
 use clap::{Parser, Subcommand};
 use figment::providers::Serialized;
@@ -27,6 +31,16 @@ enum Command {
         #[arg(long)]
         listen: Option<String>,
     },
+    /// Run everything on embedded defaults: SQLite in ./.base, the example
+    /// challenge as local processes, dev miners, a 15 s epoch.
+    Dev {
+        /// Listen address (overrides BASE_LISTEN; default 127.0.0.1:18080).
+        #[arg(long)]
+        listen: Option<String>,
+    },
+    /// Run the example quiz challenge (what `dev` starts for each challenge).
+    #[command(hide = true, name = "example-challenge")]
+    ExampleChallenge,
 }
 
 #[tokio::main]
@@ -47,10 +61,27 @@ async fn main() -> anyhow::Result<()> {
             let settings = Settings::from_figment(fig)?;
             master(settings).await
         }
+        Command::Dev { listen } => {
+            let settings = base_server::dev::settings(cli.config.as_deref(), listen)?;
+            let exe = std::env::current_exe().context("locating the base-server binary")?;
+            base_server::dev::run(settings, exe, shutdown_signal()).await?;
+            Ok(())
+        }
+        Command::ExampleChallenge => {
+            quiz_challenge::run_from_env().await?;
+            Ok(())
+        }
     }
 }
 
 async fn master(settings: Settings) -> anyhow::Result<()> {
+    match settings.orchestrator.unwrap_or(OrchestratorKind::None) {
+        OrchestratorKind::None => {}
+        other => anyhow::bail!(
+            "BASE_ORCHESTRATOR={} is not available in `master` yet: use `none` (challenges run elsewhere at their internal_base_url) or `base-server dev`",
+            serde_json::to_value(other).ok().and_then(|v| v.as_str().map(str::to_string)).unwrap_or_default()
+        ),
+    }
     let db = settings.effective_database_url()?;
     let store = base_sdk::store::connect(db.expose())
         .await
@@ -71,6 +102,30 @@ async fn master(settings: Settings) -> anyhow::Result<()> {
         AdminAuth::new(settings.admin_token.clone()),
         settings.netuid,
     );
+    let weights = settings
+        .metagraph_file
+        .clone()
+        .map(|path| -> anyhow::Result<_> {
+            Ok(EpochRunner {
+                registry: state.registry().clone(),
+                orchestrator: None,
+                source: Arc::new(HttpWeightSource::new(Duration::from_secs(10), 2)?),
+                metagraph: Arc::new(FileMetagraph::new(path)),
+                config: EpochConfig {
+                    netuid: settings.netuid,
+                    chain_endpoint: settings.chain_endpoint.clone(),
+                    ..Default::default()
+                },
+            })
+        })
+        .transpose()?;
+    match weights {
+        Some(runner) => {
+            let publish = state.weights().publisher();
+            tokio::spawn(runner.run(Duration::from_secs(settings.epoch_seconds), publish, std::future::pending()));
+        }
+        None => tracing::warn!("weights disabled: set BASE_METAGRAPH_FILE (the chain metagraph comes with the chain submitter)"),
+    }
     let listener = tokio::net::TcpListener::bind(settings.listen)
         .await
         .with_context(|| format!("binding the master API to {}", settings.listen))?;

@@ -4,7 +4,9 @@
 use std::sync::Arc;
 
 use base_sdk::auth::AdminAuth;
+use base_sdk::orchestrator::Orchestrator;
 use base_sdk::registry::Registry;
+use tokio::sync::Notify;
 
 use crate::weights::WeightsCache;
 
@@ -19,6 +21,8 @@ struct Inner {
     admin: AdminAuth,
     netuid: u16,
     weights: Arc<WeightsCache>,
+    orchestrator: Option<Arc<dyn Orchestrator>>,
+    reconcile: Arc<Notify>,
 }
 
 impl AppState {
@@ -30,8 +34,29 @@ impl AppState {
                 admin,
                 netuid,
                 weights: Arc::default(),
+                orchestrator: None,
+                reconcile: Arc::default(),
             }),
         }
+    }
+
+    /// Gives runtime operations (volume purge on delete) an orchestrator.
+    /// Call before cloning the state.
+    pub fn with_orchestrator(mut self, orchestrator: Arc<dyn Orchestrator>) -> Self {
+        if let Some(inner) = Arc::get_mut(&mut self.inner) {
+            inner.orchestrator = Some(orchestrator);
+        }
+        self
+    }
+
+    /// The orchestrator, when challenges run under this master.
+    pub fn orchestrator(&self) -> Option<&Arc<dyn Orchestrator>> {
+        self.inner.orchestrator.as_ref()
+    }
+
+    /// Notified after every admin write, so the reconciler acts at once.
+    pub fn reconcile_wake(&self) -> Arc<Notify> {
+        self.inner.reconcile.clone()
     }
 
     /// The registry service.
@@ -54,6 +79,9 @@ impl AppState {
         &self.inner.weights
     }
 
-    /// Called after every admin write so in-memory views can refresh.
-    pub fn registry_changed(&self) {}
+    /// Called after every admin write so the reconciler and in-memory
+    /// views catch up at once instead of at their next tick.
+    pub fn registry_changed(&self) {
+        self.inner.reconcile.notify_one();
+    }
 }

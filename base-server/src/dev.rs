@@ -1,0 +1,320 @@
+//! `base-server dev`: the whole flow on embedded defaults, from a fresh
+//! clone, in one command.
+//!
+//! SQLite in the data dir, the `process` orchestrator running the example
+//! quiz challenge (this same binary, re-executed with the hidden
+//! `example-challenge` subcommand), a file metagraph of made-up dev miners,
+//! a simulator that has those miners answer the quiz with different skill,
+//! and a short epoch — so a non-trivial vector appears at
+//! `/v1/weights/latest` within one epoch. Everything it creates lives under
+//! the data dir and is reused on the next start.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use base_sdk::auth::AdminAuth;
+use base_sdk::config::{ConfigError, Settings};
+use base_sdk::metagraph::FileMetagraph;
+use base_sdk::model::{ChallengeStatus, EmissionPercent};
+use base_sdk::orchestrator::Orchestrator;
+use base_sdk::orchestrator::process::{ProcessOrchestrator, ProgramTable};
+use base_sdk::registry::{NewChallenge, Registry, RegistryError};
+use base_sdk::weights::{EpochConfig, EpochRunner, HttpWeightSource};
+use secrecy::{ExposeSecret, SecretString};
+use tokio::sync::watch;
+
+use crate::state::AppState;
+
+/// The image name the dev program table maps to the example challenge.
+pub const EXAMPLE_IMAGE: &str = "base.local/quiz-challenge:0.1.0";
+
+/// The version registered for the example; the process orchestrator hands
+/// it to the challenge as `CHALLENGE_VERSION`.
+pub const EXAMPLE_VERSION: &str = "0.1.0";
+
+/// The hidden subcommand that runs the example challenge.
+pub const EXAMPLE_SUBCOMMAND: &str = "example-challenge";
+
+/// Why dev mode could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum DevError {
+    /// Settings.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// The store.
+    #[error("opening the dev database: {0}")]
+    Store(#[from] base_sdk::store::StoreError),
+    /// Seeding the registry.
+    #[error("registering the example challenges: {0}")]
+    Registry(#[from] RegistryError),
+    /// The orchestrator.
+    #[error(transparent)]
+    Orchestrator(#[from] base_sdk::orchestrator::OrchestratorError),
+    /// Files in the data dir, binding the port.
+    #[error("{context}: {source}")]
+    Io {
+        /// What was being done.
+        context: String,
+        /// Why it failed.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The weight client.
+    #[error(transparent)]
+    Weights(#[from] base_sdk::weights::WeightsError),
+}
+
+fn io(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> DevError {
+    let context = context.into();
+    move |source| DevError::Io { context, source }
+}
+
+/// The example challenges dev mode registers: slug, emission share, env.
+const EXAMPLES: &[(&str, f64, &[(&str, &str)])] = &[
+    ("quiz", 60.0, &[("QUIZ_SEED", "1"), ("QUIZ_TASKS", "10")]),
+    ("quiz-hard", 40.0, &[("QUIZ_SEED", "2"), ("QUIZ_TASKS", "20")]),
+];
+
+/// Dev miners: hotkey and the fraction of questions each answers right.
+/// Uid 0 is the subnet owner's burn hotkey, never weighted.
+const MINERS: &[(&str, f64)] = &[
+    ("5DevOwnerBurnHotkey0000000000000000000000000000", 0.0),
+    ("5DevMinerAlice00000000000000000000000000000000", 0.9),
+    ("5DevMinerBob0000000000000000000000000000000000", 0.6),
+    ("5DevMinerCarol000000000000000000000000000000000", 0.3),
+    ("5DevMinerDave00000000000000000000000000000000000", 0.0),
+];
+
+/// Settings for dev mode: the usual layers with dev defaults underneath
+/// (loopback listen address, `process` orchestrator, a 15 s epoch).
+pub fn settings(config: Option<&Path>, listen: Option<String>) -> Result<Settings, ConfigError> {
+    use figment::providers::Serialized;
+    let dev_defaults = Serialized::defaults(serde_json::json!({
+        "listen": "127.0.0.1:18080",
+        "epoch_seconds": 15,
+        "orchestrator": "process",
+    }));
+    let mut fig = Settings::figment_with(config, dev_defaults);
+    if let Some(l) = listen {
+        fig = fig.merge(Serialized::default("listen", l));
+    }
+    Settings::from_figment(fig)
+}
+
+/// Runs dev mode until `shutdown` resolves. `exe` is the binary that runs
+/// the example challenge with [`EXAMPLE_SUBCOMMAND`].
+pub async fn run(
+    settings: Settings,
+    exe: PathBuf,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> Result<(), DevError> {
+    let data_dir = settings.data_dir.clone();
+    std::fs::create_dir_all(&data_dir).map_err(io(format!("creating {}", data_dir.display())))?;
+    let db = settings.effective_database_url()?;
+    let store = base_sdk::store::connect(db.expose()).await?;
+    let vault = Arc::new(settings.vault()?);
+    let registry = Registry::new(store, settings.environment).with_vault(vault);
+    let admin_token = admin_token(&settings, &data_dir)?;
+
+    let programs = ProgramTable::new().with(EXAMPLE_IMAGE, [exe.display().to_string(), EXAMPLE_SUBCOMMAND.to_string()])?;
+    let orchestrator = Arc::new(ProcessOrchestrator::new(settings.environment, data_dir.clone(), programs)?);
+    seed_examples(&registry).await?;
+    let metagraph_path = settings
+        .metagraph_file
+        .clone()
+        .unwrap_or_else(|| data_dir.join("metagraph.json"));
+    write_dev_metagraph(&metagraph_path)?;
+
+    let state = AppState::new(registry.clone(), AdminAuth::new(Some(admin_token.clone())), settings.netuid)
+        .with_orchestrator(orchestrator.clone());
+    let listener = tokio::net::TcpListener::bind(settings.listen)
+        .await
+        .map_err(io(format!("binding {}", settings.listen)))?;
+    let addr = listener.local_addr().map_err(io("reading the bound address"))?;
+
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let stopped = |mut rx: watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|s| *s).await;
+    };
+    let reconciler = tokio::spawn(base_sdk::supervisor::run_reconciler(
+        registry.clone(),
+        orchestrator.clone(),
+        None,
+        Duration::from_secs(settings.reconcile_seconds),
+        state.reconcile_wake(),
+        stopped(stop_rx.clone()),
+    ));
+    let runner = EpochRunner {
+        registry: registry.clone(),
+        orchestrator: Some(orchestrator.clone()),
+        source: Arc::new(HttpWeightSource::new(Duration::from_secs(5), 2)?),
+        metagraph: Arc::new(FileMetagraph::new(&metagraph_path)),
+        config: EpochConfig {
+            netuid: settings.netuid,
+            chain_endpoint: settings.chain_endpoint.clone(),
+            ..Default::default()
+        },
+    };
+    let epoch_interval = Duration::from_secs(settings.epoch_seconds);
+    // Let the miners answer once before the first epoch, so the first
+    // vector is already non-trivial.
+    let epochs = tokio::spawn({
+        let publish = state.weights().publisher();
+        let stop = stopped(stop_rx.clone());
+        async move {
+            tokio::time::sleep(Duration::from_secs(3)).await;
+            runner.run(epoch_interval, publish, stop).await;
+        }
+    });
+    let miners = tokio::spawn(simulate_miners(registry.clone(), orchestrator.clone(), stopped(stop_rx.clone())));
+
+    println!("BASE dev is running (data in {}):", data_dir.display());
+    println!("  registry        http://{addr}/v1/registry");
+    println!("  weights         http://{addr}/v1/weights/latest   (every {}s)", settings.epoch_seconds);
+    println!("  admin token     {}", admin_token_hint(&settings, &data_dir));
+    println!("  CLI             base --master http://{addr} weights latest");
+    println!("Stop with Ctrl-C.");
+
+    let served = crate::serve(listener, state, shutdown).await;
+    let _ = stop_tx.send(true);
+    let _ = tokio::join!(reconciler, epochs, miners);
+    orchestrator.shutdown().await;
+    served.map_err(io("serving the API"))
+}
+
+fn admin_token(settings: &Settings, data_dir: &Path) -> Result<SecretString, DevError> {
+    if let Some(t) = &settings.admin_token {
+        return Ok(t.clone());
+    }
+    let path = data_dir.join("admin.token");
+    match std::fs::read_to_string(&path) {
+        Ok(t) if !t.trim().is_empty() => Ok(SecretString::from(t.trim().to_string())),
+        _ => {
+            let token = base_sdk::vault::Vault::generate_key();
+            let text: String = token
+                .expose_secret()
+                .chars()
+                .filter(|c| c.is_ascii_alphanumeric())
+                .collect();
+            base_sdk::vault::write_private(&path, &text).map_err(io(format!("writing {}", path.display())))?;
+            Ok(SecretString::from(text))
+        }
+    }
+}
+
+fn admin_token_hint(settings: &Settings, data_dir: &Path) -> String {
+    if settings.admin_token.is_some() {
+        "from BASE_ADMIN_TOKEN".to_string()
+    } else {
+        format!("in {} (export BASE_ADMIN_TOKEN_FILE=that path)", data_dir.join("admin.token").display())
+    }
+}
+
+async fn seed_examples(registry: &Registry) -> Result<(), DevError> {
+    for (slug, emission, env) in EXAMPLES {
+        match registry.get(slug).await {
+            Ok(_) => continue,
+            Err(RegistryError::NotFound(_)) => {}
+            Err(e) => return Err(e.into()),
+        }
+        let req = NewChallenge {
+            slug: (*slug).to_string(),
+            name: format!("Example quiz ({slug})"),
+            image: EXAMPLE_IMAGE.to_string(),
+            version: EXAMPLE_VERSION.to_string(),
+            description: Some("Arithmetic quiz: the example challenge of base-server dev".into()),
+            emission_percent: Some(EmissionPercent(*emission)),
+            status: Some(ChallengeStatus::Active),
+            env: Some(env.iter().map(|(k, v)| ((*k).to_string(), (*v).to_string())).collect()),
+            ..Default::default()
+        };
+        registry.create(req, "dev").await?;
+    }
+    Ok(())
+}
+
+fn write_dev_metagraph(path: &Path) -> Result<(), DevError> {
+    if path.exists() {
+        return Ok(());
+    }
+    let hotkeys: Vec<&str> = MINERS.iter().map(|(h, _)| *h).collect();
+    let body = serde_json::json!({ "hotkeys": hotkeys }).to_string();
+    std::fs::write(path, body).map_err(io(format!("writing {}", path.display())))
+}
+
+/// Dev miners answer every active quiz each few seconds; whether a miner
+/// gets a question right is a fixed function of its skill and the
+/// question, so the vector is stable from epoch to epoch.
+async fn simulate_miners(
+    registry: Registry,
+    orchestrator: Arc<ProcessOrchestrator>,
+    shutdown: impl std::future::Future<Output = ()> + Send,
+) {
+    let client = match reqwest::Client::builder().timeout(Duration::from_secs(5)).build() {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::error!(error = %e, "dev miners disabled: cannot build an HTTP client");
+            return;
+        }
+    };
+    tokio::pin!(shutdown);
+    loop {
+        if let Ok(challenges) = registry.list().await {
+            for c in challenges.iter().filter(|c| c.status == ChallengeStatus::Active) {
+                let Ok(status) = orchestrator.challenge_status(&c.slug).await else { continue };
+                let Some(base) = status.endpoint else { continue };
+                if let Err(e) = answer_quiz(&client, &base).await {
+                    tracing::debug!(slug = %c.slug, error = %e, "dev miners could not answer (yet)");
+                }
+            }
+        }
+        tokio::select! {
+            _ = &mut shutdown => return,
+            _ = tokio::time::sleep(Duration::from_secs(4)) => {}
+        }
+    }
+}
+
+async fn answer_quiz(client: &reqwest::Client, base: &str) -> Result<(), reqwest::Error> {
+    let tasks: quiz_challenge::TasksResponse = client
+        .get(format!("{base}/tasks"))
+        .send()
+        .await?
+        .error_for_status()?
+        .json()
+        .await?;
+    let truth = quiz_challenge::generate_tasks(tasks.seed, u32::try_from(tasks.tasks.len()).unwrap_or(0));
+    for (hotkey, skill) in MINERS.iter().skip(1) {
+        for task in &truth {
+            let right = pseudo_unit(hotkey, task.id) < *skill;
+            let answer = if right { task.answer() } else { task.answer().wrapping_add(1) };
+            client
+                .post(format!("{base}/submissions"))
+                .json(&serde_json::json!({"hotkey": hotkey, "task_id": task.id, "answer": answer}))
+                .send()
+                .await?;
+        }
+    }
+    Ok(())
+}
+
+/// A number in [0, 1) fixed by the miner and the question.
+fn pseudo_unit(hotkey: &str, task: u32) -> f64 {
+    use sha2::{Digest, Sha256};
+    let d = Sha256::digest(format!("{hotkey}/{task}").as_bytes());
+    let n = u32::from_be_bytes([d[0], d[1], d[2], d[3]]);
+    f64::from(n) / (f64::from(u32::MAX) + 1.0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn skills_shape_the_answers() {
+        let right = |skill: f64| (0..1000).filter(|t| pseudo_unit("k", *t) < skill).count();
+        assert_eq!(right(0.0), 0);
+        assert!((850..950).contains(&right(0.9)), "{}", right(0.9));
+    }
+}

@@ -328,6 +328,8 @@ fn describe(e: figment::Error) -> String {
 }
 
 #[cfg(test)]
+// figment's Jail closures return figment::Error, which is large by design.
+#[allow(clippy::result_large_err)]
 mod tests {
     use super::*;
     use figment::Jail;

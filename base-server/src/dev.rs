@@ -70,10 +70,24 @@ fn io(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> DevError {
     move |source| DevError::Io { context, source }
 }
 
-/// The example challenges dev mode registers: slug, emission share, env.
-const EXAMPLES: &[(&str, f64, &[(&str, &str)])] = &[
-    ("quiz", 60.0, &[("QUIZ_SEED", "1"), ("QUIZ_TASKS", "10")]),
-    ("quiz-hard", 40.0, &[("QUIZ_SEED", "2"), ("QUIZ_TASKS", "20")]),
+/// One example challenge dev mode registers.
+struct Example {
+    slug: &'static str,
+    emission: f64,
+    env: &'static [(&'static str, &'static str)],
+}
+
+const EXAMPLES: &[Example] = &[
+    Example {
+        slug: "quiz",
+        emission: 60.0,
+        env: &[("QUIZ_SEED", "1"), ("QUIZ_TASKS", "10")],
+    },
+    Example {
+        slug: "quiz-hard",
+        emission: 40.0,
+        env: &[("QUIZ_SEED", "2"), ("QUIZ_TASKS", "20")],
+    },
 ];
 
 /// Dev miners: hotkey and the fraction of questions each answers right.
@@ -212,7 +226,7 @@ fn admin_token_hint(settings: &Settings, data_dir: &Path) -> String {
 }
 
 async fn seed_examples(registry: &Registry) -> Result<(), DevError> {
-    for (slug, emission, env) in EXAMPLES {
+    for Example { slug, emission, env } in EXAMPLES {
         match registry.get(slug).await {
             Ok(_) => continue,
             Err(RegistryError::NotFound(_)) => {}

@@ -136,6 +136,15 @@ pub enum ChallengeError {
     /// The database failed (500).
     #[error("database error: {0}")]
     Database(#[from] sqlx::Error),
+    /// [`open_database`] could not open or create the file (names it).
+    #[error("cannot open database '{}': {source}", path.display())]
+    DatabaseOpen {
+        /// The SQLite file.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: sqlx::Error,
+    },
     /// A file-system or socket operation failed (500).
     #[error("cannot {action}: {source}")]
     Io {
@@ -636,19 +645,19 @@ pub async fn open_database(settings: &ChallengeSettings) -> Result<SqlitePool, C
     let opts = SqliteConnectOptions::from_str(url)?
         .create_if_missing(true)
         .busy_timeout(std::time::Duration::from_secs(5));
-    let file = opts.get_filename();
+    let file = opts.get_filename().to_path_buf();
     let in_memory = file.to_string_lossy().starts_with("file:");
     let opts = if in_memory {
         opts
     } else {
-        create_parent(file).await?;
+        create_parent(&file).await?;
         opts.journal_mode(SqliteJournalMode::Wal)
     };
-    let pool = SqlitePoolOptions::new()
+    SqlitePoolOptions::new()
         .max_connections(8)
         .connect_with(opts)
-        .await?;
-    Ok(pool)
+        .await
+        .map_err(|source| ChallengeError::DatabaseOpen { path: file, source })
 }
 
 async fn create_parent(file: &Path) -> Result<(), ChallengeError> {
@@ -733,8 +742,6 @@ pub async fn shutdown_signal() {
 }
 
 #[cfg(test)]
-// Tests may unwrap: a panic is the failure report.
-#[allow(clippy::unwrap_used)]
 mod tests {
     use std::collections::HashMap;
     use std::sync::atomic::{AtomicUsize, Ordering};
@@ -1142,6 +1149,17 @@ mod tests {
         s.database_url = "postgres://h/db".into();
         let e = open_database(&s).await.unwrap_err();
         assert!(e.to_string().contains("CHALLENGE_DATABASE_URL"));
+
+        // A directory where the file should be: the error names the path.
+        let s = settings(None)
+            .with_database_url(&format!("sqlite://{}", dir.path().display()))
+            .unwrap();
+        let e = open_database(&s).await.unwrap_err();
+        assert!(matches!(e, ChallengeError::DatabaseOpen { .. }), "{e:?}");
+        assert!(
+            e.to_string().contains(&dir.path().display().to_string()),
+            "{e}"
+        );
     }
 
     #[tokio::test]

@@ -7,7 +7,7 @@
 //! seed. Each hotkey gets one answer per question (a second one is 409, so
 //! guessing does not pay); its weight is the fraction of all questions it
 //! answered correctly. Submissions live in the challenge's own SQLite file
-//! on its `/data` volume, keyed by seed, so changing `CHALLENGE_QUIZ_SEED`
+//! on its `/data` volume, keyed by seed, so changing `QUIZ_SEED`
 //! starts a fresh round without deleting history.
 //!
 //! Who the miner is: this example trusts the `hotkey` field of a public
@@ -22,8 +22,11 @@
 //!
 //! `run_from_env` is the single entry point of the service, used by this
 //! crate's binary and by `base-server dev`, which re-executes itself to run
-//! the example challenge as a child process. It reads only `CHALLENGE_*`
-//! variables.
+//! the example challenge as a child process. It reads the platform's
+//! `CHALLENGE_*` variables and the quiz's own optional `QUIZ_SEED` and
+//! `QUIZ_TASKS` — never a `BASE_*` one. (The quiz's knobs are not
+//! `CHALLENGE_*` because the master reserves that prefix: an operator sets
+//! them with `base challenge register --env QUIZ_SEED=7`.)
 
 use std::future::Future;
 use std::sync::Arc;
@@ -42,10 +45,10 @@ use base_sdk::challenge::{
 use serde::{Deserialize, Serialize};
 use sqlx::SqlitePool;
 
-/// The seed used when `CHALLENGE_QUIZ_SEED` is unset.
+/// The seed used when `QUIZ_SEED` is unset.
 pub const DEFAULT_SEED: u64 = 2026;
 
-/// The number of questions when `CHALLENGE_QUIZ_TASKS` is unset.
+/// The number of questions when `QUIZ_TASKS` is unset.
 pub const DEFAULT_TASK_COUNT: u32 = 10;
 
 /// The most questions a round may have (keeps `/tasks` small).
@@ -58,7 +61,7 @@ pub const MAX_HOTKEY_LEN: usize = 64;
 /// `{"detail": "<message>"}` with the status each variant documents.
 #[derive(Debug, thiserror::Error)]
 pub enum QuizError {
-    /// A `CHALLENGE_QUIZ_*` variable has an unusable value (names it).
+    /// A `QUIZ_*` variable has an unusable value (names it).
     #[error("invalid {key}: {reason}")]
     InvalidOption {
         /// The variable.
@@ -126,8 +129,7 @@ impl IntoResponse for QuizError {
     }
 }
 
-/// The round's parameters, from `CHALLENGE_QUIZ_SEED` and
-/// `CHALLENGE_QUIZ_TASKS`.
+/// The round's parameters, from `QUIZ_SEED` and `QUIZ_TASKS`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct QuizOptions {
     /// Seed of the question generator; a new seed is a new round.
@@ -155,19 +157,19 @@ impl QuizOptions {
                 .filter(|v| !v.is_empty())
         };
         let mut o = Self::default();
-        if let Some(v) = get("CHALLENGE_QUIZ_SEED") {
+        if let Some(v) = get("QUIZ_SEED") {
             o.seed = v.parse().map_err(|e| QuizError::InvalidOption {
-                key: "CHALLENGE_QUIZ_SEED",
+                key: "QUIZ_SEED",
                 reason: format!("'{v}': {e}"),
             })?;
         }
-        if let Some(v) = get("CHALLENGE_QUIZ_TASKS") {
+        if let Some(v) = get("QUIZ_TASKS") {
             o.task_count = v
                 .parse()
                 .ok()
                 .filter(|n| (1..=MAX_TASK_COUNT).contains(n))
                 .ok_or_else(|| QuizError::InvalidOption {
-                    key: "CHALLENGE_QUIZ_TASKS",
+                    key: "QUIZ_TASKS",
                     reason: format!("'{v}' is not a whole number from 1 to {MAX_TASK_COUNT}"),
                 })?;
         }
@@ -361,7 +363,7 @@ impl Quiz {
     pub async fn new(pool: SqlitePool, options: QuizOptions) -> Result<Self, QuizError> {
         if options.task_count == 0 || options.task_count > MAX_TASK_COUNT {
             return Err(QuizError::InvalidOption {
-                key: "CHALLENGE_QUIZ_TASKS",
+                key: "QUIZ_TASKS",
                 reason: format!("{} is not from 1 to {MAX_TASK_COUNT}", options.task_count),
             });
         }
@@ -620,9 +622,10 @@ pub async fn run(
     served.map_err(QuizError::from)
 }
 
-/// The service entry point: settings from `CHALLENGE_*` variables (see
-/// `base_sdk::challenge::ChallengeSettings` and [`QuizOptions`]), served
-/// until Ctrl-C or SIGTERM.
+/// The service entry point: settings from the `CHALLENGE_*` variables
+/// (see `base_sdk::challenge::ChallengeSettings`) and the round from
+/// `QUIZ_SEED` / `QUIZ_TASKS` ([`QuizOptions`]), served until Ctrl-C or
+/// SIGTERM.
 pub async fn run_from_env() -> Result<(), QuizError> {
     let settings = ChallengeSettings::from_env()?;
     let options = QuizOptions::from_lookup(|k| std::env::var(k).ok())?;
@@ -630,8 +633,6 @@ pub async fn run_from_env() -> Result<(), QuizError> {
 }
 
 #[cfg(test)]
-// Tests may unwrap: a panic is the failure report.
-#[allow(clippy::unwrap_used)]
 mod tests {
     use super::*;
 
@@ -662,21 +663,18 @@ mod tests {
         let o = QuizOptions::from_lookup(|_| None).unwrap();
         assert_eq!(o, QuizOptions::default());
         let o = QuizOptions::from_lookup(|k| match k {
-            "CHALLENGE_QUIZ_SEED" => Some("99".into()),
-            "CHALLENGE_QUIZ_TASKS" => Some(" 3 ".into()),
+            "QUIZ_SEED" => Some("99".into()),
+            "QUIZ_TASKS" => Some(" 3 ".into()),
             _ => None,
         })
         .unwrap();
         assert_eq!((o.seed, o.task_count), (99, 3));
         for bad in ["0", "1001", "x", "-1"] {
-            let e = QuizOptions::from_lookup(|k| {
-                (k == "CHALLENGE_QUIZ_TASKS").then(|| bad.to_string())
-            })
-            .unwrap_err();
-            assert!(e.to_string().contains("CHALLENGE_QUIZ_TASKS"), "{e}");
+            let e = QuizOptions::from_lookup(|k| (k == "QUIZ_TASKS").then(|| bad.to_string()))
+                .unwrap_err();
+            assert!(e.to_string().contains("QUIZ_TASKS"), "{e}");
         }
-        let e = QuizOptions::from_lookup(|k| (k == "CHALLENGE_QUIZ_SEED").then(|| "s".into()))
-            .unwrap_err();
-        assert!(e.to_string().contains("CHALLENGE_QUIZ_SEED"));
+        let e = QuizOptions::from_lookup(|k| (k == "QUIZ_SEED").then(|| "s".into())).unwrap_err();
+        assert!(e.to_string().contains("QUIZ_SEED"));
     }
 }

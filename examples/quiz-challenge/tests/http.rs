@@ -1,7 +1,7 @@
 //! The quiz challenge over real HTTP, as the master and miners see it:
 //! scoring reaches `get_weights`, the contract's auth rules hold on a real
 //! challenge, submissions are validated, and the shipped binary starts
-//! from `CHALLENGE_*` variables alone.
+//! from environment variables alone.
 
 // Tests may unwrap: a panic is the failure report.
 #![allow(clippy::unwrap_used)]
@@ -410,7 +410,7 @@ async fn scores_survive_a_restart_and_a_new_seed_is_a_new_round() {
     app.stop().await;
 }
 
-/// The shipped binary, configured only through `CHALLENGE_*` variables (the
+/// The shipped binary, configured only through environment variables (the
 /// token through the production `_FILE` path), stops cleanly on SIGTERM.
 #[cfg(unix)]
 #[tokio::test]
@@ -434,7 +434,7 @@ async fn the_binary_runs_from_env_and_stops_on_sigterm() {
             ),
         )
         .env("CHALLENGE_LISTEN", format!("127.0.0.1:{port}"))
-        .env("CHALLENGE_QUIZ_TASKS", "4")
+        .env("QUIZ_TASKS", "4")
         .stdout(std::process::Stdio::null())
         .kill_on_drop(true)
         .spawn()

@@ -6,6 +6,7 @@
 //! `process` (the embedded development default) implement it.
 
 pub mod process;
+pub mod swarm;
 
 use std::collections::BTreeMap;
 
@@ -133,7 +134,154 @@ pub struct ServiceStatus {
     pub started_at: Option<DateTime<Utc>>,
 }
 
-/// Manages challenge services (jobs join with the broker).
+/// Where a job's network traffic may go.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum JobNetwork {
+    /// No route out: the internal encrypted overlay `base_jobs_internal`.
+    None,
+    /// The orchestrator's default network for jobs.
+    Default,
+    /// A named `base_*` network meant for jobs (never the control plane's).
+    Named(String),
+}
+
+/// A bind of untrusted content into a job (the broker extracts and checks
+/// archives before a job ever sees them).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct JobMount {
+    /// Path inside the job.
+    pub target: String,
+    /// Mounted read-only.
+    pub read_only: bool,
+    /// Files to place there: path relative to `target` → contents.
+    pub files: BTreeMap<String, Vec<u8>>,
+}
+
+/// Hardening and resource limits of a job (CONTRACTS.md §4 defaults are
+/// applied by the broker before this is built).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct JobLimits {
+    /// CPU limit in cores.
+    pub cpus: f64,
+    /// Memory limit in bytes.
+    pub memory_bytes: i64,
+    /// Process limit.
+    pub pids: i64,
+    /// GPUs (generic resource `NVIDIA-GPU`); `None` = CPU only.
+    pub gpus: Option<u32>,
+    /// Network.
+    pub network: JobNetwork,
+    /// Read-only root filesystem.
+    pub read_only: bool,
+    /// `uid[:gid]` to run as.
+    pub user: Option<String>,
+    /// tmpfs mounts: `path:options` (e.g. `/tmp:rw,noexec,nosuid,size=512m`).
+    pub tmpfs: Vec<String>,
+    /// `name=soft:hard` ulimits.
+    pub ulimits: Vec<String>,
+    /// Capabilities dropped (`ALL`).
+    pub cap_drop: Vec<String>,
+    /// Security options (`no-new-privileges`).
+    pub security_opt: Vec<String>,
+    /// Run an init process as PID 1.
+    pub init: bool,
+}
+
+/// One evaluation job to run to completion.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct JobSpec {
+    /// The broker's unique id for it (names the service `base-job-<id>`).
+    pub id: String,
+    /// The challenge that asked.
+    pub slug: Slug,
+    /// The caller's job id (CONTRACTS.md §4 `job_id`).
+    pub job_id: String,
+    /// The caller's task id.
+    pub task_id: Option<String>,
+    /// Image.
+    pub image: ImageRef,
+    /// argv.
+    pub command: Vec<String>,
+    /// Working directory.
+    pub workdir: Option<String>,
+    /// Environment.
+    pub env: BTreeMap<String, String>,
+    /// Extra labels (never overriding `base.*`).
+    pub labels: BTreeMap<String, String>,
+    /// Limits and hardening.
+    pub limits: JobLimits,
+    /// Content mounted into the job.
+    pub mounts: Vec<JobMount>,
+    /// How long the job may run once started.
+    pub timeout_seconds: u64,
+    /// When the reaper removes it at the latest (stored as a label so a
+    /// restarted master can still act on it).
+    pub deadline_at: DateTime<Utc>,
+}
+
+/// Where a job is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum JobState {
+    /// Accepted, waiting for a node.
+    Queued,
+    /// Its image is being fetched.
+    Pulling,
+    /// Its process runs.
+    Running,
+    /// Exited 0.
+    Succeeded,
+    /// Exited non-zero or could not start.
+    Failed,
+    /// Removed at its deadline.
+    TimedOut,
+    /// Cancelled by its owner.
+    Cancelled,
+}
+
+impl JobState {
+    /// Whether the job will not change state again.
+    pub fn is_terminal(self) -> bool {
+        matches!(self, Self::Succeeded | Self::Failed | Self::TimedOut | Self::Cancelled)
+    }
+}
+
+/// A job's observed status.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct JobStatus {
+    /// The broker's id.
+    pub id: String,
+    /// The challenge.
+    pub slug: Slug,
+    /// State.
+    pub state: JobState,
+    /// Exit code once exited.
+    pub exit_code: Option<i64>,
+    /// Node it ran on.
+    pub node_id: Option<String>,
+    /// When its process started (timeouts count from here).
+    pub started_at: Option<DateTime<Utc>>,
+    /// When it ended.
+    pub finished_at: Option<DateTime<Utc>>,
+    /// Scheduler or exit detail (e.g. "no suitable node (insufficient resources)").
+    pub message: Option<String>,
+    /// The deadline label.
+    pub deadline_at: Option<DateTime<Utc>>,
+}
+
+/// Tail-capped output of a job.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct JobLogs {
+    /// The last bytes of stdout (lossy UTF-8).
+    pub stdout: String,
+    /// The last bytes of stderr.
+    pub stderr: String,
+    /// Whether either stream was cut.
+    pub truncated: bool,
+}
+
+/// Manages challenge services and evaluation jobs.
 #[cfg_attr(any(test, feature = "mocks"), mockall::automock)]
 #[async_trait]
 pub trait Orchestrator: Send + Sync {
@@ -152,4 +300,25 @@ pub trait Orchestrator: Send + Sync {
     /// Every challenge service this orchestrator runs, including ones no
     /// record explains (so the reconciler can remove them).
     async fn list_challenges(&self) -> Result<Vec<ServiceStatus>, OrchestratorError>;
+
+    /// Starts a job; returns once it is created (not finished).
+    async fn run_job(&self, spec: &JobSpec) -> Result<JobStatus, OrchestratorError>;
+
+    /// A job's current status.
+    async fn job_status(&self, id: &str) -> Result<JobStatus, OrchestratorError>;
+
+    /// Waits until the job is terminal or `timeout` passes (then returns
+    /// its status as it is), without polling per job where the backend has
+    /// an event stream.
+    async fn wait_job(&self, id: &str, timeout: std::time::Duration) -> Result<JobStatus, OrchestratorError>;
+
+    /// The tail (at most `max_bytes` per stream) of a job's output.
+    async fn job_logs(&self, id: &str, max_bytes: usize) -> Result<JobLogs, OrchestratorError>;
+
+    /// Stops a job and removes everything it created; idempotent.
+    async fn remove_job(&self, id: &str) -> Result<(), OrchestratorError>;
+
+    /// Every job this orchestrator knows, optionally for one challenge
+    /// (rebuilt from the backend's labels, so it survives a restart).
+    async fn list_jobs(&self, slug: Option<Slug>) -> Result<Vec<JobStatus>, OrchestratorError>;
 }

@@ -38,7 +38,10 @@ use sha2::{Digest, Sha256};
 use tokio::process::{Child, Command};
 use tokio::sync::Mutex;
 
-use super::{ChallengeSpec, Orchestrator, OrchestratorError, ServiceState, ServiceStatus};
+use super::{
+    ChallengeSpec, JobLogs, JobSpec, JobStatus, Orchestrator, OrchestratorError, ServiceState,
+    ServiceStatus,
+};
 use crate::config::Environment;
 use crate::model::{ImageRef, Slug};
 
@@ -525,6 +528,34 @@ impl Orchestrator for ProcessOrchestrator {
         all.sort_by(|a, b| a.slug.cmp(&b.slug));
         Ok(all)
     }
+
+    async fn run_job(&self, spec: &JobSpec) -> Result<JobStatus, OrchestratorError> {
+        Err(jobs_unsupported(&spec.id))
+    }
+
+    async fn job_status(&self, id: &str) -> Result<JobStatus, OrchestratorError> {
+        Err(jobs_unsupported(id))
+    }
+
+    async fn wait_job(&self, id: &str, _timeout: Duration) -> Result<JobStatus, OrchestratorError> {
+        Err(jobs_unsupported(id))
+    }
+
+    async fn job_logs(&self, id: &str, _max_bytes: usize) -> Result<JobLogs, OrchestratorError> {
+        Err(jobs_unsupported(id))
+    }
+
+    async fn remove_job(&self, id: &str) -> Result<(), OrchestratorError> {
+        Err(jobs_unsupported(id))
+    }
+
+    async fn list_jobs(&self, _slug: Option<Slug>) -> Result<Vec<JobStatus>, OrchestratorError> {
+        Ok(Vec::new())
+    }
+}
+
+fn jobs_unsupported(id: &str) -> OrchestratorError {
+    OrchestratorError::Refused(format!("job '{id}': the process orchestrator does not run jobs yet"))
 }
 
 /// The error for an image with no registered program.

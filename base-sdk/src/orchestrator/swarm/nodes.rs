@@ -1,0 +1,1 @@
+//! Swarm nodes: worker enrolment and labels (being written).

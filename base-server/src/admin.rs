@@ -219,6 +219,30 @@ pub async fn rotate(
     Ok(Json(tokens))
 }
 
+/// `GET /v1/admin/challenges/{slug}/status`: what the orchestrator says
+/// now (asked live, not remembered), beside the record's desired status.
+pub async fn status(
+    State(state): State<AppState>,
+    Path(slug): Path<String>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let c = state.registry().get(&slug).await?;
+    let Some(o) = state.orchestrator() else {
+        return Err(ApiError::Unavailable(
+            "no orchestrator configured (BASE_ORCHESTRATOR=none): challenges run elsewhere".into(),
+        ));
+    };
+    let runtime = o
+        .challenge_status(&c.slug)
+        .await
+        .map_err(|e| ApiError::Unavailable(format!("orchestrator: {e}")))?;
+    Ok(Json(serde_json::json!({
+        "slug": c.slug,
+        "desired_status": c.status,
+        "orchestrator": o.name(),
+        "runtime": runtime,
+    })))
+}
+
 /// Query of `GET /v1/admin/audit`.
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]

@@ -34,6 +34,7 @@ pub fn app(state: AppState) -> Router {
         .route("/challenges/{slug}/activate", post(admin::activate))
         .route("/challenges/{slug}/deactivate", post(admin::deactivate))
         .route("/challenges/{slug}/tokens/rotate", post(admin::rotate))
+        .route("/challenges/{slug}/status", get(admin::status))
         .route("/audit", get(admin::audit))
         .route_layer(middleware::from_fn_with_state(
             state.clone(),

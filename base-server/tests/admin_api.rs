@@ -572,3 +572,62 @@ fn sqlx_io_error() -> sqlx::Error {
         "connection refused to db.internal:5432 password=hunter2",
     ))
 }
+
+#[tokio::test]
+async fn status_comes_from_the_orchestrator_and_delete_passes_the_purge_flag() {
+    use base_sdk::model::Slug;
+    use base_sdk::orchestrator::{MockOrchestrator, ServiceState, ServiceStatus};
+    let db = base_sdk::testing::sqlite().await.unwrap();
+    let without = Api::new(db.store.clone(), Environment::Development, Some(ADMIN));
+    let (s, _) = without
+        .call("POST", "/v1/admin/challenges", Some(new_challenge("live")))
+        .await;
+    assert_eq!(s, StatusCode::CREATED);
+    let (s, body) = without
+        .call("GET", "/v1/admin/challenges/live/status", None)
+        .await;
+    assert_eq!(s, StatusCode::SERVICE_UNAVAILABLE);
+    assert!(body["detail"].as_str().unwrap().contains("no orchestrator"));
+
+    let mut o = MockOrchestrator::new();
+    o.expect_name().return_const("swarm");
+    o.expect_challenge_status().returning(|slug| {
+        Ok(ServiceStatus {
+            slug: slug.clone(),
+            state: ServiceState::Failed,
+            image: Some("ghcr.io/x:1".into()),
+            endpoint: None,
+            message: Some("task exited with 137".into()),
+            started_at: None,
+        })
+    });
+    o.expect_remove_challenge()
+        .withf(|slug, purge| slug == &Slug::parse("live").unwrap() && *purge)
+        .times(1)
+        .returning(|_, _| Ok(()));
+    let registry = Registry::new(db.store.clone(), Environment::Development);
+    let state = AppState::new(
+        registry,
+        AdminAuth::new(Some(SecretString::from(ADMIN.to_string()))),
+        100,
+    )
+    .with_orchestrator(Arc::new(o));
+    let with = Api {
+        state,
+        store: db.store.clone(),
+    };
+    let (s, body) = with.call("GET", "/v1/admin/challenges/live/status", None).await;
+    assert_eq!(s, StatusCode::OK, "{body}");
+    assert_eq!(body["orchestrator"], "swarm");
+    assert_eq!(body["desired_status"], "draft");
+    assert_eq!(body["runtime"]["state"], "failed");
+    assert_eq!(body["runtime"]["message"], "task exited with 137");
+    let (s, _) = with
+        .call("GET", "/v1/admin/challenges/nope/status", None)
+        .await;
+    assert_eq!(s, StatusCode::NOT_FOUND);
+    let (s, body) = with
+        .call("DELETE", "/v1/admin/challenges/live?purge_volumes=true", None)
+        .await;
+    assert_eq!(s, StatusCode::OK, "{body}");
+}

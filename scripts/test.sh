@@ -1,8 +1,11 @@
 #!/usr/bin/env bash
 # The one test command (README, .ci/run): sets up what the tests need —
-# a throw-away PostgreSQL cluster on loopback, and later a single-node
-# Docker Swarm — runs every test including the infrastructure-marked ones,
-# and tears down whatever it started, even on failure or Ctrl-C.
+# a throw-away PostgreSQL cluster on loopback, a single-node Docker Swarm
+# on this machine's engine (initialised only if it is not one already, and
+# left again afterwards), the node label jobs are placed by, and the
+# example challenge image built locally — runs every test including the
+# infrastructure-marked ones, and tears down whatever it started, even on
+# failure or Ctrl-C.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -59,6 +62,39 @@ if [ -z "${BASE_TEST_POSTGRES_URL:-}" ]; then
   start_postgres
 else
   log "using PostgreSQL at BASE_TEST_POSTGRES_URL"
+fi
+
+# --- Docker Swarm -------------------------------------------------------
+setup_swarm() {
+  if ! docker info >/dev/null 2>&1; then
+    echo "the tests need a running Docker engine (docker info failed)" >&2
+    exit 1
+  fi
+  local state node prev
+  state=$(docker info --format '{{.Swarm.LocalNodeState}}')
+  if [ "$state" != "active" ]; then
+    log "initialising a single-node Docker Swarm (left again afterwards)"
+    docker swarm init --advertise-addr 127.0.0.1 >/dev/null
+    cleanup_steps+=("docker swarm leave --force")
+  else
+    log "using the existing Docker Swarm"
+  fi
+  node=$(docker info --format '{{.Swarm.NodeID}}')
+  prev=$(docker node inspect "$node" --format '{{ index .Spec.Labels "base.workload" }}' 2>/dev/null || true)
+  docker node update --label-add base.workload=cpu "$node" >/dev/null
+  if [ -z "$prev" ] || [ "$prev" = "<no value>" ]; then
+    cleanup_steps+=("docker node update --label-rm base.workload '$node'")
+  else
+    cleanup_steps+=("docker node update --label-add 'base.workload=$prev' '$node'")
+  fi
+  log "building the example challenge image"
+  scripts/build-example-image.sh >/dev/null
+}
+
+if [ "${BASE_TEST_SKIP_SWARM:-}" = "1" ]; then
+  log "BASE_TEST_SKIP_SWARM=1: not touching Docker (tests that need it will fail)"
+else
+  setup_swarm
 fi
 
 log "running the test suite (including infrastructure tests)"

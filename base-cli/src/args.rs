@@ -9,6 +9,7 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use base_sdk::model::{ChallengeStatus, EmissionPercent, TokenKind};
+use base_sdk::orchestrator::swarm::nodes::Workload;
 use base_sdk::registry::{ChallengePatch, NewChallenge};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use reqwest::Url;
@@ -47,7 +48,7 @@ pub enum ArgsError {
 #[command(
     name = "base",
     version,
-    about = "Operate a BASE master: register and manage challenges, read the registry and audit log, migrate the database",
+    about = "Operate a BASE master: register and manage challenges, read the registry, audit log and published weights, migrate the database, enrol swarm workers",
     after_help = "Admin commands need the master's admin token. Prefer BASE_ADMIN_TOKEN_FILE (or \
                   --admin-token-file) or the BASE_ADMIN_TOKEN env var over --admin-token: \
                   command-line arguments are visible to every user of the machine in `ps`."
@@ -120,9 +121,120 @@ pub enum Command {
         #[arg(long, value_name = "N")]
         limit: Option<u32>,
     },
+    /// Read the weight vector the master publishes (no token needed).
+    #[command(subcommand)]
+    Weights(WeightsCommand),
     /// Control-plane database maintenance (connects to the database directly).
     #[command(subcommand)]
     Db(DbCommand),
+    /// Manage the swarm the master runs on (talks to the local Docker
+    /// engine, which must be a swarm manager; no master API or token).
+    #[command(subcommand)]
+    Master(MasterCommand),
+}
+
+/// `base master …`.
+#[derive(Debug, Subcommand)]
+pub enum MasterCommand {
+    /// Enrol, label, drain and remove the worker nodes that run evaluation
+    /// jobs. Run on a swarm manager.
+    #[command(subcommand)]
+    Worker(WorkerCommand),
+}
+
+/// `base master worker …`: the swarm's nodes, through the local Docker
+/// engine (`DOCKER_HOST` or the local socket).
+#[derive(Debug, Subcommand)]
+pub enum WorkerCommand {
+    /// Print the `docker swarm join` command a new worker runs, and the
+    /// `label` command to run here once it joined.
+    #[command(
+        long_about = "Print the `docker swarm join --token <TOKEN> <MANAGER_IP>:2377` command a new \
+                      worker runs, then the `base master worker label` command to run on this \
+                      manager once the node joined.\n\n\
+                      The output CONTAINS THE SWARM JOIN TOKEN, which admits any machine that can \
+                      reach the manager to the swarm: printing it is this command's purpose, so \
+                      do not run it where the output is logged or shared. If it leaked, run \
+                      again with --rotate (machines that already joined stay joined)."
+    )]
+    Token {
+        /// The node will take CPU jobs (the default).
+        #[arg(long, conflicts_with = "gpu")]
+        cpu: bool,
+        /// The node will take GPU jobs (its daemon.json must advertise NVIDIA-GPU resources).
+        #[arg(long)]
+        gpu: bool,
+        /// Replace the worker join token first; the old token stops working.
+        #[arg(long)]
+        rotate: bool,
+    },
+    /// Set a node's `base.workload` label, which decides which jobs it takes.
+    Label {
+        /// Node id, unambiguous id prefix, or hostname.
+        node: String,
+        /// The kind of evaluation job the node takes.
+        #[arg(long, value_enum)]
+        workload: WorkloadArg,
+    },
+    /// List the swarm's nodes with their role, state, workload label and GPUs.
+    List,
+    /// Stop placing tasks on a node and move its running tasks elsewhere
+    /// (or, with --active, let it take tasks again).
+    Drain {
+        /// Node id, unambiguous id prefix, or hostname.
+        node: String,
+        /// Set the node back to active instead of draining it.
+        #[arg(long)]
+        active: bool,
+    },
+    /// Remove a node from the swarm (drain it first; it must be down unless --force).
+    Rm {
+        /// Node id, unambiguous id prefix, or hostname.
+        node: String,
+        /// Remove it even if it is still up (it keeps running its containers
+        /// outside the swarm until it runs `docker swarm leave`).
+        #[arg(long)]
+        force: bool,
+    },
+    /// Show one node in detail.
+    Inspect {
+        /// Node id, unambiguous id prefix, or hostname.
+        node: String,
+    },
+}
+
+impl WorkerCommand {
+    /// The workload chosen by `token --cpu|--gpu` (CPU when neither is given).
+    pub fn token_workload(gpu: bool) -> Workload {
+        if gpu { Workload::Gpu } else { Workload::Cpu }
+    }
+}
+
+/// A node workload as a flag value.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum WorkloadArg {
+    /// CPU-only evaluation jobs.
+    Cpu,
+    /// GPU evaluation jobs.
+    Gpu,
+}
+
+impl From<WorkloadArg> for Workload {
+    fn from(w: WorkloadArg) -> Self {
+        match w {
+            WorkloadArg::Cpu => Self::Cpu,
+            WorkloadArg::Gpu => Self::Gpu,
+        }
+    }
+}
+
+/// `base weights …`.
+#[derive(Debug, Subcommand)]
+pub enum WeightsCommand {
+    /// Show the latest published vector (GET /v1/weights/latest): validity,
+    /// each uid's weight as a float and as the u16 Bittensor sets, and the
+    /// challenges it came from. Fails while no epoch has completed.
+    Latest,
 }
 
 /// `base db …`.
@@ -636,6 +748,85 @@ mod tests {
             panic!("wrong command");
         };
         assert_eq!(kind.token_kind(), None);
+    }
+
+    #[test]
+    fn weights_latest_needs_no_other_flag() {
+        let cli = parse(&["weights", "latest", "--json"]);
+        assert!(matches!(
+            cli.command,
+            Command::Weights(WeightsCommand::Latest)
+        ));
+        assert!(cli.global.json);
+    }
+
+    #[test]
+    fn worker_commands_parse() {
+        let cli = parse(&["master", "worker", "token", "--gpu", "--rotate"]);
+        let Command::Master(MasterCommand::Worker(WorkerCommand::Token { cpu, gpu, rotate })) =
+            cli.command
+        else {
+            panic!("wrong command");
+        };
+        assert!(!cpu && gpu && rotate);
+        assert_eq!(WorkerCommand::token_workload(gpu), Workload::Gpu);
+        assert_eq!(WorkerCommand::token_workload(false), Workload::Cpu);
+        assert!(
+            Cli::try_parse_from(["base", "master", "worker", "token", "--cpu", "--gpu"]).is_err()
+        );
+
+        let cli = parse(&[
+            "master",
+            "worker",
+            "label",
+            "n1",
+            "--workload",
+            "gpu",
+            "--json",
+        ]);
+        let Command::Master(MasterCommand::Worker(WorkerCommand::Label { node, workload })) =
+            cli.command
+        else {
+            panic!("wrong command");
+        };
+        assert_eq!(
+            (node.as_str(), Workload::from(workload)),
+            ("n1", Workload::Gpu)
+        );
+        assert!(cli.global.json);
+        assert!(
+            Cli::try_parse_from([
+                "base",
+                "master",
+                "worker",
+                "label",
+                "n1",
+                "--workload",
+                "tpu"
+            ])
+            .is_err()
+        );
+        assert!(Cli::try_parse_from(["base", "master", "worker", "label", "n1"]).is_err());
+
+        let cli = parse(&["master", "worker", "drain", "n1", "--active"]);
+        assert!(matches!(
+            cli.command,
+            Command::Master(MasterCommand::Worker(WorkerCommand::Drain {
+                active: true,
+                ..
+            }))
+        ));
+        let cli = parse(&["master", "worker", "rm", "n1", "--force"]);
+        assert!(matches!(
+            cli.command,
+            Command::Master(MasterCommand::Worker(WorkerCommand::Rm { force: true, .. }))
+        ));
+        for cmd in [
+            &["master", "worker", "list"][..],
+            &["master", "worker", "inspect", "n1"],
+        ] {
+            parse(cmd);
+        }
     }
 
     #[test]

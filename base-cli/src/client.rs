@@ -3,13 +3,15 @@
 //!
 //! Each call returns a [`Fetched`]: the typed body for table output and the
 //! raw JSON exactly as the server sent it for `--json`, so scripts see every
-//! field, including ones newer than this CLI. Failures are sorted into the
+//! field, including ones newer than this CLI (`weights latest --json` goes
+//! further and keeps the body's bytes, see
+//! [`MasterClient::weights_latest_raw`]). Failures are sorted into the
 //! cases an operator acts on differently: master unreachable, token
 //! refused, or a request the master turned down (with its `detail`).
 
 use std::time::Duration;
 
-use base_sdk::model::{AuditEntry, Challenge, PublicChallenge, TokenKind};
+use base_sdk::model::{AuditEntry, Challenge, PublicChallenge, TokenKind, WeightsSnapshot};
 use base_sdk::registry::{ChallengePatch, NewChallenge};
 use chrono::{DateTime, Utc};
 use reqwest::header::{HeaderName, HeaderValue};
@@ -365,6 +367,42 @@ impl MasterClient {
         .await
     }
 
+    /// `GET /v1/weights/latest` (no token): the published vector, typed.
+    /// A master that has not finished its first epoch answers 503, which
+    /// comes back as [`ClientError::Api`] with the master's `detail`.
+    pub async fn weights_latest(&self) -> Result<Fetched<WeightsSnapshot>, ClientError> {
+        self.call(
+            Method::GET,
+            &["v1", "weights", "latest"],
+            Auth::Public,
+            &[],
+            None,
+        )
+        .await
+    }
+
+    /// `GET /v1/weights/latest` (no token): the body exactly as the master
+    /// sent it, checked only to be JSON, so `--json` neither reorders keys
+    /// nor re-rounds floats and still works if the snapshot gains fields.
+    pub async fn weights_latest_raw(&self) -> Result<Vec<u8>, ClientError> {
+        let (what, bytes) = self
+            .send(
+                Method::GET,
+                &["v1", "weights", "latest"],
+                Auth::Public,
+                &[],
+                None,
+            )
+            .await?;
+        serde_json::from_slice::<serde::de::IgnoredAny>(&bytes).map_err(|e| {
+            ClientError::InvalidResponse {
+                what,
+                reason: format!("not JSON ({e})"),
+            }
+        })?;
+        Ok(bytes)
+    }
+
     /// The URL of `segments` under the base URL. Segments are
     /// percent-encoded one by one, so a slug can never add path levels.
     fn url(&self, segments: &[&str]) -> Result<Url, ClientError> {
@@ -378,14 +416,16 @@ impl MasterClient {
         Ok(url)
     }
 
-    async fn call<T: DeserializeOwned>(
+    /// Sends a request and returns the body of a 2xx answer, with
+    /// `METHOD /path` for messages; any other status becomes an error.
+    async fn send(
         &self,
         method: Method,
         segments: &[&str],
         auth: Auth,
         query: &[(&str, String)],
         body: Option<serde_json::Value>,
-    ) -> Result<Fetched<T>, ClientError> {
+    ) -> Result<(String, Vec<u8>), ClientError> {
         let url = self.url(segments)?;
         let what = format!("{method} {}", url.path());
         let mut req = self.http.request(method, url);
@@ -421,6 +461,19 @@ impl MasterClient {
                 detail: detail_of(&bytes),
             });
         }
+        Ok((what, bytes.to_vec()))
+    }
+
+    /// [`Self::send`], then the body parsed both as JSON and as `T`.
+    async fn call<T: DeserializeOwned>(
+        &self,
+        method: Method,
+        segments: &[&str],
+        auth: Auth,
+        query: &[(&str, String)],
+        body: Option<serde_json::Value>,
+    ) -> Result<Fetched<T>, ClientError> {
+        let (what, bytes) = self.send(method, segments, auth, query, body).await?;
         let invalid = |reason: String| ClientError::InvalidResponse {
             what: what.clone(),
             reason,

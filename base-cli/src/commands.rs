@@ -4,10 +4,15 @@
 use std::io::Write;
 
 use crate::Error;
-use crate::args::{ChallengeCommand, Cli, Command, DbCommand, GlobalArgs};
+use crate::args::{
+    ChallengeCommand, Cli, Command, DbCommand, GlobalArgs, MasterCommand, WeightsCommand,
+    WorkerCommand,
+};
 use crate::client::{Fetched, MasterClient};
 use crate::output::{self, OutputError};
 use crate::token::{self, TokenFlags};
+use base_sdk::orchestrator::swarm::nodes::{Availability, Nodes};
+use secrecy::ExposeSecret;
 
 /// Runs one command, writing its normal output to `out` (errors are
 /// returned, not printed, so the caller owns standard error and the exit
@@ -25,6 +30,15 @@ pub async fn run(cli: Cli, out: &mut dyn Write) -> Result<(), Error> {
             render(json, &f, |v| output::audit(&v.entries))?
         }
         Command::Challenge(c) => challenge(admin_client(&global)?, c, json).await?,
+        Command::Weights(WeightsCommand::Latest) => {
+            let client = public_client(&global)?;
+            if json {
+                output::verbatim(&client.weights_latest_raw().await?)
+            } else {
+                let f = client.weights_latest().await?;
+                output::weights_latest(&f.body, chrono::Utc::now())
+            }
+        }
         Command::Db(DbCommand::Migrate { config }) => {
             let m = crate::db::migrate(config.as_deref()).await?;
             if json {
@@ -40,8 +54,87 @@ pub async fn run(cli: Cli, out: &mut dyn Write) -> Result<(), Error> {
                 )
             }
         }
+        Command::Master(MasterCommand::Worker(w)) => worker(w, json).await?,
     };
     emit(out, &text)
+}
+
+/// `base master worker …`: one call to the local Docker engine (a swarm
+/// manager), not to the master's API, so no token or `--master` is used.
+async fn worker(cmd: WorkerCommand, json: bool) -> Result<String, Error> {
+    let nodes = Nodes::connect().await?;
+    let node_json = |n: &base_sdk::orchestrator::swarm::nodes::NodeInfo| {
+        serde_json::to_value(n).map_err(OutputError::from)
+    };
+    Ok(match cmd {
+        WorkerCommand::Token { gpu, rotate, .. } => {
+            let workload = WorkerCommand::token_workload(gpu);
+            let join = nodes.join_info(true, rotate).await?;
+            // Printing the token is what this command is for (see its
+            // --help); it is exposed here and nowhere else.
+            let join_command = join.join_command();
+            let label_command = output::label_command(workload);
+            if json {
+                output::json(&serde_json::json!({
+                    "join_command": join_command.expose_secret(),
+                    "label_command": label_command,
+                }))?
+            } else {
+                output::join_instructions(
+                    join_command.expose_secret(),
+                    &join.manager_addr,
+                    workload,
+                    rotate,
+                )
+            }
+        }
+        WorkerCommand::Label { node, workload } => {
+            let n = nodes.set_workload(&node, workload.into()).await?;
+            if json {
+                output::json(&node_json(&n)?)?
+            } else {
+                output::workload_set(&n)
+            }
+        }
+        WorkerCommand::List => {
+            let list = nodes.list().await?;
+            if json {
+                let list = list.iter().map(node_json).collect::<Result<Vec<_>, _>>()?;
+                output::json(&serde_json::json!({ "nodes": list }))?
+            } else {
+                output::worker_list(&list)
+            }
+        }
+        WorkerCommand::Drain { node, active } => {
+            let target = if active {
+                Availability::Active
+            } else {
+                Availability::Drain
+            };
+            let n = nodes.set_availability(&node, target).await?;
+            if json {
+                output::json(&node_json(&n)?)?
+            } else {
+                output::availability_set(&n)
+            }
+        }
+        WorkerCommand::Rm { node, force } => {
+            nodes.remove(&node, force).await?;
+            if json {
+                output::json(&serde_json::json!({ "removed": node, "force": force }))?
+            } else {
+                format!("removed node '{node}' from the swarm\n")
+            }
+        }
+        WorkerCommand::Inspect { node } => {
+            let n = nodes.inspect(&node).await?;
+            if json {
+                output::json(&node_json(&n)?)?
+            } else {
+                output::worker_detail(&n)
+            }
+        }
+    })
 }
 
 async fn challenge(
@@ -105,7 +198,8 @@ async fn challenge(
 }
 
 /// A client for routes that need no token. The token is not even read, so
-/// a broken `BASE_ADMIN_TOKEN_FILE` does not stop `base registry`.
+/// a broken `BASE_ADMIN_TOKEN_FILE` does not stop `base registry` or
+/// `base weights latest`.
 fn public_client(global: &GlobalArgs) -> Result<MasterClient, Error> {
     Ok(MasterClient::new(global.master.clone(), None)?)
 }

@@ -5,7 +5,9 @@
 //! Modules: [`args`] (the command line and request bodies), [`token`]
 //! (where the admin token comes from), [`client`] (a typed client of the
 //! master API), [`output`] (tables and JSON), [`db`] (direct database
-//! maintenance) and [`commands`] (what each command does).
+//! maintenance) and [`commands`] (what each command does). The swarm
+//! node commands (`base master worker …`) use the SDK's
+//! `orchestrator::swarm::nodes` against the local Docker engine.
 
 pub mod args;
 pub mod client;
@@ -36,4 +38,7 @@ pub enum Error {
     /// Database maintenance failed.
     #[error(transparent)]
     Db(#[from] db::DbError),
+    /// A swarm node operation (`base master worker …`) failed.
+    #[error(transparent)]
+    Nodes(#[from] base_sdk::orchestrator::swarm::nodes::NodeError),
 }

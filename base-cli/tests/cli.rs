@@ -19,6 +19,8 @@ const IMAGE: &str = "ghcr.io/platformnetwork/quiz:1.0.0";
 /// A master serving until dropped.
 struct Master {
     url: String,
+    /// The served state, for publishing weights as an epoch would.
+    state: base_server::AppState,
     stop: Option<oneshot::Sender<()>>,
     _db: base_sdk::testing::TempSqlite,
 }
@@ -41,11 +43,12 @@ async fn start_master() -> Master {
     let listener = TcpListener::bind("127.0.0.1:0").await.expect("bind");
     let addr = listener.local_addr().expect("local addr");
     let (stop, stopped) = oneshot::channel::<()>();
-    tokio::spawn(base_server::serve(listener, state, async {
+    tokio::spawn(base_server::serve(listener, state.clone(), async {
         let _ = stopped.await;
     }));
     Master {
         url: format!("http://{addr}"),
+        state,
         stop: Some(stop),
         _db: db,
     }
@@ -514,4 +517,112 @@ async fn db_migrate_names_the_database_it_migrated() {
     base(&["db", "migrate"], &[("BASE_ENVIRONMENT", "production")])
         .await
         .assert_failed_with("BASE_DATABASE_URL is required in production");
+}
+
+/// A vector as an epoch would publish it: CONTRACTS.md §5's first test
+/// vector, one challenge that answered and one that failed.
+fn snapshot(expires_in_seconds: i64) -> base_sdk::model::WeightsSnapshot {
+    use base_sdk::model::{EmissionPercent, SourceChallenge, WeightsSnapshot};
+    use std::collections::BTreeMap;
+    let now = chrono::Utc::now();
+    WeightsSnapshot {
+        netuid: 100,
+        chain_endpoint: "ws://127.0.0.1:9944".into(),
+        uids: vec![1, 2, 3],
+        weights: vec![0.15, 0.65, 0.2],
+        hotkey_weights: BTreeMap::from([
+            ("5HotkeyA".into(), 0.15),
+            ("5HotkeyB".into(), 0.65),
+            ("5HotkeyC".into(), 0.2),
+        ]),
+        computed_at: now,
+        expires_at: now + chrono::TimeDelta::seconds(expires_in_seconds),
+        source_challenges: vec![
+            SourceChallenge {
+                slug: "quiz-a".into(),
+                emission_percent: EmissionPercent(60.0),
+                weights: BTreeMap::from([("5HotkeyA".into(), 0.25), ("5HotkeyB".into(), 0.75)]),
+                ok: true,
+                error: None,
+            },
+            SourceChallenge {
+                slug: "quiz-b".into(),
+                emission_percent: EmissionPercent(40.0),
+                weights: BTreeMap::new(),
+                ok: false,
+                error: Some("connection refused after 3 attempts".into()),
+            },
+        ],
+        metagraph_updated_at: Some(now),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn weights_latest_shows_the_published_vector() {
+    let m = start_master().await;
+    // No token anywhere, and a broken token file must not matter.
+    let env = [
+        ("BASE_MASTER_URL", m.url.as_str()),
+        ("BASE_ADMIN_TOKEN_FILE", "/nonexistent/base-token"),
+    ];
+
+    // Before the first epoch: the master's 503 detail, and a failure.
+    base(&["weights", "latest"], &env)
+        .await
+        .assert_failed_with("503 Service Unavailable: no weights computed yet");
+    base(&["weights", "latest", "--json"], &env)
+        .await
+        .assert_failed_with("no weights computed yet");
+
+    let published = snapshot(720);
+    m.state.weights().publish(&published);
+
+    let run = base(&["weights", "latest"], &env).await;
+    run.assert_ok();
+    let out = &run.stdout;
+    for needle in [
+        "netuid 100",
+        "valid for 1",
+        "metagraph_updated_at: 20",
+        "3 uids, weights sum to 1.000000",
+        "0.650000",
+        "65535",
+        "15123",
+        "20165",
+        "quiz-a",
+        "60.0",
+        "quiz-b",
+        "connection refused after 3 attempts",
+    ] {
+        assert!(out.contains(needle), "{needle} missing: {run:#?}");
+    }
+    assert!(!out.contains("EXPIRED"), "{run:#?}");
+    // One row per uid, in uid order, with the float and the u16 value.
+    let rows: Vec<&str> = out.lines().filter(|l| l.contains("┆ 0.")).collect();
+    assert_eq!(rows.len(), 3, "{run:#?}");
+    assert!(
+        rows[0].contains("│ 1 ") && rows[0].contains("0.150000 ┆ 15123"),
+        "{run:#?}"
+    );
+    assert!(
+        rows[1].contains("│ 2 ") && rows[1].contains("0.650000 ┆ 65535"),
+        "{run:#?}"
+    );
+    assert!(
+        rows[2].contains("│ 3 ") && rows[2].contains("0.200000 ┆ 20165"),
+        "{run:#?}"
+    );
+
+    // --json: the server's body byte for byte.
+    let json = base(&["--json", "weights", "latest"], &env).await;
+    json.assert_ok();
+    let served = serde_json::to_string(&published).expect("serialize");
+    assert_eq!(json.stdout, format!("{served}\n"));
+    assert_eq!(json.json()["uids"], serde_json::json!([1, 2, 3]));
+
+    // A vector past its expiry is shown, flagged, and still exits 0.
+    m.state.weights().publish(&snapshot(-90));
+    let run = base(&["weights", "latest"], &env).await;
+    run.assert_ok();
+    assert!(run.stdout.contains("(EXPIRED 1m 30s ago"), "{run:#?}");
 }

@@ -142,6 +142,13 @@ pub async fn run(
 
     let state = AppState::new(registry.clone(), AdminAuth::new(Some(admin_token.clone())), settings.netuid)
         .with_orchestrator(orchestrator.clone());
+    // A restart serves the last stored vector from the first request on,
+    // not only once the first epoch has run.
+    match registry.store().latest_snapshot().await {
+        Ok(Some(s)) => state.weights().publish(&s),
+        Ok(None) => {}
+        Err(e) => tracing::warn!(error = %e, "could not load the last weights snapshot"),
+    }
     let listener = tokio::net::TcpListener::bind(settings.listen)
         .await
         .map_err(io(format!("binding {}", settings.listen)))?;
@@ -171,17 +178,33 @@ pub async fn run(
         },
     };
     let epoch_interval = Duration::from_secs(settings.epoch_seconds);
-    // Let the miners answer once before the first epoch, so the first
-    // vector is already non-trivial.
+    // Let the miners answer every challenge once before the first epoch
+    // (waiting 3 s at least, 30 s at most, so a challenge that never comes
+    // up does not hold the weights back), so the first vector is already
+    // non-trivial.
+    let (answered_tx, mut answered_rx) = watch::channel(false);
     let epochs = tokio::spawn({
         let publish = state.weights().publisher();
-        let stop = stopped(stop_rx.clone());
+        let mut stop = stop_rx.clone();
         async move {
-            tokio::time::sleep(Duration::from_secs(3)).await;
-            runner.run(epoch_interval, publish, stop).await;
+            let first_round = async {
+                let at_least = tokio::time::sleep(Duration::from_secs(3));
+                let _ = tokio::time::timeout(Duration::from_secs(30), answered_rx.wait_for(|a| *a)).await;
+                at_least.await;
+            };
+            tokio::select! {
+                _ = stop.wait_for(|s| *s) => return,
+                () = first_round => {}
+            }
+            runner.run(epoch_interval, publish, stopped(stop)).await;
         }
     });
-    let miners = tokio::spawn(simulate_miners(registry.clone(), orchestrator.clone(), stopped(stop_rx.clone())));
+    let miners = tokio::spawn(simulate_miners(
+        registry.clone(),
+        orchestrator.clone(),
+        answered_tx,
+        stopped(stop_rx.clone()),
+    ));
 
     println!("BASE dev is running (data in {}):", data_dir.display());
     println!("  registry        http://{addr}/v1/registry");
@@ -259,10 +282,13 @@ fn write_dev_metagraph(path: &Path) -> Result<(), DevError> {
 
 /// Dev miners answer every active quiz each few seconds; whether a miner
 /// gets a question right is a fixed function of its skill and the
-/// question, so the vector is stable from epoch to epoch.
+/// question, so the vector is stable from epoch to epoch. Until a round has
+/// reached every active challenge they retry quickly (the challenges are
+/// still starting), then `answered` becomes true.
 async fn simulate_miners(
     registry: Registry,
     orchestrator: Arc<ProcessOrchestrator>,
+    answered: watch::Sender<bool>,
     shutdown: impl std::future::Future<Output = ()> + Send,
 ) {
     let client = match reqwest::Client::builder().timeout(Duration::from_secs(5)).build() {
@@ -274,18 +300,29 @@ async fn simulate_miners(
     };
     tokio::pin!(shutdown);
     loop {
+        // Whether this round reached every active challenge.
+        let mut all = false;
         if let Ok(challenges) = registry.list().await {
+            all = true;
             for c in challenges.iter().filter(|c| c.status == ChallengeStatus::Active) {
-                let Ok(status) = orchestrator.challenge_status(&c.slug).await else { continue };
-                let Some(base) = status.endpoint else { continue };
+                let endpoint = orchestrator.challenge_status(&c.slug).await.ok().and_then(|s| s.endpoint);
+                let Some(base) = endpoint else {
+                    all = false;
+                    continue;
+                };
                 if let Err(e) = answer_quiz(&client, &base).await {
+                    all = false;
                     tracing::debug!(slug = %c.slug, error = %e, "dev miners could not answer (yet)");
                 }
             }
         }
+        if all {
+            answered.send_replace(true);
+        }
+        let pause = if *answered.borrow() { Duration::from_secs(4) } else { Duration::from_millis(250) };
         tokio::select! {
             _ = &mut shutdown => return,
-            _ = tokio::time::sleep(Duration::from_secs(4)) => {}
+            _ = tokio::time::sleep(pause) => {}
         }
     }
 }

@@ -16,7 +16,7 @@ use super::aggregate::{Contribution, aggregate};
 use super::http::{WeightSource, WeightTarget, WeightsError};
 use crate::metagraph::Metagraph;
 use crate::model::{self, Challenge, ChallengeStatus, SourceChallenge, WeightsSnapshot};
-use crate::orchestrator::Orchestrator;
+use crate::orchestrator::{Orchestrator, ServiceState};
 use crate::registry::Registry;
 
 /// What shapes a snapshot besides the challenges' answers.
@@ -124,6 +124,14 @@ impl EpochRunner {
                 .challenge_status(&c.slug)
                 .await
                 .map_err(|e| WeightsError::Master(format!("orchestrator: {e}")))?;
+            // Say why a dead service contributes nothing, instead of a
+            // connection error that hides it.
+            if matches!(status.state, ServiceState::Failed | ServiceState::Missing) {
+                let why = status.message.unwrap_or_else(|| {
+                    format!("{:?}", status.state).to_lowercase()
+                });
+                return Err(WeightsError::NotRunning(why));
+            }
             if let Some(endpoint) = status.endpoint {
                 base_url = endpoint;
             }

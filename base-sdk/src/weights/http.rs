@@ -33,6 +33,10 @@ pub enum WeightsError {
     /// The body is not the contract's shape.
     #[error("invalid get_weights response: {0}")]
     Invalid(String),
+    /// The orchestrator reports the service is not running, so it was not
+    /// asked at all.
+    #[error("challenge service not running: {0}")]
+    NotRunning(String),
     /// Something on the master's side (token, orchestrator).
     #[error("{0}")]
     Master(String),

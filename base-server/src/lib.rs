@@ -8,6 +8,7 @@ pub mod admin;
 pub mod dev;
 pub mod error;
 pub mod json;
+pub mod master;
 pub mod public;
 pub mod state;
 pub mod weights;

@@ -1,0 +1,172 @@
+//! `base-server master`: the production control plane's wiring — store,
+//! registry, orchestrator, reconciler and epochs around the API.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use base_sdk::auth::AdminAuth;
+use base_sdk::config::{ConfigError, OrchestratorKind, Settings};
+use base_sdk::metagraph::FileMetagraph;
+use base_sdk::orchestrator::Orchestrator;
+use base_sdk::orchestrator::swarm::SwarmOrchestrator;
+use base_sdk::registry::{self, Policy, Registry, RegistryError};
+use base_sdk::weights::{EpochConfig, EpochRunner, HttpWeightSource};
+use tokio::sync::watch;
+
+use crate::state::AppState;
+
+/// Why the master could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum MasterError {
+    /// Settings.
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    /// The control-plane database.
+    #[error("opening the control-plane database {url}: {source}")]
+    Store {
+        /// The redacted URL.
+        url: String,
+        /// Why.
+        #[source]
+        source: base_sdk::store::StoreError,
+    },
+    /// Production policy.
+    #[error(transparent)]
+    Policy(#[from] RegistryError),
+    /// The orchestrator.
+    #[error("orchestrator: {0}")]
+    Orchestrator(#[from] base_sdk::orchestrator::OrchestratorError),
+    /// A choice this command does not offer.
+    #[error("{0}")]
+    Unsupported(String),
+    /// The weight client.
+    #[error(transparent)]
+    Weights(#[from] base_sdk::weights::WeightsError),
+    /// Binding or serving.
+    #[error("{context}: {source}")]
+    Io {
+        /// What was being done.
+        context: String,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Connects the orchestrator `settings` name (default: swarm).
+pub async fn orchestrator(settings: &Settings) -> Result<Option<Arc<dyn Orchestrator>>, MasterError> {
+    match settings.orchestrator.unwrap_or(OrchestratorKind::Swarm) {
+        OrchestratorKind::None => Ok(None),
+        OrchestratorKind::Swarm => {
+            let swarm = SwarmOrchestrator::connect().await?;
+            let networks = swarm.ensure_networks().await?;
+            tracing::info!(?networks, "swarm networks ready");
+            Ok(Some(Arc::new(swarm)))
+        }
+        OrchestratorKind::Process => Err(MasterError::Unsupported(
+            "BASE_ORCHESTRATOR=process is only for `base-server dev`, which knows which program runs each image; use swarm or none".into(),
+        )),
+    }
+}
+
+/// Runs the master until `shutdown` resolves.
+pub async fn run(
+    settings: Settings,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> Result<(), MasterError> {
+    let db = settings.effective_database_url()?;
+    let store = base_sdk::store::connect(db.expose())
+        .await
+        .map_err(|source| MasterError::Store {
+            url: db.redacted(),
+            source,
+        })?;
+    registry::check_database(&Policy {
+        environment: settings.environment,
+        backend: store.backend(),
+    })?;
+    if settings.admin_token.is_none() {
+        tracing::warn!(
+            "no admin token configured (BASE_ADMIN_TOKEN / BASE_ADMIN_TOKEN_FILE): admin routes will answer 401"
+        );
+    }
+    let vault = Arc::new(settings.vault()?);
+    let registry = Registry::new(store, settings.environment).with_vault(vault);
+    let orchestrator = orchestrator(&settings).await?;
+    let mut state = AppState::new(
+        registry.clone(),
+        AdminAuth::new(settings.admin_token.clone()),
+        settings.netuid,
+    );
+    if let Some(o) = &orchestrator {
+        state = state.with_orchestrator(o.clone());
+    }
+    // A restart serves the last vector at once.
+    if let Ok(Some(snapshot)) = registry.store().latest_snapshot().await {
+        state.weights().publish(&snapshot);
+    }
+
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let stopped = |mut rx: watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|s| *s).await;
+    };
+    let mut tasks = Vec::new();
+    if let Some(o) = &orchestrator {
+        tasks.push(tokio::spawn(base_sdk::supervisor::run_reconciler(
+            registry.clone(),
+            o.clone(),
+            None,
+            Duration::from_secs(settings.reconcile_seconds),
+            state.reconcile_wake(),
+            stopped(stop_rx.clone()),
+        )));
+    }
+    match settings.metagraph_file.clone() {
+        Some(path) => {
+            let runner = EpochRunner {
+                registry: registry.clone(),
+                orchestrator: orchestrator.clone(),
+                source: Arc::new(HttpWeightSource::new(Duration::from_secs(10), 2)?),
+                metagraph: Arc::new(FileMetagraph::new(path)),
+                config: EpochConfig {
+                    netuid: settings.netuid,
+                    chain_endpoint: settings.chain_endpoint.clone(),
+                    ..Default::default()
+                },
+            };
+            let publish = state.weights().publisher();
+            tasks.push(tokio::spawn(runner.run(
+                Duration::from_secs(settings.epoch_seconds),
+                publish,
+                stopped(stop_rx.clone()),
+            )));
+        }
+        None => tracing::warn!(
+            "weights disabled: set BASE_METAGRAPH_FILE (the chain metagraph comes with the chain submitter)"
+        ),
+    }
+
+    let listener = tokio::net::TcpListener::bind(settings.listen)
+        .await
+        .map_err(|source| MasterError::Io {
+            context: format!("binding the master API to {}", settings.listen),
+            source,
+        })?;
+    tracing::info!(
+        listen = %settings.listen,
+        database = %db.redacted(),
+        environment = settings.environment.as_str(),
+        orchestrator = orchestrator.as_ref().map_or("none", |o| o.name()),
+        "BASE master started"
+    );
+    let served = crate::serve(listener, state, shutdown).await;
+    let _ = stop_tx.send(true);
+    for t in tasks {
+        let _ = t.await;
+    }
+    tracing::info!("BASE master stopped");
+    served.map_err(|source| MasterError::Io {
+        context: "serving the API".into(),
+        source,
+    })
+}

@@ -271,6 +271,11 @@ pub enum ChallengeCommand {
         /// The challenge.
         slug: String,
     },
+    /// What the orchestrator reports for the challenge's service now.
+    Status {
+        /// The challenge.
+        slug: String,
+    },
     /// Issue new tokens; the old ones stop working at once. Prints them once.
     RotateToken {
         /// The challenge.

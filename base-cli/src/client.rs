@@ -290,6 +290,18 @@ impl MasterClient {
         .await
     }
 
+    /// `GET /v1/admin/challenges/{slug}/status`: the orchestrator's view.
+    pub async fn runtime_status(&self, slug: &str) -> Result<Fetched<RuntimeStatus>, ClientError> {
+        self.call(
+            Method::GET,
+            &["v1", "admin", "challenges", slug, "status"],
+            Auth::Admin,
+            &[],
+            None,
+        )
+        .await
+    }
+
     /// `POST /v1/admin/challenges/{slug}/deactivate`.
     pub async fn deactivate(&self, slug: &str) -> Result<Fetched<Challenge>, ClientError> {
         self.call(
@@ -639,4 +651,17 @@ mod tests {
         );
         assert!(!format!("{created:?}").contains("c-token"));
     }
+}
+
+/// Body of `GET /v1/admin/challenges/{slug}/status`.
+#[derive(Debug, Clone, serde::Deserialize)]
+pub struct RuntimeStatus {
+    /// The challenge.
+    pub slug: String,
+    /// What the record asks for.
+    pub desired_status: base_sdk::model::ChallengeStatus,
+    /// Which orchestrator answered.
+    pub orchestrator: String,
+    /// What it reports.
+    pub runtime: base_sdk::orchestrator::ServiceStatus,
 }

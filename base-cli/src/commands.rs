@@ -173,6 +173,10 @@ async fn challenge(
             let f = client.deactivate(&slug).await?;
             render(json, &f, output::status_changed)?
         }
+        ChallengeCommand::Status { slug } => {
+            let f = client.runtime_status(&slug).await?;
+            render(json, &f, output::runtime_status)?
+        }
         ChallengeCommand::RotateToken { slug, kind } => {
             let f = client.rotate_tokens(&slug, kind.token_kind()).await?;
             render(json, &f, |v| {

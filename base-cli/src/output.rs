@@ -231,6 +231,33 @@ pub fn status_changed(c: &Challenge) -> String {
     format!("challenge '{}' is now {}\n", c.slug, c.status.as_str())
 }
 
+/// `challenge status`: desired against observed.
+pub fn runtime_status(s: &crate::client::RuntimeStatus) -> String {
+    let r = &s.runtime;
+    let state = serde_json::to_value(r.state)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_string))
+        .unwrap_or_default();
+    let mut t = comfy_table::Table::new();
+    t.load_preset(comfy_table::presets::NOTHING);
+    for (k, v) in [
+        ("slug", s.slug.clone()),
+        ("desired", s.desired_status.as_str().to_string()),
+        ("orchestrator", s.orchestrator.clone()),
+        ("state", state),
+        ("image", r.image.clone().unwrap_or_else(|| "-".into())),
+        ("endpoint", r.endpoint.clone().unwrap_or_else(|| "-".into())),
+        (
+            "started",
+            r.started_at.map_or_else(|| "-".into(), |t| t.to_rfc3339()),
+        ),
+        ("message", r.message.clone().unwrap_or_else(|| "-".into())),
+    ] {
+        t.add_row(vec![k.to_string(), v]);
+    }
+    with_newline(&t)
+}
+
 /// After `update`: the new record.
 pub fn updated(c: &Challenge) -> String {
     format!(
@@ -593,6 +620,26 @@ pub fn availability_set(n: &NodeInfo) -> String {
 mod tests {
     use super::*;
     use base_sdk::model::{BrokerPolicy, ChallengeStatus, Slug, TokenKind};
+
+    #[test]
+    fn runtime_status_shows_desired_and_observed() {
+        let s: crate::client::RuntimeStatus = serde_json::from_value(serde_json::json!({
+            "slug": "quiz", "desired_status": "active", "orchestrator": "swarm",
+            "runtime": {"slug": "quiz", "state": "failed", "image": "base.local/q:1",
+                        "endpoint": null, "message": "task: non-zero exit (137)", "started_at": null}
+        }))
+        .unwrap();
+        let text = runtime_status(&s);
+        for want in [
+            "active",
+            "swarm",
+            "failed",
+            "base.local/q:1",
+            "non-zero exit (137)",
+        ] {
+            assert!(text.contains(want), "{want} missing from {text}");
+        }
+    }
     use secrecy::SecretString;
     use std::collections::BTreeMap;
 

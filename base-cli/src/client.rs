@@ -664,4 +664,7 @@ pub struct RuntimeStatus {
     pub orchestrator: String,
     /// What it reports.
     pub runtime: base_sdk::orchestrator::ServiceStatus,
+    /// The `/health` + `/version` probe, when the service runs.
+    #[serde(default)]
+    pub readiness: Option<base_sdk::orchestrator::readiness::Readiness>,
 }

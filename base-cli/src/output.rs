@@ -252,6 +252,16 @@ pub fn runtime_status(s: &crate::client::RuntimeStatus) -> String {
             r.started_at.map_or_else(|| "-".into(), |t| t.to_rfc3339()),
         ),
         ("message", r.message.clone().unwrap_or_else(|| "-".into())),
+        (
+            "readiness",
+            match &s.readiness {
+                None => "-".into(),
+                Some(base_sdk::orchestrator::readiness::Readiness::Ready) => "ready".into(),
+                Some(base_sdk::orchestrator::readiness::Readiness::NotReady { reason }) => {
+                    format!("not ready: {reason}")
+                }
+            },
+        ),
     ] {
         t.add_row(vec![k.to_string(), v]);
     }
@@ -626,11 +636,13 @@ mod tests {
         let s: crate::client::RuntimeStatus = serde_json::from_value(serde_json::json!({
             "slug": "quiz", "desired_status": "active", "orchestrator": "swarm",
             "runtime": {"slug": "quiz", "state": "failed", "image": "base.local/q:1",
-                        "endpoint": null, "message": "task: non-zero exit (137)", "started_at": null}
+                        "endpoint": null, "message": "task: non-zero exit (137)", "started_at": null},
+            "readiness": {"state": "not_ready", "reason": "/version says 0.9"}
         }))
         .unwrap();
         let text = runtime_status(&s);
         for want in [
+            "not ready: /version says 0.9",
             "active",
             "swarm",
             "failed",

@@ -235,11 +235,28 @@ pub async fn status(
         .challenge_status(&c.slug)
         .await
         .map_err(|e| ApiError::Unavailable(format!("orchestrator: {e}")))?;
+    // Running is not ready: probe /health and /version (CONTRACTS §2).
+    let readiness = match runtime.state {
+        base_sdk::orchestrator::ServiceState::Running => {
+            let url = runtime.endpoint.as_deref().unwrap_or(&c.internal_base_url);
+            Some(
+                base_sdk::orchestrator::readiness::probe_readiness(
+                    url,
+                    c.slug.as_str(),
+                    &c.version,
+                    &c.required_capabilities,
+                )
+                .await,
+            )
+        }
+        _ => None,
+    };
     Ok(Json(serde_json::json!({
         "slug": c.slug,
         "desired_status": c.status,
         "orchestrator": o.name(),
         "runtime": runtime,
+        "readiness": readiness,
     })))
 }
 

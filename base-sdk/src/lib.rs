@@ -7,6 +7,7 @@
 //! for settings and [`auth`] for credentials.
 
 pub mod auth;
+pub mod broker;
 pub mod challenge;
 pub mod config;
 pub mod metagraph;

@@ -6,6 +6,7 @@
 //! `process` (the embedded development default) implement it.
 
 pub mod process;
+pub mod readiness;
 pub mod swarm;
 
 use std::collections::BTreeMap;
@@ -50,6 +51,10 @@ pub enum OrchestratorError {
     /// The backend answered with an error.
     #[error("{0}")]
     Backend(String),
+    /// The Docker engine refused or failed a request (the message names
+    /// the operation; it never holds a secret value).
+    #[error("docker: {0}")]
+    Docker(String),
 }
 
 /// The two tokens a challenge service receives as secret files.

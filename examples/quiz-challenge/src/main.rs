@@ -4,13 +4,34 @@
 //! [`quiz_challenge::run_from_env`], which reads the `CHALLENGE_*` (and
 //! `QUIZ_*`) environment and serves until Ctrl-C or SIGTERM, so this binary
 //! and `base-server dev` run exactly the same service.
+//!
+//! Two small extra modes exist for the real-Swarm tests, because the image
+//! is built `FROM scratch` and holds no shell or curl (see docs/swarm.md):
+//!
+//! - `quiz-challenge probe <base-url> <slug> <version> <token-file>` checks a
+//!   challenge's readiness and calls its `get_weights` with the token read
+//!   from `<token-file>` (a mounted secret, so the token is never in argv),
+//!   prints one line of JSON and exits 0 when both succeed, 1 otherwise.
+//! - `quiz-challenge exit <code>` writes a line to stdout and one to stderr
+//!   and exits with `<code>`: a job with a known outcome.
 
 use std::io::IsTerminal;
+use std::time::Duration;
 
 use tracing_subscriber::EnvFilter;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    match args.first().map(String::as_str) {
+        Some("exit") => exit_mode(&args[1..]),
+        Some("probe") => probe_mode(&args[1..]).await,
+        _ => serve().await,
+    }
+}
+
+/// The challenge service (the image's normal life).
+async fn serve() -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_env_filter(
             EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info")),
@@ -20,4 +41,47 @@ async fn main() -> anyhow::Result<()> {
         .init();
     quiz_challenge::run_from_env().await?;
     Ok(())
+}
+
+/// `exit <code>`: known output on both streams, then the chosen exit code.
+fn exit_mode(args: &[String]) -> anyhow::Result<()> {
+    let code: i32 = match args.first().map(|c| c.parse()) {
+        Some(Ok(code)) => code,
+        _ => anyhow::bail!("usage: quiz-challenge exit <code>"),
+    };
+    println!("quiz-challenge exit mode: stdout, code {code}");
+    eprintln!("quiz-challenge exit mode: stderr, code {code}");
+    std::process::exit(code);
+}
+
+/// `probe <base-url> <slug> <version> <token-file>`: readiness plus one
+/// authenticated `get_weights`, reported as one JSON line.
+async fn probe_mode(args: &[String]) -> anyhow::Result<()> {
+    use base_sdk::orchestrator::readiness::probe_readiness;
+    use base_sdk::weights::WeightSource;
+    use base_sdk::weights::http::{HttpWeightSource, WeightTarget};
+
+    let [base_url, slug, version, token_file] = args else {
+        anyhow::bail!("usage: quiz-challenge probe <base-url> <slug> <version> <token-file>");
+    };
+    let slug = base_sdk::model::Slug::parse(slug)?;
+    let token = std::fs::read_to_string(token_file)?;
+    let required = base_sdk::registry::default_capabilities();
+    let readiness = probe_readiness(base_url, slug.as_str(), version, &required).await;
+    let source = HttpWeightSource::new(Duration::from_secs(5), 3)?;
+    let target = WeightTarget {
+        slug,
+        base_url: base_url.clone(),
+        token: token.trim().to_string().into(),
+    };
+    let weights = source.fetch(&target).await;
+    let ok = readiness.is_ready() && weights.is_ok();
+    let report = serde_json::json!({
+        "ok": ok,
+        "readiness": readiness,
+        "weights": weights.as_ref().ok(),
+        "error": weights.as_ref().err().map(ToString::to_string),
+    });
+    println!("{report}");
+    std::process::exit(if ok { 0 } else { 1 });
 }

@@ -1,0 +1,950 @@
+//! [`SwarmOrchestrator`]: applies the `spec` mapping to a real engine.
+//!
+//! Every operation is idempotent and keeps no state the engine does not
+//! also hold (names and labels are the state), so a restarted master — or
+//! a second instance — adopts what is running instead of duplicating it.
+//! Job completion is observed by one shared watcher per orchestrator that
+//! refreshes all jobs' task states at once, woken by the engine's event
+//! stream, rather than by a polling loop per waiting caller.
+
+use std::collections::{BTreeSet, HashMap};
+use std::fmt;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bollard::Docker;
+use bollard::container::LogOutput;
+use bollard::models::{Service, ServiceSpec, Task};
+use bollard::query_parameters::{
+    EventsOptionsBuilder, InspectNetworkOptionsBuilder, ListSecretsOptionsBuilder,
+    ListServicesOptionsBuilder, ListTasksOptionsBuilder, LogsOptionsBuilder,
+    RemoveVolumeOptionsBuilder, UpdateServiceOptionsBuilder,
+};
+use futures::StreamExt;
+use secrecy::SecretString;
+use tokio::sync::{Mutex, Notify, watch};
+use tokio::task::JoinHandle;
+
+use super::SwarmError;
+use super::spec::{self, BaseNetwork, ChallengeSecretRefs, SecretKind, SecretRef};
+use crate::model::Slug;
+use crate::orchestrator::{
+    ChallengeSpec, JobLogs, JobSpec, JobStatus, Orchestrator, OrchestratorError, ServiceStatus,
+};
+
+/// How long a purge waits for the removed service's container to release
+/// the data volume.
+const VOLUME_RELEASE_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// How many times (500 ms apart) a network in transition is looked at
+/// again before its state is taken as final.
+const NETWORK_SETTLE_TRIES: u32 = 20;
+
+/// The watcher's refresh interval while someone waits, on top of events:
+/// task state changes on *other* nodes produce no event on this manager
+/// (Docker 20.10 has no task events), so a multi-node cluster needs it.
+const WATCH_FALLBACK: Duration = Duration::from_secs(2);
+
+/// Runs challenges and jobs on Docker Swarm through the Engine API.
+pub struct SwarmOrchestrator {
+    /// The engine client, version-negotiated.
+    docker: Docker,
+    /// Set once both overlays are known to exist, so each ensure does not
+    /// inspect them again.
+    networks_ready: Mutex<bool>,
+    /// The shared job watcher.
+    watcher: Arc<JobWatcher>,
+    /// The watcher's task, aborted on drop.
+    watch_task: JoinHandle<()>,
+}
+
+impl fmt::Debug for SwarmOrchestrator {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SwarmOrchestrator")
+            .field("api_version", &self.docker.client_version().to_string())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Drop for SwarmOrchestrator {
+    fn drop(&mut self) {
+        self.watch_task.abort();
+    }
+}
+
+/// A label filter value list.
+fn filters(pairs: &[(&str, &str)]) -> HashMap<String, Vec<String>> {
+    let mut map: HashMap<String, Vec<String>> = HashMap::new();
+    for (k, v) in pairs {
+        map.entry((*k).to_string())
+            .or_default()
+            .push((*v).to_string());
+    }
+    map
+}
+
+/// Whether an engine error is "not found".
+fn is_status(e: &SwarmError, code: u16) -> bool {
+    e.status() == Some(code)
+}
+
+impl SwarmOrchestrator {
+    /// Connects with Docker's defaults (`DOCKER_HOST` or the local socket),
+    /// negotiates the API version down to the engine's, and checks that the
+    /// engine is a Swarm manager.
+    pub async fn connect() -> Result<Self, OrchestratorError> {
+        let docker = Docker::connect_with_defaults()
+            .map_err(|e| SwarmError::docker("connecting to the Docker engine", e))?
+            .negotiate_version()
+            .await
+            .map_err(|e| SwarmError::docker("negotiating the Docker API version", e))?;
+        let info = docker
+            .info()
+            .await
+            .map_err(|e| SwarmError::docker("reading engine info", e))?;
+        let swarm = info.swarm.unwrap_or_default();
+        if swarm.control_available != Some(true) {
+            let state = swarm
+                .local_node_state
+                .map(|s| s.to_string())
+                .unwrap_or_else(|| "unknown".to_string());
+            return Err(SwarmError::NotManager(format!("local node state: {state}")).into());
+        }
+        tracing::info!(
+            api_version = %docker.client_version(),
+            engine = info.server_version.as_deref().unwrap_or("?"),
+            "connected to the Swarm manager"
+        );
+        let watcher = Arc::new(JobWatcher::new(docker.clone()));
+        let watch_task = tokio::spawn(Arc::clone(&watcher).run());
+        Ok(Self {
+            docker,
+            networks_ready: Mutex::new(false),
+            watcher,
+            watch_task,
+        })
+    }
+
+    /// The negotiated Engine API version (`1.41` on Docker 20.10).
+    pub fn api_version(&self) -> String {
+        self.docker.client_version().to_string()
+    }
+
+    /// Creates `base_challenges` (encrypted, MTU 1450, attachable) and
+    /// `base_jobs_internal` (encrypted, MTU 1450, internal) unless they
+    /// exist, and returns the names it created. An existing network is
+    /// adopted only if it is an encrypted swarm overlay with the right
+    /// `internal` flag; otherwise this fails rather than use a weaker one.
+    pub async fn ensure_networks(&self) -> Result<Vec<String>, OrchestratorError> {
+        let mut ready = self.networks_ready.lock().await;
+        let mut created = Vec::new();
+        for net in BaseNetwork::ALL {
+            if self.ensure_network(net).await? {
+                created.push(net.name().to_string());
+            }
+        }
+        *ready = true;
+        Ok(created)
+    }
+
+    /// [`ensure_networks`](Self::ensure_networks) once per orchestrator.
+    async fn networks_once(&self) -> Result<(), OrchestratorError> {
+        if *self.networks_ready.lock().await {
+            return Ok(());
+        }
+        self.ensure_networks().await.map(|_| ())
+    }
+
+    /// One network; `true` when it was created.
+    async fn ensure_network(&self, net: BaseNetwork) -> Result<bool, SwarmError> {
+        let mut attempt = 0;
+        loop {
+            attempt += 1;
+            let opts = InspectNetworkOptionsBuilder::new().scope("swarm").build();
+            match self.docker.inspect_network(net.name(), Some(opts)).await {
+                // A network being removed (Swarm removes asynchronously)
+                // reads back for a moment with no driver and no options;
+                // wait for it to settle rather than judge it.
+                Ok(n)
+                    if n.driver.as_deref().is_none_or(str::is_empty)
+                        && attempt < NETWORK_SETTLE_TRIES =>
+                {
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                    continue;
+                }
+                Ok(n) => {
+                    if let Some(why) = spec::network_mismatch(
+                        net,
+                        n.driver.as_deref(),
+                        n.scope.as_deref(),
+                        n.internal,
+                        n.options.as_ref(),
+                    ) {
+                        return Err(SwarmError::NetworkMismatch(why));
+                    }
+                    return Ok(false);
+                }
+                Err(e) => {
+                    let e = SwarmError::docker(format!("inspecting network {}", net.name()), e);
+                    if !is_status(&e, 404) {
+                        return Err(e);
+                    }
+                }
+            }
+            match self.docker.create_network(spec::network_spec(net)).await {
+                Ok(_) => {
+                    tracing::info!(network = net.name(), "created encrypted overlay network");
+                    return Ok(true);
+                }
+                // Another manager process created it meanwhile, or a
+                // removal is still in flight: look again, a bounded number
+                // of times.
+                Err(e) => {
+                    let e = SwarmError::docker(format!("creating network {}", net.name()), e);
+                    if !(is_status(&e, 409) && attempt < NETWORK_SETTLE_TRIES) {
+                        return Err(e);
+                    }
+                    tokio::time::sleep(Duration::from_millis(500)).await;
+                }
+            }
+        }
+    }
+
+    /// The secret holding `token` for `slug`, created if absent. The name
+    /// carries a prefix of the token's hash, so an unchanged token finds
+    /// its secret and a rotated one gets a new secret.
+    async fn ensure_secret(
+        &self,
+        slug: &Slug,
+        kind: SecretKind,
+        token: &SecretString,
+    ) -> Result<SecretRef, SwarmError> {
+        let name = spec::secret_name(slug, kind, &spec::token_hash8(token));
+        for attempt in 0..2 {
+            if let Some(found) = self.find_secret(&name).await? {
+                return Ok(found);
+            }
+            // The spec holds the token: it goes into the request body and
+            // nowhere else (never logged, never formatted).
+            match self
+                .docker
+                .create_secret(spec::secret_spec(slug, kind, token))
+                .await
+            {
+                Ok(id) => {
+                    tracing::info!(slug = %slug, secret = %name, "created challenge secret");
+                    return Ok(SecretRef { id: id.id, name });
+                }
+                Err(e) => {
+                    let e = SwarmError::docker(format!("creating secret {name}"), e);
+                    if !(is_status(&e, 409) && attempt == 0) {
+                        return Err(e);
+                    }
+                }
+            }
+        }
+        Err(SwarmError::Spec(format!(
+            "secret {name} could neither be created nor found"
+        )))
+    }
+
+    /// A secret by exact name (the engine's name filter matches prefixes).
+    async fn find_secret(&self, name: &str) -> Result<Option<SecretRef>, SwarmError> {
+        let opts = ListSecretsOptionsBuilder::new()
+            .filters(&filters(&[("name", name)]))
+            .build();
+        let secrets = self
+            .docker
+            .list_secrets(Some(opts))
+            .await
+            .map_err(|e| SwarmError::docker(format!("listing secret {name}"), e))?;
+        Ok(secrets.into_iter().find_map(|s| {
+            let found = s.spec.as_ref().and_then(|sp| sp.name.as_deref()) == Some(name);
+            match (found, s.id) {
+                (true, Some(id)) => Some(SecretRef {
+                    id,
+                    name: name.to_string(),
+                }),
+                _ => None,
+            }
+        }))
+    }
+
+    /// Deletes `slug`'s token secrets that no service references any more
+    /// (after a rotation, or after the service was removed). Failures are
+    /// logged: the next ensure tries again.
+    async fn prune_secrets(&self, slug: &Slug) -> Result<(), SwarmError> {
+        let opts = ListSecretsOptionsBuilder::new()
+            .filters(&filters(&[
+                ("label", &format!("{}={slug}", spec::LABEL_CHALLENGE)),
+                (
+                    "label",
+                    &format!("{}={}", spec::LABEL_COMPONENT, spec::COMPONENT_SECRET),
+                ),
+            ]))
+            .build();
+        let secrets = self
+            .docker
+            .list_secrets(Some(opts))
+            .await
+            .map_err(|e| SwarmError::docker(format!("listing secrets of {slug}"), e))?;
+        if secrets.is_empty() {
+            return Ok(());
+        }
+        let services = self
+            .docker
+            .list_services(None)
+            .await
+            .map_err(|e| SwarmError::docker("listing services", e))?;
+        let used: BTreeSet<String> = services
+            .iter()
+            .filter_map(|s| {
+                s.spec
+                    .as_ref()?
+                    .task_template
+                    .as_ref()?
+                    .container_spec
+                    .as_ref()
+            })
+            .flat_map(|c| c.secrets.iter().flatten())
+            .filter_map(|s| s.secret_id.clone())
+            .collect();
+        for secret in secrets {
+            let Some(id) = secret.id else { continue };
+            if used.contains(&id) {
+                continue;
+            }
+            let name = secret.spec.and_then(|s| s.name).unwrap_or_default();
+            match self.docker.delete_secret(&id).await {
+                Ok(()) => tracing::info!(slug = %slug, secret = %name, "removed unused secret"),
+                Err(e) => {
+                    tracing::warn!(slug = %slug, secret = %name, error = %e, "cannot remove unused secret")
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// A service by name; `None` when absent.
+    async fn find_service(&self, name: &str) -> Result<Option<Service>, SwarmError> {
+        match self.docker.inspect_service(name, None).await {
+            Ok(s) => Ok(Some(s)),
+            Err(e) => {
+                let e = SwarmError::docker(format!("inspecting service {name}"), e);
+                if is_status(&e, 404) { Ok(None) } else { Err(e) }
+            }
+        }
+    }
+
+    /// The tasks of the given services (all of them in one request).
+    async fn tasks_of(&self, service_ids: &[String]) -> Result<Vec<Task>, SwarmError> {
+        if service_ids.is_empty() {
+            return Ok(Vec::new());
+        }
+        let pairs: Vec<(&str, &str)> = service_ids
+            .iter()
+            .map(|id| ("service", id.as_str()))
+            .collect();
+        let opts = ListTasksOptionsBuilder::new()
+            .filters(&filters(&pairs))
+            .build();
+        self.docker
+            .list_tasks(Some(opts))
+            .await
+            .map_err(|e| SwarmError::docker("listing tasks", e))
+    }
+
+    /// Creates the service, or updates it when the desired spec's digest
+    /// differs from the running one's.
+    async fn apply_service(&self, name: &str, desired: ServiceSpec) -> Result<(), SwarmError> {
+        for attempt in 0..3 {
+            match self.find_service(name).await? {
+                None => match self.docker.create_service(desired.clone(), None).await {
+                    Ok(created) => {
+                        for w in created.warnings.iter().flatten() {
+                            tracing::warn!(service = name, warning = %w, "engine warning");
+                        }
+                        tracing::info!(service = name, "created service");
+                        return Ok(());
+                    }
+                    Err(e) => {
+                        let e = SwarmError::docker(format!("creating service {name}"), e);
+                        // Created concurrently: go round and update it.
+                        if !(is_status(&e, 409) && attempt < 2) {
+                            return Err(e);
+                        }
+                    }
+                },
+                Some(current) => {
+                    if !spec::needs_update(&current, &desired) {
+                        return Ok(());
+                    }
+                    let index = current.version.and_then(|v| v.index).unwrap_or(0);
+                    let version = i32::try_from(index).map_err(|_| {
+                        SwarmError::Spec(format!(
+                            "service {name} version {index} exceeds the API's range"
+                        ))
+                    })?;
+                    let opts = UpdateServiceOptionsBuilder::new().version(version).build();
+                    match self
+                        .docker
+                        .update_service(name, desired.clone(), opts, None)
+                        .await
+                    {
+                        Ok(updated) => {
+                            for w in updated.warnings.iter().flatten() {
+                                tracing::warn!(service = name, warning = %w, "engine warning");
+                            }
+                            tracing::info!(service = name, "updated service (rolling)");
+                            return Ok(());
+                        }
+                        Err(e) => {
+                            let e = SwarmError::docker(format!("updating service {name}"), e);
+                            // "update out of sequence": someone else updated
+                            // it between inspect and update; read it again.
+                            if attempt == 2 || !e.to_string().contains("out of sequence") {
+                                return Err(e);
+                            }
+                        }
+                    }
+                }
+            }
+        }
+        Err(SwarmError::Spec(format!(
+            "service {name} kept changing while being applied"
+        )))
+    }
+
+    /// All services with the given labels.
+    async fn services_labelled(&self, labels: &[(&str, &str)]) -> Result<Vec<Service>, SwarmError> {
+        let values: Vec<String> = labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        let pairs: Vec<(&str, &str)> = values.iter().map(|v| ("label", v.as_str())).collect();
+        let opts = ListServicesOptionsBuilder::new()
+            .filters(&filters(&pairs))
+            .build();
+        self.docker
+            .list_services(Some(opts))
+            .await
+            .map_err(|e| SwarmError::docker("listing services", e))
+    }
+
+    /// Statuses of every BASE job, optionally of one challenge.
+    async fn job_statuses(&self, slug: Option<&Slug>) -> Result<Vec<JobStatus>, SwarmError> {
+        let slug_label = slug.map(|s| s.to_string());
+        let mut labels = vec![(spec::LABEL_COMPONENT, spec::COMPONENT_JOB)];
+        if let Some(s) = &slug_label {
+            labels.push((spec::LABEL_CHALLENGE, s.as_str()));
+        }
+        let services = self.services_labelled(&labels).await?;
+        let ids: Vec<String> = services.iter().filter_map(|s| s.id.clone()).collect();
+        let tasks = self.tasks_of(&ids).await?;
+        let mut out: Vec<JobStatus> = services
+            .iter()
+            .filter_map(|s| {
+                let labels = s.spec.as_ref()?.labels.as_ref()?;
+                let id = labels.get(spec::LABEL_JOB_ID)?;
+                let mine: Vec<Task> = tasks
+                    .iter()
+                    .filter(|t| t.service_id.is_some() && t.service_id == s.id)
+                    .cloned()
+                    .collect();
+                spec::job_status(id, labels, &mine)
+            })
+            .collect();
+        out.sort_by(|a, b| a.id.cmp(&b.id));
+        Ok(out)
+    }
+}
+
+#[async_trait]
+impl Orchestrator for SwarmOrchestrator {
+    fn name(&self) -> &'static str {
+        "swarm"
+    }
+
+    /// Networks (once), data volume, token secrets, then the service:
+    /// created when absent, updated (rolling, stop-first) when the desired
+    /// spec changed, left alone otherwise; then secrets no service uses
+    /// any more are removed.
+    async fn ensure_challenge(
+        &self,
+        spec: &ChallengeSpec,
+    ) -> Result<ServiceStatus, OrchestratorError> {
+        let name = spec::service_name(&spec.slug)?;
+        // Validate before creating anything, so a bad record leaves no
+        // secrets or volumes behind.
+        let placeholder = SecretRef {
+            id: String::new(),
+            name: String::new(),
+        };
+        spec::challenge_service(
+            spec,
+            &ChallengeSecretRefs {
+                challenge: placeholder.clone(),
+                broker: placeholder,
+            },
+        )?;
+        self.networks_once().await?;
+        self.docker
+            .create_volume(spec::volume_spec(&spec.slug))
+            .await
+            .map_err(|e| {
+                SwarmError::docker(
+                    format!("creating volume {}", spec::volume_name(&spec.slug)),
+                    e,
+                )
+            })?;
+        let refs = ChallengeSecretRefs {
+            challenge: self
+                .ensure_secret(
+                    &spec.slug,
+                    SecretKind::Challenge,
+                    &spec.secrets.challenge_token,
+                )
+                .await?,
+            broker: self
+                .ensure_secret(&spec.slug, SecretKind::Broker, &spec.secrets.broker_token)
+                .await?,
+        };
+        let desired = spec::challenge_service(spec, &refs)?;
+        self.apply_service(&name, desired).await?;
+        if let Err(e) = self.prune_secrets(&spec.slug).await {
+            tracing::warn!(slug = %spec.slug, error = %e, "cannot prune secrets");
+        }
+        self.challenge_status(&spec.slug).await
+    }
+
+    /// Removes the service and its now unused secrets. The data volume is
+    /// kept unless `purge_data`; a purge waits (bounded) for the stopping
+    /// container to release it.
+    async fn remove_challenge(
+        &self,
+        slug: &Slug,
+        purge_data: bool,
+    ) -> Result<(), OrchestratorError> {
+        let name = spec::service_name(slug)?;
+        match self.docker.delete_service(&name).await {
+            Ok(()) => tracing::info!(slug = %slug, "removed challenge service"),
+            Err(e) => {
+                let e = SwarmError::docker(format!("removing service {name}"), e);
+                if !is_status(&e, 404) {
+                    return Err(e.into());
+                }
+            }
+        }
+        self.prune_secrets(slug).await?;
+        if purge_data {
+            let volume = spec::volume_name(slug);
+            let deadline = tokio::time::Instant::now() + VOLUME_RELEASE_TIMEOUT;
+            loop {
+                let opts = RemoveVolumeOptionsBuilder::new().force(false).build();
+                match self.docker.remove_volume(&volume, Some(opts)).await {
+                    Ok(()) => {
+                        tracing::info!(slug = %slug, volume, "purged challenge data");
+                        break;
+                    }
+                    Err(e) => {
+                        let e = SwarmError::docker(format!("removing volume {volume}"), e);
+                        if is_status(&e, 404) {
+                            break;
+                        }
+                        // 409: the service's container is still stopping.
+                        if !is_status(&e, 409) || tokio::time::Instant::now() >= deadline {
+                            return Err(e.into());
+                        }
+                        tokio::time::sleep(Duration::from_millis(500)).await;
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    async fn challenge_status(&self, slug: &Slug) -> Result<ServiceStatus, OrchestratorError> {
+        let name = spec::service_name(slug)?;
+        let Some(service) = self.find_service(&name).await? else {
+            return Ok(spec::missing_status(slug));
+        };
+        let tasks = self
+            .tasks_of(&service.id.iter().cloned().collect::<Vec<_>>())
+            .await?;
+        Ok(spec::service_status(slug, &service, &tasks))
+    }
+
+    async fn list_challenges(&self) -> Result<Vec<ServiceStatus>, OrchestratorError> {
+        let services = self
+            .services_labelled(&[(spec::LABEL_COMPONENT, spec::COMPONENT_CHALLENGE)])
+            .await?;
+        let ids: Vec<String> = services.iter().filter_map(|s| s.id.clone()).collect();
+        let tasks = self.tasks_of(&ids).await?;
+        let mut out: Vec<ServiceStatus> = services
+            .iter()
+            .filter_map(|s| {
+                let name = s.spec.as_ref()?.name.as_deref()?;
+                let slug = spec::slug_of_service(name)?;
+                let mine: Vec<Task> = tasks
+                    .iter()
+                    .filter(|t| t.service_id.is_some() && t.service_id == s.id)
+                    .cloned()
+                    .collect();
+                Some(spec::service_status(&slug, s, &mine))
+            })
+            .collect();
+        out.sort_by(|a, b| a.slug.cmp(&b.slug));
+        Ok(out)
+    }
+
+    /// Creates the replicated-job service; an existing job of the same id
+    /// is returned as it is (the call is idempotent).
+    async fn run_job(&self, job: &JobSpec) -> Result<JobStatus, OrchestratorError> {
+        let name = spec::job_service_name(&job.id)?;
+        let desired = spec::job_service(job)?;
+        if job.limits.network == crate::orchestrator::JobNetwork::None {
+            self.networks_once().await?;
+        }
+        match self.docker.create_service(desired, None).await {
+            Ok(created) => {
+                for w in created.warnings.iter().flatten() {
+                    tracing::warn!(service = %name, warning = %w, "engine warning");
+                }
+                tracing::info!(job = %job.id, slug = %job.slug, gpus = ?job.limits.gpus, "created job service");
+            }
+            Err(e) => {
+                let e = SwarmError::docker(format!("creating job service {name}"), e);
+                if !is_status(&e, 409) {
+                    return Err(e.into());
+                }
+            }
+        }
+        self.watcher.kick.notify_one();
+        self.job_status(&job.id).await
+    }
+
+    async fn job_status(&self, id: &str) -> Result<JobStatus, OrchestratorError> {
+        let name = spec::job_service_name(id)?;
+        let service = self
+            .find_service(&name)
+            .await?
+            .ok_or_else(|| OrchestratorError::NotFound(format!("job '{id}'")))?;
+        let tasks = self
+            .tasks_of(&service.id.iter().cloned().collect::<Vec<_>>())
+            .await?;
+        let labels = service.spec.and_then(|s| s.labels).unwrap_or_default();
+        spec::job_status(id, &labels, &tasks).ok_or_else(|| {
+            OrchestratorError::NotFound(format!("job '{id}' (service has no BASE labels)"))
+        })
+    }
+
+    /// Subscribes to the shared watcher and returns as soon as a refresh
+    /// shows the job terminal, or its status as it is at `timeout` (an
+    /// unschedulable job is then `Queued` with the scheduler's message).
+    async fn wait_job(&self, id: &str, timeout: Duration) -> Result<JobStatus, OrchestratorError> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        let mut rx = self.watcher.state.subscribe();
+        let status = self.job_status(id).await?;
+        if status.state.is_terminal() {
+            return Ok(status);
+        }
+        let _waiting = self.watcher.wait_guard();
+        loop {
+            tokio::select! {
+                changed = rx.changed() => {
+                    if changed.is_err() {
+                        break;
+                    }
+                    let snapshot = Arc::clone(&rx.borrow_and_update());
+                    match snapshot.jobs.get(id) {
+                        Some(s) if s.state.is_terminal() => return Ok(s.clone()),
+                        Some(_) => {}
+                        // Absent from this refresh: either removed while
+                        // waited for (NotFound), or the refresh began before
+                        // the job was created; ask the engine directly.
+                        None if snapshot.error.is_none() => {
+                            let status = self.job_status(id).await?;
+                            if status.state.is_terminal() {
+                                return Ok(status);
+                            }
+                        }
+                        None => {}
+                    }
+                }
+                _ = tokio::time::sleep_until(deadline) => break,
+            }
+        }
+        self.job_status(id).await
+    }
+
+    /// Both streams through the service logs endpoint, each cut to its last
+    /// `max_bytes` while reading (memory stays bounded by twice that).
+    async fn job_logs(&self, id: &str, max_bytes: usize) -> Result<JobLogs, OrchestratorError> {
+        let name = spec::job_service_name(id)?;
+        if self.find_service(&name).await?.is_none() {
+            return Err(OrchestratorError::NotFound(format!("job '{id}'")));
+        }
+        let opts = LogsOptionsBuilder::new()
+            .stdout(true)
+            .stderr(true)
+            .follow(false)
+            .timestamps(false)
+            .build();
+        let mut stream = self.docker.service_logs(&name, Some(opts));
+        let mut stdout = TailBuffer::new(max_bytes);
+        let mut stderr = TailBuffer::new(max_bytes);
+        while let Some(item) = stream.next().await {
+            match item.map_err(|e| SwarmError::docker(format!("reading logs of {name}"), e))? {
+                LogOutput::StdOut { message } | LogOutput::Console { message } => {
+                    stdout.push(&message)
+                }
+                LogOutput::StdErr { message } => stderr.push(&message),
+                LogOutput::StdIn { .. } => {}
+            }
+        }
+        let (stdout, out_cut) = stdout.finish();
+        let (stderr, err_cut) = stderr.finish();
+        Ok(JobLogs {
+            stdout,
+            stderr,
+            truncated: out_cut || err_cut,
+        })
+    }
+
+    async fn remove_job(&self, id: &str) -> Result<(), OrchestratorError> {
+        let name = spec::job_service_name(id)?;
+        match self.docker.delete_service(&name).await {
+            Ok(()) => {
+                tracing::info!(job = id, "removed job service");
+                self.watcher.kick.notify_one();
+                Ok(())
+            }
+            Err(e) => {
+                let e = SwarmError::docker(format!("removing job service {name}"), e);
+                if is_status(&e, 404) {
+                    Ok(())
+                } else {
+                    Err(e.into())
+                }
+            }
+        }
+    }
+
+    async fn list_jobs(&self, slug: Option<Slug>) -> Result<Vec<JobStatus>, OrchestratorError> {
+        Ok(self.job_statuses(slug.as_ref()).await?)
+    }
+}
+
+/// Keeps the last `cap` bytes of a stream.
+struct TailBuffer {
+    cap: usize,
+    buf: Vec<u8>,
+    truncated: bool,
+}
+
+impl TailBuffer {
+    fn new(cap: usize) -> Self {
+        Self {
+            cap,
+            buf: Vec::new(),
+            truncated: false,
+        }
+    }
+
+    fn push(&mut self, bytes: &[u8]) {
+        self.buf.extend_from_slice(bytes);
+        // Trim in batches (at twice the cap) so the copy is amortised.
+        if self.buf.len() > self.cap.saturating_mul(2).max(8192) {
+            self.trim();
+        }
+    }
+
+    fn trim(&mut self) {
+        if self.buf.len() > self.cap {
+            let cut = self.buf.len() - self.cap;
+            self.buf.drain(..cut);
+            self.truncated = true;
+        }
+    }
+
+    /// The kept bytes as (lossy) UTF-8, and whether anything was cut.
+    fn finish(mut self) -> (String, bool) {
+        self.trim();
+        (
+            String::from_utf8_lossy(&self.buf).into_owned(),
+            self.truncated,
+        )
+    }
+}
+
+/// One refresh of every job's status.
+#[derive(Debug, Default)]
+struct Snapshot {
+    /// Job id → status.
+    jobs: HashMap<String, JobStatus>,
+    /// Set when the refresh failed (waiters then keep waiting rather than
+    /// read "absent" into a failed listing).
+    error: Option<String>,
+}
+
+/// The single shared watcher of job states: while anyone waits, it
+/// refreshes all jobs at once whenever the engine reports a container or
+/// service event, and every [`WATCH_FALLBACK`] for tasks on other nodes;
+/// when nobody waits it only keeps its event stream drained.
+struct JobWatcher {
+    docker: Docker,
+    state: watch::Sender<Arc<Snapshot>>,
+    waiters: AtomicUsize,
+    kick: Notify,
+}
+
+/// Counts a waiter for as long as it lives.
+struct WaitGuard<'a>(&'a JobWatcher);
+
+impl Drop for WaitGuard<'_> {
+    fn drop(&mut self) {
+        self.0.waiters.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+impl JobWatcher {
+    fn new(docker: Docker) -> Self {
+        Self {
+            docker,
+            state: watch::Sender::new(Arc::new(Snapshot::default())),
+            waiters: AtomicUsize::new(0),
+            kick: Notify::new(),
+        }
+    }
+
+    fn wait_guard(&self) -> WaitGuard<'_> {
+        self.waiters.fetch_add(1, Ordering::SeqCst);
+        self.kick.notify_one();
+        WaitGuard(self)
+    }
+
+    /// The job events worth a refresh: BASE job containers starting or
+    /// dying on this node, and service changes anywhere.
+    fn events(
+        &self,
+    ) -> impl futures::Stream<Item = Result<bollard::models::EventMessage, bollard::errors::Error>> + use<>
+    {
+        let label = format!("{}={}", spec::LABEL_COMPONENT, spec::COMPONENT_JOB);
+        let opts = EventsOptionsBuilder::new()
+            .filters(&filters(&[
+                ("type", "container"),
+                ("type", "service"),
+                ("label", &label),
+            ]))
+            .build();
+        self.docker.events(Some(opts))
+    }
+
+    async fn refresh(&self) {
+        let snapshot = match snapshot_jobs(&self.docker).await {
+            Ok(jobs) => Snapshot { jobs, error: None },
+            Err(e) => {
+                tracing::warn!(error = %e, "job watcher refresh failed");
+                Snapshot {
+                    jobs: HashMap::new(),
+                    error: Some(e.to_string()),
+                }
+            }
+        };
+        self.state.send_replace(Arc::new(snapshot));
+    }
+
+    async fn run(self: Arc<Self>) {
+        let mut events = Box::pin(self.events());
+        loop {
+            if self.waiters.load(Ordering::SeqCst) > 0 {
+                self.refresh().await;
+                tokio::select! {
+                    _ = self.kick.notified() => {}
+                    _ = tokio::time::sleep(WATCH_FALLBACK) => {}
+                    ev = events.next() => {
+                        if !matches!(ev, Some(Ok(_))) {
+                            // The stream ended or broke (engine restart):
+                            // reopen it after a pause.
+                            tokio::time::sleep(Duration::from_secs(1)).await;
+                            events = Box::pin(self.events());
+                        }
+                    }
+                }
+            } else {
+                tokio::select! {
+                    _ = self.kick.notified() => {}
+                    ev = events.next() => {
+                        if !matches!(ev, Some(Ok(_))) {
+                            tokio::time::sleep(Duration::from_secs(1)).await;
+                            events = Box::pin(self.events());
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Every BASE job's status in two requests (services, then their tasks).
+async fn snapshot_jobs(docker: &Docker) -> Result<HashMap<String, JobStatus>, SwarmError> {
+    let label = format!("{}={}", spec::LABEL_COMPONENT, spec::COMPONENT_JOB);
+    let opts = ListServicesOptionsBuilder::new()
+        .filters(&filters(&[("label", &label)]))
+        .build();
+    let services = docker
+        .list_services(Some(opts))
+        .await
+        .map_err(|e| SwarmError::docker("listing job services", e))?;
+    let ids: Vec<(&str, &str)> = services
+        .iter()
+        .filter_map(|s| s.id.as_deref())
+        .map(|id| ("service", id))
+        .collect();
+    let tasks = if ids.is_empty() {
+        Vec::new()
+    } else {
+        let opts = ListTasksOptionsBuilder::new()
+            .filters(&filters(&ids))
+            .build();
+        docker
+            .list_tasks(Some(opts))
+            .await
+            .map_err(|e| SwarmError::docker("listing job tasks", e))?
+    };
+    Ok(services
+        .iter()
+        .filter_map(|s| {
+            let labels = s.spec.as_ref()?.labels.as_ref()?;
+            let id = labels.get(spec::LABEL_JOB_ID)?;
+            let mine: Vec<Task> = tasks
+                .iter()
+                .filter(|t| t.service_id.is_some() && t.service_id == s.id)
+                .cloned()
+                .collect();
+            Some((id.clone(), spec::job_status(id, labels, &mine)?))
+        })
+        .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn tail_buffer_keeps_the_last_bytes() {
+        let mut t = TailBuffer::new(5);
+        t.push(b"abc");
+        t.push(b"defgh");
+        assert!(!t.truncated, "trimmed lazily");
+        let mut big = TailBuffer::new(4);
+        for _ in 0..10_000 {
+            big.push(b"0123456789");
+        }
+        assert!(big.buf.len() <= 8192 + 10);
+        assert_eq!(big.finish(), ("6789".to_string(), true));
+        assert_eq!(t.finish(), ("defgh".to_string(), true));
+        let mut small = TailBuffer::new(100);
+        small.push(b"short");
+        assert_eq!(small.finish(), ("short".to_string(), false));
+    }
+}

@@ -1,0 +1,1487 @@
+//! Pure mapping from BASE's specs to Docker Engine API specs, and back from
+//! what the engine reports to BASE's statuses.
+//!
+//! Everything here is a function of its arguments — no I/O, no clock — so
+//! the exact JSON that reaches the engine is pinned by snapshot tests
+//! (`base-sdk/tests/fixtures/swarm/*.json`) and the rules (names, labels,
+//! env, hardening, limits) are reviewed in one place. The client in
+//! `client.rs` only fetches, applies and compares. Bollard types appear in
+//! signatures here, which is why this module is private to `swarm`.
+
+use std::collections::{BTreeMap, HashMap};
+
+use base64::Engine as _;
+use bollard::models::{
+    EndpointSpec, EndpointSpecModeEnum, GenericResourcesInner,
+    GenericResourcesInnerDiscreteResourceSpec, Limit, Mount, MountTmpfsOptions, MountType,
+    MountVolumeOptions, NetworkAttachmentConfig, NetworkCreateRequest, ResourceObject,
+    ResourcesUlimits, SecretSpec, Service, ServiceSpec, ServiceSpecMode, ServiceSpecModeReplicated,
+    ServiceSpecModeReplicatedJob, ServiceSpecUpdateConfig,
+    ServiceSpecUpdateConfigFailureActionEnum, ServiceSpecUpdateConfigOrderEnum, Task, TaskSpec,
+    TaskSpecContainerSpec, TaskSpecContainerSpecFile, TaskSpecContainerSpecPrivileges,
+    TaskSpecContainerSpecSecrets, TaskSpecPlacement, TaskSpecResources, TaskSpecRestartPolicy,
+    TaskSpecRestartPolicyConditionEnum, TaskState, VolumeCreateRequest,
+};
+use chrono::{DateTime, SecondsFormat, Utc};
+use secrecy::{ExposeSecret, SecretString};
+use sha2::{Digest, Sha256};
+
+use super::SwarmError;
+use crate::model::Slug;
+use crate::orchestrator::{
+    ChallengeSpec, JobNetwork, JobSpec, JobState, JobStatus, ServiceState, ServiceStatus,
+};
+
+/// The encrypted overlay the master and the challenge services share.
+pub const CHALLENGES_NETWORK: &str = "base_challenges";
+/// The encrypted, internal overlay of jobs with `network: none`: no route
+/// out, and nothing else on it.
+pub const JOBS_INTERNAL_NETWORK: &str = "base_jobs_internal";
+/// Overlay MTU: 1500 minus VXLAN (50) and IPsec ESP overhead, the value
+/// CONTRACTS.md §7 fixes for both networks.
+pub const OVERLAY_MTU: u32 = 1450;
+/// The port every challenge serves on (CONTRACTS.md §1), never published.
+pub const CHALLENGE_PORT: u16 = 8000;
+/// Where a challenge finds its token files.
+pub const SECRETS_DIR: &str = "/run/secrets/base";
+/// The challenge's SQLite database inside the `/data` volume.
+pub const CHALLENGE_DATABASE_URL: &str = "sqlite+aiosqlite:////data/challenge.sqlite3";
+/// The generic resource a GPU job reserves (case-sensitive; it must match
+/// the `node-generic-resources` of GPU workers' daemon.json).
+pub const GPU_RESOURCE: &str = "NVIDIA-GPU";
+
+/// Label: which kind of BASE object this is (`challenge`, `job`, …).
+pub const LABEL_COMPONENT: &str = "base.component";
+/// Label: the challenge a service, secret or job belongs to.
+pub const LABEL_CHALLENGE: &str = "base.challenge";
+/// Label on the data volume (the name the issue fixes for volumes).
+pub const LABEL_VOLUME_SLUG: &str = "base.challenge.slug";
+/// Label: which of the two tokens a secret holds.
+pub const LABEL_SECRET_KIND: &str = "base.secret";
+/// Label: digest of the desired service spec, so an ensure can tell
+/// "unchanged" without diffing what the engine normalised.
+pub const LABEL_SPEC_SHA256: &str = "base.spec.sha256";
+/// Label: the record's version (for operators reading `docker service ls`).
+pub const LABEL_VERSION: &str = "base.challenge.version";
+/// Label: the caller's job id.
+pub const LABEL_JOB: &str = "base.job";
+/// Label: the caller's task id.
+pub const LABEL_TASK: &str = "base.task";
+/// Label: the broker's unique job id (names the service).
+pub const LABEL_JOB_ID: &str = "base.job.id";
+/// Label: RFC 3339 deadline, so a restarted reaper can act.
+pub const LABEL_DEADLINE: &str = "base.deadline";
+
+/// `base.component` values.
+pub const COMPONENT_CHALLENGE: &str = "challenge";
+/// `base.component` of challenge token secrets.
+pub const COMPONENT_SECRET: &str = "challenge-secret";
+/// `base.component` of challenge data volumes.
+pub const COMPONENT_DATA: &str = "challenge-data";
+/// `base.component` of jobs.
+pub const COMPONENT_JOB: &str = "job";
+/// `base.component` of the overlays BASE creates.
+pub const COMPONENT_NETWORK: &str = "network";
+
+/// Swarm's limit on service names (a DNS label).
+const MAX_SERVICE_NAME: usize = 63;
+/// Swarm's limit on secret names.
+const MAX_SECRET_NAME: usize = 64;
+/// Prefix of job service names.
+const JOB_PREFIX: &str = "base-job-";
+/// Prefix of challenge service names (and their DNS names on the overlay).
+const CHALLENGE_PREFIX: &str = "challenge-";
+/// A challenge's `/tmp` (root is read-only; Python images need a /tmp).
+const CHALLENGE_TMP_BYTES: i64 = 256 << 20;
+
+/// The two token secrets of a challenge.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SecretKind {
+    /// `challenge_token`: what the master presents to the challenge.
+    Challenge,
+    /// `docker_broker_token`: what the challenge presents to the broker.
+    Broker,
+}
+
+impl SecretKind {
+    /// Both kinds.
+    pub const ALL: [SecretKind; 2] = [SecretKind::Challenge, SecretKind::Broker];
+
+    /// The middle part of the secret's name.
+    fn name_part(self) -> &'static str {
+        match self {
+            Self::Challenge => "challenge_token",
+            Self::Broker => "broker_token",
+        }
+    }
+
+    /// The file name under [`SECRETS_DIR`] (the contract's names).
+    pub fn file_name(self) -> &'static str {
+        match self {
+            Self::Challenge => "challenge_token",
+            Self::Broker => "docker_broker_token",
+        }
+    }
+}
+
+/// A secret as the engine knows it: both id and name are needed to attach
+/// it to a service.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SecretRef {
+    /// Engine id.
+    pub id: String,
+    /// Name (`base_<slug>_<kind>_<hash8>`).
+    pub name: String,
+}
+
+/// The challenge's two secrets, created before the service.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ChallengeSecretRefs {
+    /// `challenge_token`.
+    pub challenge: SecretRef,
+    /// `docker_broker_token`.
+    pub broker: SecretRef,
+}
+
+/// `challenge-<slug>`; refused when longer than a DNS label, because that
+/// name is also the challenge's address on the overlay.
+pub fn service_name(slug: &Slug) -> Result<String, SwarmError> {
+    let name = format!("{CHALLENGE_PREFIX}{slug}");
+    if name.len() > MAX_SERVICE_NAME {
+        return Err(SwarmError::Spec(format!(
+            "slug '{slug}' is too long for Swarm: the service name '{name}' exceeds \
+             {MAX_SERVICE_NAME} characters (slugs of at most {} characters fit)",
+            MAX_SERVICE_NAME - CHALLENGE_PREFIX.len()
+        )));
+    }
+    Ok(name)
+}
+
+/// The slug a challenge service name stands for, if it is one.
+pub fn slug_of_service(name: &str) -> Option<Slug> {
+    name.strip_prefix(CHALLENGE_PREFIX)
+        .and_then(|s| Slug::parse(s).ok())
+}
+
+/// Where the master reaches the challenge on the overlay.
+pub fn challenge_endpoint(slug: &Slug) -> String {
+    format!("http://{CHALLENGE_PREFIX}{slug}:{CHALLENGE_PORT}")
+}
+
+/// `base_<slug>_data`.
+pub fn volume_name(slug: &Slug) -> String {
+    format!("base_{slug}_data")
+}
+
+/// `base-job-<id>`; the id must fit a service name.
+pub fn job_service_name(id: &str) -> Result<String, SwarmError> {
+    let bytes = id.as_bytes();
+    let ok = !bytes.is_empty()
+        && JOB_PREFIX.len() + bytes.len() <= MAX_SERVICE_NAME
+        && bytes
+            .iter()
+            .all(|b| b.is_ascii_alphanumeric() || *b == b'-' || *b == b'_')
+        && bytes.first().is_some_and(u8::is_ascii_alphanumeric)
+        && bytes.last().is_some_and(u8::is_ascii_alphanumeric);
+    if !ok {
+        return Err(SwarmError::Spec(format!(
+            "job id '{}' cannot name a Swarm service: use 1..={} of [A-Za-z0-9_-], \
+             starting and ending alphanumeric",
+            id.escape_debug(),
+            MAX_SERVICE_NAME - JOB_PREFIX.len()
+        )));
+    }
+    Ok(format!("{JOB_PREFIX}{id}"))
+}
+
+/// The first 8 hex digits of the token's SHA-256: enough to give a rotated
+/// token a new secret name, far too little to learn anything about a
+/// 256-bit random token.
+pub fn token_hash8(token: &SecretString) -> String {
+    let digest = Sha256::digest(token.expose_secret().as_bytes());
+    hex::encode(&digest[..4])
+}
+
+/// `base_<slug>_<kind>_<hash8>`. Swarm caps secret names at 64 characters;
+/// a slug too long for that is cut and followed by 6 hex digits of its own
+/// hash, so two long slugs sharing a prefix still get different names (the
+/// full slug is in the secret's labels either way).
+pub fn secret_name(slug: &Slug, kind: SecretKind, hash8: &str) -> String {
+    let tail = format!("_{}_{hash8}", kind.name_part());
+    let budget = MAX_SECRET_NAME - "base_".len() - tail.len();
+    let slug = slug.as_str();
+    let slug_part = if slug.len() <= budget {
+        slug.to_string()
+    } else {
+        let digest = hex::encode(Sha256::digest(slug.as_bytes()));
+        // Slugs are ASCII, so byte slicing is char slicing; a cut that ends
+        // in '-' is fine inside a secret name.
+        format!("{}-{}", &slug[..budget - 7], &digest[..6])
+    };
+    format!("base_{slug_part}{tail}")
+}
+
+/// The labels every object of a challenge carries.
+fn challenge_labels(slug: &Slug, component: &str) -> HashMap<String, String> {
+    HashMap::from([
+        (LABEL_COMPONENT.to_string(), component.to_string()),
+        (LABEL_CHALLENGE.to_string(), slug.to_string()),
+    ])
+}
+
+/// A token secret. The token reaches Docker only here, base64 in the API
+/// body (`Data`); `SecretSpec`'s `Debug` would show it, so callers never
+/// log the value this returns.
+pub fn secret_spec(slug: &Slug, kind: SecretKind, token: &SecretString) -> SecretSpec {
+    let mut labels = challenge_labels(slug, COMPONENT_SECRET);
+    labels.insert(LABEL_SECRET_KIND.to_string(), kind.file_name().to_string());
+    SecretSpec {
+        name: Some(secret_name(slug, kind, &token_hash8(token))),
+        labels: Some(labels),
+        data: Some(base64::engine::general_purpose::STANDARD.encode(token.expose_secret())),
+        ..Default::default()
+    }
+}
+
+/// The data volume: local driver, labelled so operators (and a purge) find
+/// it.
+pub fn volume_spec(slug: &Slug) -> VolumeCreateRequest {
+    let mut labels = challenge_labels(slug, COMPONENT_DATA);
+    labels.insert(LABEL_VOLUME_SLUG.to_string(), slug.to_string());
+    VolumeCreateRequest {
+        name: Some(volume_name(slug)),
+        driver: Some("local".to_string()),
+        labels: Some(labels),
+        ..Default::default()
+    }
+}
+
+/// Which BASE overlay.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BaseNetwork {
+    /// [`CHALLENGES_NETWORK`]: attachable, routed.
+    Challenges,
+    /// [`JOBS_INTERNAL_NETWORK`]: internal (no route out), not attachable.
+    JobsInternal,
+}
+
+impl BaseNetwork {
+    /// Both networks.
+    pub const ALL: [BaseNetwork; 2] = [BaseNetwork::Challenges, BaseNetwork::JobsInternal];
+
+    /// The network's name.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Challenges => CHALLENGES_NETWORK,
+            Self::JobsInternal => JOBS_INTERNAL_NETWORK,
+        }
+    }
+
+    /// Whether it must be `internal`.
+    pub fn internal(self) -> bool {
+        matches!(self, Self::JobsInternal)
+    }
+
+    /// Whether standalone containers may attach (the challenges network is,
+    /// so an operator — or a test — can reach challenges for debugging).
+    pub fn attachable(self) -> bool {
+        matches!(self, Self::Challenges)
+    }
+}
+
+/// The create request of a BASE overlay: encrypted (IPsec between nodes),
+/// MTU 1450.
+pub fn network_spec(net: BaseNetwork) -> NetworkCreateRequest {
+    NetworkCreateRequest {
+        name: net.name().to_string(),
+        driver: Some("overlay".to_string()),
+        scope: Some("swarm".to_string()),
+        internal: Some(net.internal()),
+        attachable: Some(net.attachable()),
+        options: Some(HashMap::from([
+            ("encrypted".to_string(), String::new()),
+            (
+                "com.docker.network.driver.mtu".to_string(),
+                OVERLAY_MTU.to_string(),
+            ),
+        ])),
+        labels: Some(HashMap::from([(
+            LABEL_COMPONENT.to_string(),
+            COMPONENT_NETWORK.to_string(),
+        )])),
+        ..Default::default()
+    }
+}
+
+/// Why an existing network of the right name cannot be adopted, or `None`
+/// when it can. Adoption never weakens the network: an unencrypted or
+/// routed look-alike is refused rather than used.
+pub fn network_mismatch(
+    net: BaseNetwork,
+    driver: Option<&str>,
+    scope: Option<&str>,
+    internal: Option<bool>,
+    options: Option<&HashMap<String, String>>,
+) -> Option<String> {
+    let mut problems = Vec::new();
+    if driver != Some("overlay") {
+        problems.push(format!("driver is {driver:?}, not overlay"));
+    }
+    if scope != Some("swarm") {
+        problems.push(format!("scope is {scope:?}, not swarm"));
+    }
+    if !options.is_some_and(|o| o.contains_key("encrypted")) {
+        problems.push("it is not encrypted".to_string());
+    }
+    if internal.unwrap_or(false) != net.internal() {
+        problems.push(format!(
+            "internal is {}, expected {}",
+            internal.unwrap_or(false),
+            net.internal()
+        ));
+    }
+    if problems.is_empty() {
+        None
+    } else {
+        Some(format!(
+            "network '{}' exists but cannot be adopted: {}; remove it (docker network rm {}) \
+             and let BASE create it",
+            net.name(),
+            problems.join(", "),
+            net.name()
+        ))
+    }
+}
+
+/// Parses a byte size as Docker writes them: `512m`, `4g`, `1024`, `2GiB`
+/// (binary multiples, as `docker run --memory` does).
+pub fn parse_bytes(raw: &str) -> Result<i64, SwarmError> {
+    let s = raw.trim().to_ascii_lowercase();
+    let split = s
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let unit = unit.trim();
+    let unit = unit
+        .strip_suffix("ib")
+        .or_else(|| unit.strip_suffix('b'))
+        .unwrap_or(unit);
+    let mult: f64 = match unit {
+        "" => 1.0,
+        "k" => 1024.0,
+        "m" => 1024.0 * 1024.0,
+        "g" => 1024.0 * 1024.0 * 1024.0,
+        "t" => 1024.0 * 1024.0 * 1024.0 * 1024.0,
+        _ => return Err(SwarmError::Spec(format!("'{raw}' is not a byte size"))),
+    };
+    let value: f64 = num
+        .parse()
+        .map_err(|_| SwarmError::Spec(format!("'{raw}' is not a byte size")))?;
+    let bytes = value * mult;
+    if !bytes.is_finite() || bytes <= 0.0 || bytes > i64::MAX as f64 {
+        return Err(SwarmError::Spec(format!(
+            "'{raw}' is not a positive byte size"
+        )));
+    }
+    Ok(bytes as i64)
+}
+
+/// Cores → the engine's nano-CPUs.
+fn nano_cpus(cpus: f64, what: &str) -> Result<i64, SwarmError> {
+    if !cpus.is_finite() || cpus <= 0.0 || cpus > 4096.0 {
+        return Err(SwarmError::Spec(format!(
+            "{what}: cpus must be a positive number of cores, got {cpus}"
+        )));
+    }
+    Ok((cpus * 1e9).round() as i64)
+}
+
+/// The record's `resources` map as limits. Known keys: `cpus` (cores),
+/// `memory` (byte size), `pids`. Other keys are refused, so an operator's
+/// typo is an error rather than a silently unlimited service.
+fn challenge_limits(resources: &BTreeMap<String, String>) -> Result<Option<Limit>, SwarmError> {
+    if resources.is_empty() {
+        return Ok(None);
+    }
+    let mut limit = Limit::default();
+    for (key, value) in resources {
+        match key.as_str() {
+            "cpus" => {
+                let cpus: f64 = value.trim().parse().map_err(|_| {
+                    SwarmError::Spec(format!("resources.cpus: '{value}' is not a number"))
+                })?;
+                limit.nano_cpus = Some(nano_cpus(cpus, "resources.cpus")?);
+            }
+            "memory" => limit.memory_bytes = Some(parse_bytes(value)?),
+            "pids" => {
+                let pids: i64 = value
+                    .trim()
+                    .parse()
+                    .ok()
+                    .filter(|p| *p > 0)
+                    .ok_or_else(|| {
+                        SwarmError::Spec(format!(
+                            "resources.pids: '{value}' is not a positive integer"
+                        ))
+                    })?;
+                limit.pids = Some(pids);
+            }
+            other => {
+                return Err(SwarmError::Spec(format!(
+                    "resources: unknown key '{other}' (known: cpus, memory, pids)"
+                )));
+            }
+        }
+    }
+    Ok(Some(limit))
+}
+
+/// The challenge's environment: the record's env, then the platform's
+/// `CHALLENGE_*` variables (which the record may not set). Sorted, so the
+/// spec — and its digest — is stable. Token values never appear: only the
+/// paths of their files.
+pub fn challenge_env(spec: &ChallengeSpec) -> Result<Vec<String>, SwarmError> {
+    let mut env: BTreeMap<String, String> = BTreeMap::new();
+    for (key, value) in &spec.env {
+        if key.is_empty() || key.contains(['=', '\0']) {
+            return Err(SwarmError::Spec(format!(
+                "env name '{}' is not a valid variable name",
+                key.escape_debug()
+            )));
+        }
+        if key.starts_with("BASE_") || key.starts_with("CHALLENGE_") {
+            return Err(SwarmError::Spec(format!(
+                "env name '{key}' is reserved: BASE_* and CHALLENGE_* are set by the platform"
+            )));
+        }
+        env.insert(key.clone(), value.clone());
+    }
+    let platform = [
+        ("CHALLENGE_SLUG", Some(spec.slug.to_string())),
+        (
+            "CHALLENGE_DATABASE_URL",
+            Some(CHALLENGE_DATABASE_URL.to_string()),
+        ),
+        (
+            "CHALLENGE_SHARED_TOKEN_FILE",
+            Some(format!(
+                "{SECRETS_DIR}/{}",
+                SecretKind::Challenge.file_name()
+            )),
+        ),
+        ("CHALLENGE_DOCKER_BROKER_URL", spec.broker_url.clone()),
+        (
+            "CHALLENGE_DOCKER_BROKER_TOKEN_FILE",
+            Some(format!("{SECRETS_DIR}/{}", SecretKind::Broker.file_name())),
+        ),
+        ("CHALLENGE_VERSION", Some(spec.version.clone())),
+    ];
+    for (key, value) in platform {
+        if let Some(value) = value {
+            env.insert(key.to_string(), value);
+        }
+    }
+    Ok(env.into_iter().map(|(k, v)| format!("{k}={v}")).collect())
+}
+
+/// A secret file mounted at `/run/secrets/base/<file>`, readable by any
+/// user in the container (0444: BASE cannot know which user an image runs
+/// as; the file exists only in this container's tmpfs).
+fn secret_mount(secret: &SecretRef, kind: SecretKind) -> TaskSpecContainerSpecSecrets {
+    TaskSpecContainerSpecSecrets {
+        file: Some(TaskSpecContainerSpecFile {
+            name: Some(format!("{SECRETS_DIR}/{}", kind.file_name())),
+            uid: Some("0".to_string()),
+            gid: Some("0".to_string()),
+            mode: Some(0o444),
+        }),
+        secret_id: Some(secret.id.clone()),
+        secret_name: Some(secret.name.clone()),
+    }
+}
+
+/// The service of one challenge: one replica on a manager, read-only root,
+/// `/data` volume, token files, `CHALLENGE_*` env, on the encrypted
+/// challenges overlay, never published. Carries [`LABEL_SPEC_SHA256`] of
+/// everything else, for [`needs_update`].
+pub fn challenge_service(
+    spec: &ChallengeSpec,
+    secrets: &ChallengeSecretRefs,
+) -> Result<ServiceSpec, SwarmError> {
+    let name = service_name(&spec.slug)?;
+    let mut labels = challenge_labels(&spec.slug, COMPONENT_CHALLENGE);
+    labels.insert(LABEL_VERSION.to_string(), spec.version.clone());
+    let limits = challenge_limits(&spec.resources)?;
+    let container = TaskSpecContainerSpec {
+        image: Some(spec.image.to_string()),
+        labels: Some(challenge_labels(&spec.slug, COMPONENT_CHALLENGE)),
+        env: Some(challenge_env(spec)?),
+        read_only: Some(true),
+        init: Some(true),
+        // Challenges serve on 8000 and need no capability at all.
+        capability_drop: Some(vec!["ALL".to_string()]),
+        // Only honoured by engines with API ≥ 1.46 (docs/swarm.md); older
+        // engines drop the field, which the snapshot keeps visible.
+        privileges: Some(TaskSpecContainerSpecPrivileges {
+            no_new_privileges: Some(true),
+            ..Default::default()
+        }),
+        mounts: Some(vec![
+            Mount {
+                target: Some("/data".to_string()),
+                source: Some(volume_name(&spec.slug)),
+                typ: Some(MountType::VOLUME),
+                read_only: Some(false),
+                volume_options: Some(MountVolumeOptions {
+                    labels: volume_spec(&spec.slug).labels,
+                    ..Default::default()
+                }),
+                ..Default::default()
+            },
+            Mount {
+                target: Some("/tmp".to_string()),
+                typ: Some(MountType::TMPFS),
+                tmpfs_options: Some(MountTmpfsOptions {
+                    size_bytes: Some(CHALLENGE_TMP_BYTES),
+                    mode: Some(0o1777),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            },
+        ]),
+        secrets: Some(vec![
+            secret_mount(&secrets.challenge, SecretKind::Challenge),
+            secret_mount(&secrets.broker, SecretKind::Broker),
+        ]),
+        stop_grace_period: Some(10_000_000_000),
+        ..Default::default()
+    };
+    let task = TaskSpec {
+        container_spec: Some(container),
+        resources: limits.map(|l| TaskSpecResources {
+            limits: Some(l),
+            ..Default::default()
+        }),
+        restart_policy: Some(TaskSpecRestartPolicy {
+            condition: Some(TaskSpecRestartPolicyConditionEnum::ANY),
+            delay: Some(5_000_000_000),
+            ..Default::default()
+        }),
+        placement: Some(TaskSpecPlacement {
+            constraints: Some(vec!["node.role==manager".to_string()]),
+            ..Default::default()
+        }),
+        networks: Some(vec![NetworkAttachmentConfig {
+            target: Some(CHALLENGES_NETWORK.to_string()),
+            aliases: Some(vec![name.clone()]),
+            ..Default::default()
+        }]),
+        ..Default::default()
+    };
+    let mut service = ServiceSpec {
+        name: Some(name),
+        labels: Some(labels),
+        task_template: Some(task),
+        mode: Some(ServiceSpecMode {
+            replicated: Some(ServiceSpecModeReplicated { replicas: Some(1) }),
+            ..Default::default()
+        }),
+        // stop-first: two tasks must never share one SQLite file on /data.
+        update_config: Some(ServiceSpecUpdateConfig {
+            parallelism: Some(1),
+            order: Some(ServiceSpecUpdateConfigOrderEnum::STOP_FIRST),
+            failure_action: Some(ServiceSpecUpdateConfigFailureActionEnum::ROLLBACK),
+            monitor: Some(10_000_000_000),
+            ..Default::default()
+        }),
+        // DNS round-robin, not a virtual IP: `challenge-<slug>` resolves
+        // straight to the task's overlay address. A VIP needs the kernel's
+        // IPVS, which not every host has (the CI machine's kernel has no
+        // ip_vs: VIP connections fail while task addresses answer, see
+        // docs/swarm.md); one replica gains nothing from a VIP, and nothing
+        // is published, which is the one case dnsrr cannot serve.
+        endpoint_spec: Some(EndpointSpec {
+            mode: Some(EndpointSpecModeEnum::DNSRR),
+            ports: None,
+        }),
+        ..Default::default()
+    };
+    let digest = spec_digest(&service)?;
+    if let Some(labels) = service.labels.as_mut() {
+        labels.insert(LABEL_SPEC_SHA256.to_string(), digest);
+    }
+    Ok(service)
+}
+
+/// SHA-256 of the spec's JSON. `serde_json::Value` keeps maps sorted (the
+/// `preserve_order` feature is off), so `HashMap` order does not leak in.
+fn spec_digest(spec: &ServiceSpec) -> Result<String, SwarmError> {
+    let value = serde_json::to_value(spec)
+        .map_err(|e| SwarmError::Spec(format!("serializing service spec: {e}")))?;
+    Ok(hex::encode(Sha256::digest(value.to_string().as_bytes())))
+}
+
+/// Whether the running service differs from the desired one (by digest, so
+/// fields the engine fills in or drops do not cause endless updates).
+pub fn needs_update(current: &Service, desired: &ServiceSpec) -> bool {
+    let digest = |s: Option<&ServiceSpec>| {
+        s.and_then(|s| s.labels.as_ref())
+            .and_then(|l| l.get(LABEL_SPEC_SHA256))
+            .cloned()
+    };
+    let current = digest(current.spec.as_ref());
+    current.is_none() || current != digest(Some(desired))
+}
+
+/// Parses an engine timestamp (RFC 3339 with nanoseconds).
+fn parse_time(raw: Option<&String>) -> Option<DateTime<Utc>> {
+    raw.and_then(|s| DateTime::parse_from_rfc3339(s).ok())
+        .map(|t| t.with_timezone(&Utc))
+}
+
+/// The task that speaks for a service: the newest one meant to run, else
+/// the newest one.
+fn current_task(tasks: &[Task]) -> Option<&Task> {
+    let index = |t: &&Task| t.version.as_ref().and_then(|v| v.index).unwrap_or(0);
+    tasks
+        .iter()
+        .filter(|t| t.desired_state == Some(TaskState::RUNNING))
+        .max_by_key(index)
+        .or_else(|| tasks.iter().max_by_key(index))
+}
+
+/// The detail the engine gives for a task's state (`err` first: it holds
+/// the scheduler's "no suitable node (…)").
+fn task_message(task: &Task) -> Option<String> {
+    let status = task.status.as_ref()?;
+    status
+        .err
+        .clone()
+        .filter(|e| !e.is_empty())
+        .or_else(|| status.message.clone().filter(|m| !m.is_empty()))
+}
+
+/// A challenge service's status from the service and its tasks.
+pub fn service_status(slug: &Slug, service: &Service, tasks: &[Task]) -> ServiceStatus {
+    let image = service
+        .spec
+        .as_ref()
+        .and_then(|s| s.task_template.as_ref())
+        .and_then(|t| t.container_spec.as_ref())
+        .and_then(|c| c.image.clone());
+    let task = current_task(tasks);
+    let task_state = task.and_then(|t| t.status.as_ref()).and_then(|s| s.state);
+    let state = match task_state {
+        Some(TaskState::RUNNING) => ServiceState::Running,
+        Some(TaskState::FAILED | TaskState::REJECTED | TaskState::ORPHANED) => ServiceState::Failed,
+        // Shut down and not replaced yet, or every earlier state: on its way.
+        _ => ServiceState::Starting,
+    };
+    let started_at = match state {
+        ServiceState::Running => task
+            .and_then(|t| t.status.as_ref())
+            .and_then(|s| parse_time(s.timestamp.as_ref())),
+        _ => None,
+    };
+    ServiceStatus {
+        slug: slug.clone(),
+        state,
+        image,
+        endpoint: Some(challenge_endpoint(slug)),
+        message: task.and_then(task_message),
+        started_at,
+    }
+}
+
+/// `Missing`, for a slug with no service.
+pub fn missing_status(slug: &Slug) -> ServiceStatus {
+    ServiceStatus {
+        slug: slug.clone(),
+        state: ServiceState::Missing,
+        image: None,
+        endpoint: None,
+        message: None,
+        started_at: None,
+    }
+}
+
+/// `path:opt,opt,size=512m,mode=1777` → a tmpfs mount. Swarm's API has
+/// only size and mode before 1.46; flags (`noexec`, `nosuid`, `nodev`) go
+/// to `Options`, which newer engines apply and 1.41 drops (docs/swarm.md).
+fn tmpfs_mount(raw: &str) -> Result<Mount, SwarmError> {
+    let (target, opts) = raw.split_once(':').unwrap_or((raw, ""));
+    if !target.starts_with('/') {
+        return Err(SwarmError::Spec(format!(
+            "tmpfs '{raw}': the target must be an absolute path"
+        )));
+    }
+    let mut tmpfs = MountTmpfsOptions::default();
+    let mut flags = Vec::new();
+    let mut read_only = false;
+    for opt in opts.split(',').map(str::trim).filter(|o| !o.is_empty()) {
+        match opt.split_once('=') {
+            Some(("size", v)) => tmpfs.size_bytes = Some(parse_bytes(v)?),
+            Some(("mode", v)) => {
+                tmpfs.mode = Some(i64::from_str_radix(v, 8).map_err(|_| {
+                    SwarmError::Spec(format!("tmpfs '{raw}': mode '{v}' is not octal"))
+                })?)
+            }
+            Some((k, _)) => {
+                return Err(SwarmError::Spec(format!(
+                    "tmpfs '{raw}': option '{k}' is not supported (size, mode, flags)"
+                )));
+            }
+            None if opt == "ro" => read_only = true,
+            None if opt == "rw" => read_only = false,
+            None => flags.push(vec![opt.to_string()]),
+        }
+    }
+    if !flags.is_empty() {
+        tmpfs.options = Some(flags);
+    }
+    Ok(Mount {
+        target: Some(target.to_string()),
+        typ: Some(MountType::TMPFS),
+        read_only: Some(read_only),
+        tmpfs_options: Some(tmpfs),
+        ..Default::default()
+    })
+}
+
+/// `name=soft:hard` (or `name=limit`) → a ulimit.
+fn ulimit(raw: &str) -> Result<ResourcesUlimits, SwarmError> {
+    let bad = || SwarmError::Spec(format!("ulimit '{raw}': expected name=soft[:hard]"));
+    let (name, values) = raw.split_once('=').ok_or_else(bad)?;
+    let (soft, hard) = values.split_once(':').unwrap_or((values, values));
+    Ok(ResourcesUlimits {
+        name: Some(name.trim().to_string()),
+        soft: Some(soft.trim().parse().map_err(|_| bad())?),
+        hard: Some(hard.trim().parse().map_err(|_| bad())?),
+    })
+}
+
+/// The replicated-job service of one evaluation job.
+pub fn job_service(spec: &JobSpec) -> Result<ServiceSpec, SwarmError> {
+    let name = job_service_name(&spec.id)?;
+    if !spec.mounts.is_empty() {
+        return Err(SwarmError::Spec(
+            "job mounts are not supported by the swarm orchestrator yet".to_string(),
+        ));
+    }
+    if spec.command.is_empty() {
+        return Err(SwarmError::Spec("a job needs a command".to_string()));
+    }
+    let limits = &spec.limits;
+    let mut labels: HashMap<String, String> = HashMap::new();
+    for (k, v) in &spec.labels {
+        if k.starts_with("base.") {
+            return Err(SwarmError::Spec(format!(
+                "label '{k}' is reserved: base.* labels are set by the platform"
+            )));
+        }
+        labels.insert(k.clone(), v.clone());
+    }
+    labels.extend([
+        (LABEL_COMPONENT.to_string(), COMPONENT_JOB.to_string()),
+        (LABEL_CHALLENGE.to_string(), spec.slug.to_string()),
+        (LABEL_JOB.to_string(), spec.job_id.clone()),
+        (LABEL_JOB_ID.to_string(), spec.id.clone()),
+        (
+            LABEL_DEADLINE.to_string(),
+            spec.deadline_at.to_rfc3339_opts(SecondsFormat::Secs, true),
+        ),
+    ]);
+    if let Some(task) = &spec.task_id {
+        labels.insert(LABEL_TASK.to_string(), task.clone());
+    }
+
+    let mut no_new_privileges = false;
+    for opt in &limits.security_opt {
+        match opt.as_str() {
+            "no-new-privileges" | "no-new-privileges:true" | "no-new-privileges=true" => {
+                no_new_privileges = true
+            }
+            other => {
+                return Err(SwarmError::Spec(format!(
+                    "security option '{other}' cannot be expressed in a Swarm service"
+                )));
+            }
+        }
+    }
+    let networks = match &limits.network {
+        JobNetwork::None => Some(vec![JOBS_INTERNAL_NETWORK.to_string()]),
+        JobNetwork::Default => None,
+        JobNetwork::Named(n) if n == CHALLENGES_NETWORK || !n.starts_with("base_") => {
+            return Err(SwarmError::Spec(format!(
+                "network '{n}' is not a job network (use none, default or a base_* job network)"
+            )));
+        }
+        JobNetwork::Named(n) => Some(vec![n.clone()]),
+    };
+    let mut env: Vec<String> = spec.env.iter().map(|(k, v)| format!("{k}={v}")).collect();
+    env.sort();
+    let container = TaskSpecContainerSpec {
+        image: Some(spec.image.to_string()),
+        labels: Some(labels.clone()),
+        // `args` (the image's CMD), not `command` (its ENTRYPOINT): the
+        // broker's `command` has `docker run IMAGE COMMAND` semantics.
+        args: Some(spec.command.clone()),
+        env: (!env.is_empty()).then_some(env),
+        dir: spec.workdir.clone(),
+        user: limits.user.clone(),
+        read_only: Some(limits.read_only),
+        init: Some(limits.init),
+        capability_drop: (!limits.cap_drop.is_empty()).then(|| limits.cap_drop.clone()),
+        ulimits: if limits.ulimits.is_empty() {
+            None
+        } else {
+            Some(
+                limits
+                    .ulimits
+                    .iter()
+                    .map(|u| ulimit(u))
+                    .collect::<Result<_, _>>()?,
+            )
+        },
+        privileges: no_new_privileges.then(|| TaskSpecContainerSpecPrivileges {
+            no_new_privileges: Some(true),
+            ..Default::default()
+        }),
+        mounts: if limits.tmpfs.is_empty() {
+            None
+        } else {
+            Some(
+                limits
+                    .tmpfs
+                    .iter()
+                    .map(|t| tmpfs_mount(t))
+                    .collect::<Result<_, _>>()?,
+            )
+        },
+        ..Default::default()
+    };
+    let (constraint, reservations) = match limits.gpus {
+        None => ("node.labels.base.workload==cpu", None),
+        Some(0) => {
+            return Err(SwarmError::Spec(
+                "gpu_count must be at least 1 (or absent for CPU jobs)".to_string(),
+            ));
+        }
+        Some(n) => (
+            "node.labels.base.workload==gpu",
+            Some(ResourceObject {
+                generic_resources: Some(vec![GenericResourcesInner {
+                    discrete_resource_spec: Some(GenericResourcesInnerDiscreteResourceSpec {
+                        kind: Some(GPU_RESOURCE.to_string()),
+                        value: Some(i64::from(n)),
+                    }),
+                    ..Default::default()
+                }]),
+                ..Default::default()
+            }),
+        ),
+    };
+    if limits.memory_bytes <= 0 || limits.pids <= 0 {
+        return Err(SwarmError::Spec(
+            "memory and pids limits must be positive".to_string(),
+        ));
+    }
+    let task = TaskSpec {
+        container_spec: Some(container),
+        resources: Some(TaskSpecResources {
+            limits: Some(Limit {
+                nano_cpus: Some(nano_cpus(limits.cpus, "limits.cpus")?),
+                memory_bytes: Some(limits.memory_bytes),
+                pids: Some(limits.pids),
+            }),
+            reservations,
+            ..Default::default()
+        }),
+        restart_policy: Some(TaskSpecRestartPolicy {
+            condition: Some(TaskSpecRestartPolicyConditionEnum::NONE),
+            ..Default::default()
+        }),
+        placement: Some(TaskSpecPlacement {
+            constraints: Some(vec![constraint.to_string()]),
+            ..Default::default()
+        }),
+        networks: networks.map(|nets| {
+            nets.into_iter()
+                .map(|n| NetworkAttachmentConfig {
+                    target: Some(n),
+                    ..Default::default()
+                })
+                .collect()
+        }),
+        ..Default::default()
+    };
+    Ok(ServiceSpec {
+        name: Some(name),
+        labels: Some(labels),
+        task_template: Some(task),
+        mode: Some(ServiceSpecMode {
+            replicated_job: Some(ServiceSpecModeReplicatedJob {
+                max_concurrent: Some(1),
+                total_completions: Some(1),
+            }),
+            ..Default::default()
+        }),
+        ..Default::default()
+    })
+}
+
+/// A job's status from its service's labels and tasks.
+///
+/// Task states map as: none yet, `new`…`accepted` → `Queued` (with the
+/// scheduler's message, e.g. "no suitable node (insufficient resources on
+/// 1 node)"); `preparing` (pulling) → `Pulling`; `ready`…`running` →
+/// `Running`; `complete` → `Succeeded`; `failed`/`rejected` → `Failed`;
+/// `shutdown`/`remove`/`orphaned` → `Cancelled`.
+///
+/// `None` when the labels name no valid challenge: only BASE creates
+/// `base.component=job` services, always with one, so such a service is a
+/// hand-made look-alike and not BASE's to report.
+pub fn job_status(id: &str, labels: &HashMap<String, String>, tasks: &[Task]) -> Option<JobStatus> {
+    let slug = Slug::parse(labels.get(LABEL_CHALLENGE)?).ok()?;
+    let deadline_at = labels
+        .get(LABEL_DEADLINE)
+        .and_then(|d| DateTime::parse_from_rfc3339(d).ok())
+        .map(|d| d.with_timezone(&Utc));
+    let task = tasks
+        .iter()
+        .max_by_key(|t| t.version.as_ref().and_then(|v| v.index).unwrap_or(0));
+    let status = task.and_then(|t| t.status.as_ref());
+    let task_state = status.and_then(|s| s.state);
+    let state = match task_state {
+        None
+        | Some(
+            TaskState::NEW
+            | TaskState::ALLOCATED
+            | TaskState::PENDING
+            | TaskState::ASSIGNED
+            | TaskState::ACCEPTED,
+        ) => JobState::Queued,
+        Some(TaskState::PREPARING) => JobState::Pulling,
+        Some(TaskState::READY | TaskState::STARTING | TaskState::RUNNING) => JobState::Running,
+        Some(TaskState::COMPLETE) => JobState::Succeeded,
+        Some(TaskState::FAILED | TaskState::REJECTED) => JobState::Failed,
+        Some(TaskState::SHUTDOWN | TaskState::REMOVE | TaskState::ORPHANED) => JobState::Cancelled,
+    };
+    let timestamp = status.and_then(|s| parse_time(s.timestamp.as_ref()));
+    let exit_code = status
+        .and_then(|s| s.container_status.as_ref())
+        .and_then(|c| c.exit_code)
+        .filter(|_| {
+            matches!(
+                state,
+                JobState::Succeeded | JobState::Failed | JobState::Cancelled
+            )
+        })
+        .or_else(|| (state == JobState::Succeeded).then_some(0));
+    Some(JobStatus {
+        id: id.to_string(),
+        slug,
+        state,
+        exit_code,
+        node_id: task
+            .and_then(|t| t.node_id.clone())
+            .filter(|n| !n.is_empty()),
+        started_at: (state == JobState::Running).then_some(timestamp).flatten(),
+        finished_at: state.is_terminal().then_some(timestamp).flatten(),
+        message: task.and_then(task_message),
+        deadline_at,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use super::*;
+    use crate::model::ImageRef;
+    use crate::orchestrator::{ChallengeSecrets, JobLimits};
+    use bollard::models::{ContainerStatus, ObjectVersion, TaskStatus};
+    use serde_json::json;
+
+    fn slug(s: &str) -> Slug {
+        Slug::parse(s).unwrap()
+    }
+
+    fn challenge() -> ChallengeSpec {
+        ChallengeSpec {
+            slug: slug("quiz"),
+            image: ImageRef::parse("base.local/quiz-challenge:0.1.0").unwrap(),
+            version: "0.1.0".into(),
+            env: BTreeMap::from([("QUIZ_LEVEL".into(), "hard".into())]),
+            resources: BTreeMap::from([
+                ("cpus".into(), "1.5".into()),
+                ("memory".into(), "512m".into()),
+            ]),
+            secrets: ChallengeSecrets {
+                challenge_token: SecretString::from("challenge-token-cleartext-1234"),
+                broker_token: SecretString::from("broker-token-cleartext-5678"),
+            },
+            broker_url: Some("http://base-broker:18082".into()),
+        }
+    }
+
+    fn refs() -> ChallengeSecretRefs {
+        ChallengeSecretRefs {
+            challenge: SecretRef {
+                id: "sec-c".into(),
+                name: "base_quiz_challenge_token_0a1b2c3d".into(),
+            },
+            broker: SecretRef {
+                id: "sec-b".into(),
+                name: "base_quiz_broker_token_4e5f6a7b".into(),
+            },
+        }
+    }
+
+    fn job() -> JobSpec {
+        JobSpec {
+            id: "j-0001".into(),
+            slug: slug("quiz"),
+            job_id: "eval-42".into(),
+            task_id: Some("task-7".into()),
+            image: ImageRef::parse("base.local/quiz-challenge:0.1.0").unwrap(),
+            command: vec!["exit".into(), "3".into()],
+            workdir: Some("/work".into()),
+            env: BTreeMap::from([("MODE".into(), "fast".into())]),
+            labels: BTreeMap::from([("team".into(), "blue".into())]),
+            limits: JobLimits {
+                cpus: 2.0,
+                memory_bytes: 4 << 30,
+                pids: 512,
+                gpus: None,
+                network: JobNetwork::None,
+                read_only: true,
+                user: Some("65534:65534".into()),
+                tmpfs: vec!["/tmp:rw,noexec,nosuid,size=512m".into()],
+                ulimits: vec!["nofile=1024:1024".into()],
+                cap_drop: vec!["ALL".into()],
+                security_opt: vec!["no-new-privileges".into()],
+                init: true,
+            },
+            mounts: vec![],
+            timeout_seconds: 900,
+            deadline_at: DateTime::parse_from_rfc3339("2030-01-02T03:04:05Z")
+                .unwrap()
+                .with_timezone(&Utc),
+        }
+    }
+
+    fn fixture(name: &str) -> serde_json::Value {
+        let path = format!("{}/tests/fixtures/swarm/{name}", env!("CARGO_MANIFEST_DIR"));
+        let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
+        serde_json::from_str(&text).unwrap()
+    }
+
+    /// Compares with a fixture; `BASE_UPDATE_FIXTURES=1` rewrites it.
+    fn assert_snapshot(name: &str, actual: serde_json::Value) {
+        if std::env::var_os("BASE_UPDATE_FIXTURES").is_some() {
+            let path = format!("{}/tests/fixtures/swarm/{name}", env!("CARGO_MANIFEST_DIR"));
+            let text = serde_json::to_string_pretty(&actual).unwrap() + "\n";
+            std::fs::write(path, text).unwrap();
+            return;
+        }
+        assert_eq!(
+            actual,
+            fixture(name),
+            "snapshot {name} differs; rerun with BASE_UPDATE_FIXTURES=1 and review the diff"
+        );
+    }
+
+    #[test]
+    fn challenge_service_snapshot() {
+        let s = challenge_service(&challenge(), &refs()).unwrap();
+        assert_snapshot("challenge_service.json", serde_json::to_value(&s).unwrap());
+    }
+
+    #[test]
+    fn challenge_service_holds_no_token_and_no_control_plane_url() {
+        let s = challenge_service(&challenge(), &refs()).unwrap();
+        let text = serde_json::to_string(&s).unwrap();
+        assert!(!text.contains("cleartext"), "{text}");
+        assert!(!text.contains("BASE_DATABASE_URL"), "{text}");
+        let env = s
+            .task_template
+            .unwrap()
+            .container_spec
+            .unwrap()
+            .env
+            .unwrap();
+        assert!(env.contains(
+            &"CHALLENGE_DATABASE_URL=sqlite+aiosqlite:////data/challenge.sqlite3".to_string()
+        ));
+        assert!(env.contains(
+            &"CHALLENGE_SHARED_TOKEN_FILE=/run/secrets/base/challenge_token".to_string()
+        ));
+        assert!(env.contains(
+            &"CHALLENGE_DOCKER_BROKER_TOKEN_FILE=/run/secrets/base/docker_broker_token".to_string()
+        ));
+    }
+
+    #[test]
+    fn broker_url_is_optional_and_reserved_env_is_refused() {
+        let mut c = challenge();
+        c.broker_url = None;
+        let env = challenge_env(&c).unwrap();
+        assert!(
+            !env.iter()
+                .any(|e| e.starts_with("CHALLENGE_DOCKER_BROKER_URL="))
+        );
+        assert!(
+            env.iter()
+                .any(|e| e.starts_with("CHALLENGE_DOCKER_BROKER_TOKEN_FILE="))
+        );
+        for bad in ["BASE_DATABASE_URL", "CHALLENGE_SLUG", "A=B", ""] {
+            let mut c = challenge();
+            c.env.insert(bad.into(), "x".into());
+            assert!(challenge_env(&c).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn digest_follows_every_change_and_only_changes() {
+        let base = challenge_service(&challenge(), &refs()).unwrap();
+        let same = challenge_service(&challenge(), &refs()).unwrap();
+        let current = Service {
+            spec: Some(base.clone()),
+            ..Default::default()
+        };
+        assert!(!needs_update(&current, &same));
+        let mut c = challenge();
+        c.image = ImageRef::parse("base.local/quiz-challenge:0.1.1").unwrap();
+        assert!(needs_update(
+            &current,
+            &challenge_service(&c, &refs()).unwrap()
+        ));
+        let mut r = refs();
+        r.challenge.name = "base_quiz_challenge_token_ffffffff".into();
+        assert!(needs_update(
+            &current,
+            &challenge_service(&challenge(), &r).unwrap()
+        ));
+        // A service BASE did not label is always brought to the spec.
+        assert!(needs_update(&Service::default(), &same));
+    }
+
+    #[test]
+    fn names() {
+        assert_eq!(service_name(&slug("quiz")).unwrap(), "challenge-quiz");
+        assert!(service_name(&slug(&"a".repeat(53))).is_ok());
+        assert!(service_name(&slug(&"a".repeat(54))).is_err());
+        assert_eq!(slug_of_service("challenge-quiz"), Some(slug("quiz")));
+        assert_eq!(slug_of_service("other"), None);
+        assert_eq!(volume_name(&slug("quiz")), "base_quiz_data");
+        assert_eq!(
+            challenge_endpoint(&slug("quiz")),
+            "http://challenge-quiz:8000"
+        );
+        let hash = token_hash8(&SecretString::from("abc"));
+        // SHA-256("abc") = ba7816bf…
+        assert_eq!(hash, "ba7816bf");
+        assert_eq!(
+            secret_name(&slug("quiz"), SecretKind::Challenge, &hash),
+            "base_quiz_challenge_token_ba7816bf"
+        );
+        assert_eq!(
+            secret_name(&slug("quiz"), SecretKind::Broker, &hash),
+            "base_quiz_broker_token_ba7816bf"
+        );
+        let long = slug(&format!("{}x", "a".repeat(62)));
+        let long2 = slug(&format!("{}y", "a".repeat(62)));
+        for kind in SecretKind::ALL {
+            let n = secret_name(&long, kind, &hash);
+            assert!(n.len() <= MAX_SECRET_NAME, "{n}");
+            assert_ne!(n, secret_name(&long2, kind, &hash));
+            assert!(n.ends_with(&format!("_{hash}")));
+        }
+        assert_eq!(job_service_name("j-1").unwrap(), "base-job-j-1");
+        for bad in ["", "-a", "a-", "a b", "a/b", &"a".repeat(55)] {
+            assert!(job_service_name(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn secret_spec_carries_the_token_only_in_data() {
+        let token = SecretString::from("tok-value");
+        let s = secret_spec(&slug("quiz"), SecretKind::Broker, &token);
+        assert_eq!(
+            s.name.as_deref(),
+            Some(secret_name(&slug("quiz"), SecretKind::Broker, &token_hash8(&token)).as_str())
+        );
+        assert_eq!(s.data.as_deref(), Some("dG9rLXZhbHVl"));
+        let labels = s.labels.unwrap();
+        assert_eq!(labels["base.challenge"], "quiz");
+        assert_eq!(labels["base.secret"], "docker_broker_token");
+        assert!(!labels.values().any(|v| v.contains("tok-value")));
+    }
+
+    #[test]
+    fn networks_and_volume() {
+        assert_eq!(
+            serde_json::to_value(network_spec(BaseNetwork::Challenges)).unwrap(),
+            json!({
+                "Name": "base_challenges", "Driver": "overlay", "Scope": "swarm",
+                "Internal": false, "Attachable": true,
+                "Options": {"encrypted": "", "com.docker.network.driver.mtu": "1450"},
+                "Labels": {"base.component": "network"}
+            })
+        );
+        assert_eq!(
+            serde_json::to_value(network_spec(BaseNetwork::JobsInternal)).unwrap(),
+            json!({
+                "Name": "base_jobs_internal", "Driver": "overlay", "Scope": "swarm",
+                "Internal": true, "Attachable": false,
+                "Options": {"encrypted": "", "com.docker.network.driver.mtu": "1450"},
+                "Labels": {"base.component": "network"}
+            })
+        );
+        assert_eq!(
+            serde_json::to_value(volume_spec(&slug("quiz"))).unwrap(),
+            json!({
+                "Name": "base_quiz_data", "Driver": "local",
+                "Labels": {"base.component": "challenge-data", "base.challenge": "quiz",
+                           "base.challenge.slug": "quiz"}
+            })
+        );
+        let enc = HashMap::from([("encrypted".to_string(), String::new())]);
+        let net = BaseNetwork::JobsInternal;
+        assert!(
+            network_mismatch(net, Some("overlay"), Some("swarm"), Some(true), Some(&enc)).is_none()
+        );
+        let why = network_mismatch(net, Some("overlay"), Some("swarm"), Some(false), None).unwrap();
+        assert!(
+            why.contains("not encrypted") && why.contains("internal is false"),
+            "{why}"
+        );
+        assert!(
+            network_mismatch(net, Some("bridge"), Some("local"), Some(true), Some(&enc)).is_some()
+        );
+    }
+
+    #[test]
+    fn job_service_snapshot_cpu() {
+        let s = job_service(&job()).unwrap();
+        assert_snapshot("job_cpu.json", serde_json::to_value(&s).unwrap());
+    }
+
+    #[test]
+    fn job_service_gpu_and_networks() {
+        let mut j = job();
+        j.limits.gpus = Some(2);
+        j.limits.network = JobNetwork::Default;
+        let v = serde_json::to_value(job_service(&j).unwrap()).unwrap();
+        assert_eq!(
+            v["TaskTemplate"]["Placement"]["Constraints"],
+            json!(["node.labels.base.workload==gpu"])
+        );
+        assert_eq!(
+            v["TaskTemplate"]["Resources"]["Reservations"],
+            json!({"GenericResources": [{"DiscreteResourceSpec": {"Kind": "NVIDIA-GPU", "Value": 2}}]})
+        );
+        assert!(v["TaskTemplate"].get("Networks").is_none());
+
+        j.limits.network = JobNetwork::Named("base_eval_net".into());
+        let v = serde_json::to_value(job_service(&j).unwrap()).unwrap();
+        assert_eq!(
+            v["TaskTemplate"]["Networks"],
+            json!([{"Target": "base_eval_net"}])
+        );
+        for bad in ["base_challenges", "host", "bridge"] {
+            j.limits.network = JobNetwork::Named(bad.into());
+            assert!(job_service(&j).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn job_service_refusals() {
+        type Change = Box<dyn Fn(&mut JobSpec)>;
+        let cases: Vec<Change> = vec![
+            Box::new(|j| j.limits.gpus = Some(0)),
+            Box::new(|j| j.limits.cpus = 0.0),
+            Box::new(|j| j.limits.cpus = f64::NAN),
+            Box::new(|j| j.limits.memory_bytes = 0),
+            Box::new(|j| j.limits.security_opt = vec!["seccomp=unconfined".into()]),
+            Box::new(|j| j.limits.tmpfs = vec!["tmp:size=1m".into()]),
+            Box::new(|j| j.limits.tmpfs = vec!["/tmp:uid=5".into()]),
+            Box::new(|j| j.limits.ulimits = vec!["nofile".into()]),
+            Box::new(|j| {
+                j.labels.insert("base.component".into(), "challenge".into());
+            }),
+            Box::new(|j| j.command.clear()),
+            Box::new(|j| j.id = "bad id".into()),
+            Box::new(|j| {
+                j.mounts.push(crate::orchestrator::JobMount {
+                    target: "/in".into(),
+                    read_only: true,
+                    files: BTreeMap::new(),
+                })
+            }),
+        ];
+        for (i, change) in cases.iter().enumerate() {
+            let mut j = job();
+            change(&mut j);
+            assert!(job_service(&j).is_err(), "case {i}");
+        }
+    }
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_bytes("512m").unwrap(), 512 << 20);
+        assert_eq!(parse_bytes("4g").unwrap(), 4 << 30);
+        assert_eq!(parse_bytes("2GiB").unwrap(), 2 << 30);
+        assert_eq!(parse_bytes("1024").unwrap(), 1024);
+        assert_eq!(parse_bytes("1.5k").unwrap(), 1536);
+        for bad in ["", "m", "-1m", "0", "12x", "1e400"] {
+            assert!(parse_bytes(bad).is_err(), "{bad}");
+        }
+        assert!(challenge_limits(&BTreeMap::from([("gpu".into(), "1".into())])).is_err());
+        assert!(challenge_limits(&BTreeMap::from([("pids".into(), "0".into())])).is_err());
+        assert_eq!(challenge_limits(&BTreeMap::new()).unwrap(), None);
+    }
+
+    fn task(
+        index: u64,
+        state: TaskState,
+        desired: TaskState,
+        err: Option<&str>,
+        exit: Option<i64>,
+    ) -> Task {
+        Task {
+            version: Some(ObjectVersion { index: Some(index) }),
+            node_id: Some("node-1".into()),
+            desired_state: Some(desired),
+            status: Some(TaskStatus {
+                timestamp: Some("2030-01-01T00:00:05.123456789Z".into()),
+                state: Some(state),
+                message: Some(format!("{state:?}").to_lowercase()),
+                err: err.map(str::to_string),
+                container_status: exit.map(|e| ContainerStatus {
+                    exit_code: Some(e),
+                    ..Default::default()
+                }),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn job_states_from_tasks() {
+        let labels = job_service(&job()).unwrap().labels.unwrap();
+        let s = job_status("j-0001", &labels, &[]).unwrap();
+        assert!(job_status("x", &HashMap::new(), &[]).is_none());
+        assert_eq!((s.state, s.slug.as_str()), (JobState::Queued, "quiz"));
+        assert_eq!(
+            s.deadline_at.unwrap().to_rfc3339(),
+            "2030-01-02T03:04:05+00:00"
+        );
+
+        let unscheduled = "no suitable node (insufficient resources on 1 node)";
+        let s = job_status(
+            "j",
+            &labels,
+            &[task(
+                3,
+                TaskState::PENDING,
+                TaskState::RUNNING,
+                Some(unscheduled),
+                None,
+            )],
+        )
+        .unwrap();
+        assert_eq!(s.state, JobState::Queued);
+        assert_eq!(s.message.as_deref(), Some(unscheduled));
+
+        let s = job_status(
+            "j",
+            &labels,
+            &[task(4, TaskState::RUNNING, TaskState::COMPLETE, None, None)],
+        )
+        .unwrap();
+        assert_eq!(s.state, JobState::Running);
+        assert!(s.started_at.is_some() && s.finished_at.is_none());
+
+        let s = job_status(
+            "j",
+            &labels,
+            &[task(
+                5,
+                TaskState::FAILED,
+                TaskState::COMPLETE,
+                Some("task: non-zero exit (3)"),
+                Some(3),
+            )],
+        )
+        .unwrap();
+        assert_eq!((s.state, s.exit_code), (JobState::Failed, Some(3)));
+        assert!(s.finished_at.is_some());
+        assert_eq!(s.node_id.as_deref(), Some("node-1"));
+
+        let s = job_status(
+            "j",
+            &labels,
+            &[
+                task(2, TaskState::PREPARING, TaskState::RUNNING, None, None),
+                task(9, TaskState::COMPLETE, TaskState::COMPLETE, None, Some(0)),
+            ],
+        )
+        .unwrap();
+        assert_eq!((s.state, s.exit_code), (JobState::Succeeded, Some(0)));
+        let s = job_status(
+            "j",
+            &labels,
+            &[task(
+                2,
+                TaskState::PREPARING,
+                TaskState::RUNNING,
+                None,
+                None,
+            )],
+        )
+        .unwrap();
+        assert_eq!(s.state, JobState::Pulling);
+    }
+
+    #[test]
+    fn service_states_from_tasks() {
+        let spec = challenge_service(&challenge(), &refs()).unwrap();
+        let service = Service {
+            spec: Some(spec),
+            ..Default::default()
+        };
+        let q = slug("quiz");
+        let s = service_status(&q, &service, &[]);
+        assert_eq!(s.state, ServiceState::Starting);
+        assert_eq!(s.image.as_deref(), Some("base.local/quiz-challenge:0.1.0"));
+        assert_eq!(s.endpoint.as_deref(), Some("http://challenge-quiz:8000"));
+        let s = service_status(
+            &q,
+            &service,
+            &[
+                task(1, TaskState::SHUTDOWN, TaskState::SHUTDOWN, None, Some(0)),
+                task(2, TaskState::RUNNING, TaskState::RUNNING, None, None),
+            ],
+        );
+        assert_eq!(s.state, ServiceState::Running);
+        assert!(s.started_at.is_some());
+        let s = service_status(
+            &q,
+            &service,
+            &[task(
+                3,
+                TaskState::FAILED,
+                TaskState::SHUTDOWN,
+                Some("exit 1"),
+                Some(1),
+            )],
+        );
+        assert_eq!(
+            (s.state, s.message.as_deref()),
+            (ServiceState::Failed, Some("exit 1"))
+        );
+    }
+}

@@ -1,0 +1,719 @@
+//! The Swarm orchestrator against a real Docker engine.
+//!
+//! Fakes prove the mapping; only an engine proves that the engine accepts
+//! it, schedules it, mounts the secrets where the contract says, and keeps
+//! the tokens out of everything an operator can read. Every test here needs
+//! a single-node Swarm whose node is labelled `base.workload=cpu` and the
+//! example image `base.local/quiz-challenge:0.1.0` (scripts/build-example-image.sh):
+//!
+//! ```text
+//! docker swarm init --advertise-addr 127.0.0.1
+//! docker node update --label-add base.workload=cpu $(docker node ls -q)
+//! scripts/build-example-image.sh
+//! cargo test -p base-sdk --test swarm -- --include-ignored
+//! ```
+//!
+//! The tests run one at a time (a shared lock), because they share the two
+//! overlay networks, which a test removes again only if it created them.
+//! Every test removes the services, secrets and volumes it created, also
+//! when it fails (a drop guard).
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::collections::{BTreeMap, HashMap};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use base_sdk::model::{ImageRef, Slug};
+use base_sdk::orchestrator::swarm::{CHALLENGES_NETWORK, JOBS_INTERNAL_NETWORK, SwarmOrchestrator};
+use base_sdk::orchestrator::{
+    ChallengeSecrets, ChallengeSpec, JobLimits, JobNetwork, JobSpec, JobState, Orchestrator,
+    OrchestratorError, ServiceState,
+};
+use bollard::Docker;
+use bollard::models::{
+    NetworkAttachmentConfig, ServiceSpec, ServiceSpecMode, ServiceSpecModeReplicatedJob, TaskSpec,
+    TaskSpecContainerSpec, TaskSpecContainerSpecFile, TaskSpecContainerSpecSecrets,
+    TaskSpecPlacement, TaskSpecRestartPolicy, TaskSpecRestartPolicyConditionEnum,
+};
+use secrecy::SecretString;
+use tokio::sync::Mutex;
+
+const IMAGE: &str = "base.local/quiz-challenge:0.1.0";
+const IMAGE_NEXT: &str = "base.local/quiz-challenge:0.1.1";
+const CHALLENGE_TOKEN: &str = "swarm-test-challenge-token-Zq9xW2vB7nK4mP1r";
+const BROKER_TOKEN: &str = "swarm-test-broker-token-Hd3sL8yT6cF0jQ5u";
+
+/// One test at a time: they share the overlays.
+static SERIAL: Mutex<()> = Mutex::const_new(());
+
+fn slug(s: &str) -> Slug {
+    Slug::parse(s).unwrap()
+}
+
+fn docker_cli(args: &[&str]) -> (bool, String, String) {
+    let out = Command::new("docker").args(args).output().unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn exists(kind: &str, name: &str) -> bool {
+    docker_cli(&[kind, "inspect", name]).0
+}
+
+fn challenge(slug_: &str, image: &str, token: &str) -> ChallengeSpec {
+    ChallengeSpec {
+        slug: slug(slug_),
+        image: ImageRef::parse(image).unwrap(),
+        version: "0.1.0".into(),
+        env: BTreeMap::from([("QUIZ_TASKS".into(), "3".into())]),
+        resources: BTreeMap::from([("memory".into(), "256m".into())]),
+        secrets: ChallengeSecrets {
+            challenge_token: SecretString::from(token.to_string()),
+            broker_token: SecretString::from(BROKER_TOKEN.to_string()),
+        },
+        broker_url: Some("http://base-broker:18082".into()),
+    }
+}
+
+/// Removes what a test made, in order, even when the test panics: job and
+/// challenge services, then secrets and volumes labelled with its slugs,
+/// then the overlays if this test created them.
+struct Cleanup {
+    slugs: Vec<String>,
+    services: Vec<String>,
+    networks_created: Vec<String>,
+}
+
+impl Cleanup {
+    fn new() -> Self {
+        // Only networks absent now are this test's to remove.
+        let networks_created = [CHALLENGES_NETWORK, JOBS_INTERNAL_NETWORK]
+            .into_iter()
+            .filter(|n| !exists("network", n))
+            .map(str::to_string)
+            .collect();
+        Self {
+            slugs: Vec::new(),
+            services: Vec::new(),
+            networks_created,
+        }
+    }
+}
+
+impl Drop for Cleanup {
+    fn drop(&mut self) {
+        for s in &self.services {
+            let _ = docker_cli(&["service", "rm", s]);
+        }
+        for s in &self.slugs {
+            let _ = docker_cli(&["service", "rm", &format!("challenge-{s}")]);
+        }
+        for s in &self.slugs {
+            let (_, ids, _) = docker_cli(&[
+                "secret",
+                "ls",
+                "-q",
+                "--filter",
+                &format!("label=base.challenge={s}"),
+            ]);
+            for id in ids.split_whitespace() {
+                let _ = docker_cli(&["secret", "rm", id]);
+            }
+        }
+        // Containers take a moment to stop; volumes and networks are
+        // released after.
+        let deadline = Instant::now() + Duration::from_secs(60);
+        for s in &self.slugs {
+            let v = format!("base_{s}_data");
+            while exists("volume", &v)
+                && !docker_cli(&["volume", "rm", &v]).0
+                && Instant::now() < deadline
+            {
+                std::thread::sleep(Duration::from_millis(500));
+            }
+        }
+        // Swarm removes networks asynchronously: `network rm` succeeds and
+        // the network lingers for a moment, so wait until it is gone (the
+        // next test must not adopt a network about to vanish).
+        for n in &self.networks_created {
+            while exists("network", n) && Instant::now() < deadline {
+                let _ = docker_cli(&["network", "rm", n]);
+                std::thread::sleep(Duration::from_millis(500));
+            }
+        }
+    }
+}
+
+async fn wait_for_state(o: &SwarmOrchestrator, s: &Slug, want: ServiceState, image: Option<&str>) {
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        let status = o.challenge_status(s).await.unwrap();
+        if status.state == want && image.is_none_or(|i| status.image.as_deref() == Some(i)) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "service never reached {want:?}: {status:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+}
+
+fn service_id(name: &str) -> String {
+    let (ok, out, err) = docker_cli(&["service", "inspect", "--format", "{{.ID}}", name]);
+    assert!(ok, "{err}");
+    out.trim().to_string()
+}
+
+/// Secret names attached to a service.
+fn service_secrets(name: &str) -> Vec<String> {
+    let (ok, out, err) = docker_cli(&[
+        "service",
+        "inspect",
+        "--format",
+        "{{range .Spec.TaskTemplate.ContainerSpec.Secrets}}{{.SecretName}} {{end}}",
+        name,
+    ]);
+    assert!(ok, "{err}");
+    let mut v: Vec<String> = out.split_whitespace().map(str::to_string).collect();
+    v.sort();
+    v
+}
+
+fn secrets_of(slug_: &str) -> Vec<String> {
+    let (_, out, _) = docker_cli(&[
+        "secret",
+        "ls",
+        "--format",
+        "{{.Name}}",
+        "--filter",
+        &format!("label=base.challenge={slug_}"),
+    ]);
+    let mut v: Vec<String> = out.split_whitespace().map(str::to_string).collect();
+    v.sort();
+    v
+}
+
+fn assert_no_token_in_inspect(name: &str, tokens: &[&str]) {
+    let (ok, out, err) = docker_cli(&["service", "inspect", name]);
+    assert!(ok, "{err}");
+    for t in tokens {
+        assert!(
+            !out.contains(t),
+            "a token value appears in `docker service inspect {name}`"
+        );
+    }
+    assert!(out.contains("CHALLENGE_SHARED_TOKEN_FILE=/run/secrets/base/challenge_token"));
+    assert!(!out.contains("BASE_DATABASE_URL"));
+    // Nor in any secret's inspect output (the engine never returns Data).
+    let (_, ids, _) = docker_cli(&["secret", "ls", "-q"]);
+    for id in ids.split_whitespace() {
+        let (_, s, _) = docker_cli(&["secret", "inspect", id]);
+        for t in tokens {
+            assert!(!s.contains(t));
+        }
+    }
+    // Nor in the arguments of any process on this host.
+    let ps = Command::new("ps").args(["-eo", "args"]).output().unwrap();
+    let ps = String::from_utf8_lossy(&ps.stdout);
+    for t in tokens {
+        assert!(
+            !ps.contains(t),
+            "a token value appears in a process's arguments"
+        );
+    }
+}
+
+/// A job service made directly through the API (not through BASE's job
+/// mapping) because it needs what jobs never get: the challenge's token
+/// secret and the challenges network. It runs the quiz image's `probe`
+/// mode against the challenge's overlay address; labelled like a BASE job
+/// so the orchestrator's `wait_job` and `job_logs` can observe it.
+async fn run_probe(
+    o: &SwarmOrchestrator,
+    s: &Slug,
+    id: &str,
+) -> (JobState, Option<i64>, String, String) {
+    let docker = Docker::connect_with_defaults()
+        .unwrap()
+        .negotiate_version()
+        .await
+        .unwrap();
+    let name = format!("base-job-{id}");
+    let token_secret = service_secrets(&format!("challenge-{s}"))
+        .into_iter()
+        .find(|n| n.contains("_challenge_token_"))
+        .unwrap();
+    let (_, secret_id, _) =
+        docker_cli(&["secret", "inspect", "--format", "{{.ID}}", &token_secret]);
+    let labels = HashMap::from([
+        ("base.component".to_string(), "job".to_string()),
+        ("base.challenge".to_string(), s.to_string()),
+        ("base.job.id".to_string(), id.to_string()),
+    ]);
+    let spec = ServiceSpec {
+        name: Some(name.clone()),
+        labels: Some(labels),
+        mode: Some(ServiceSpecMode {
+            replicated_job: Some(ServiceSpecModeReplicatedJob {
+                max_concurrent: Some(1),
+                total_completions: Some(1),
+            }),
+            ..Default::default()
+        }),
+        task_template: Some(TaskSpec {
+            container_spec: Some(TaskSpecContainerSpec {
+                image: Some(IMAGE.into()),
+                args: Some(vec![
+                    "probe".into(),
+                    format!("http://challenge-{s}:8000"),
+                    s.to_string(),
+                    "0.1.0".into(),
+                    "/run/secrets/base/challenge_token".into(),
+                ]),
+                read_only: Some(true),
+                secrets: Some(vec![TaskSpecContainerSpecSecrets {
+                    file: Some(TaskSpecContainerSpecFile {
+                        name: Some("/run/secrets/base/challenge_token".into()),
+                        uid: Some("0".into()),
+                        gid: Some("0".into()),
+                        mode: Some(0o444),
+                    }),
+                    secret_id: Some(secret_id.trim().to_string()),
+                    secret_name: Some(token_secret),
+                }]),
+                ..Default::default()
+            }),
+            restart_policy: Some(TaskSpecRestartPolicy {
+                condition: Some(TaskSpecRestartPolicyConditionEnum::NONE),
+                ..Default::default()
+            }),
+            placement: Some(TaskSpecPlacement {
+                constraints: Some(vec!["node.role==manager".into()]),
+                ..Default::default()
+            }),
+            networks: Some(vec![NetworkAttachmentConfig {
+                target: Some(CHALLENGES_NETWORK.into()),
+                ..Default::default()
+            }]),
+            ..Default::default()
+        }),
+        ..Default::default()
+    };
+    docker.create_service(spec, None).await.unwrap();
+    let status = o.wait_job(id, Duration::from_secs(120)).await.unwrap();
+    let logs = o.job_logs(id, 64_000).await.unwrap();
+    o.remove_job(id).await.unwrap();
+    (status.state, status.exit_code, logs.stdout, logs.stderr)
+}
+
+#[tokio::test]
+#[ignore = "needs docker swarm"]
+async fn a_challenge_runs_and_answers_get_weights_over_the_overlay() {
+    let _serial = SERIAL.lock().await;
+    let mut cleanup = Cleanup::new();
+    let s = "swt-weights";
+    cleanup.slugs.push(s.into());
+    cleanup.services.push("base-job-swt-probe".into());
+    let o = SwarmOrchestrator::connect().await.unwrap();
+    let created = o.ensure_networks().await.unwrap();
+    assert_eq!(
+        created.len(),
+        cleanup.networks_created.len(),
+        "created exactly the missing networks"
+    );
+    // Idempotent.
+    assert!(o.ensure_networks().await.unwrap().is_empty());
+    for (net, internal, attachable) in [
+        (CHALLENGES_NETWORK, "false", "true"),
+        (JOBS_INTERNAL_NETWORK, "true", "false"),
+    ] {
+        let (_, out, _) = docker_cli(&[
+            "network",
+            "inspect",
+            "--format",
+            "{{.Driver}} {{.Scope}} {{.Internal}} {{.Attachable}} {{index .Options \"encrypted\"}}|{{index .Options \"com.docker.network.driver.mtu\"}}",
+            net,
+        ]);
+        assert_eq!(
+            out.trim(),
+            format!("overlay swarm {internal} {attachable} |1450"),
+            "{net}"
+        );
+    }
+
+    let spec = challenge(s, IMAGE, CHALLENGE_TOKEN);
+    let status = o.ensure_challenge(&spec).await.unwrap();
+    assert_eq!(
+        status.endpoint.as_deref(),
+        Some("http://challenge-swt-weights:8000")
+    );
+    wait_for_state(&o, &spec.slug, ServiceState::Running, Some(IMAGE)).await;
+
+    let name = "challenge-swt-weights";
+    let (_, inspect, _) = docker_cli(&["service", "inspect", name]);
+    let v: serde_json::Value = serde_json::from_str(&inspect).unwrap();
+    let svc = &v[0]["Spec"];
+    assert_eq!(svc["Labels"]["base.component"], "challenge");
+    assert_eq!(svc["Labels"]["base.challenge"], s);
+    let c = &svc["TaskTemplate"]["ContainerSpec"];
+    assert_eq!(c["ReadOnly"], true);
+    assert_eq!(c["Image"], IMAGE);
+    let env: Vec<String> = serde_json::from_value(c["Env"].clone()).unwrap();
+    for e in [
+        "CHALLENGE_SLUG=swt-weights",
+        "CHALLENGE_DATABASE_URL=sqlite+aiosqlite:////data/challenge.sqlite3",
+        "CHALLENGE_SHARED_TOKEN_FILE=/run/secrets/base/challenge_token",
+        "CHALLENGE_DOCKER_BROKER_URL=http://base-broker:18082",
+        "CHALLENGE_DOCKER_BROKER_TOKEN_FILE=/run/secrets/base/docker_broker_token",
+        "CHALLENGE_VERSION=0.1.0",
+    ] {
+        assert!(env.contains(&e.to_string()), "{e} missing from {env:?}");
+    }
+    assert_eq!(
+        svc["TaskTemplate"]["Placement"]["Constraints"][0],
+        "node.role==manager"
+    );
+    assert_eq!(c["Mounts"][0]["Source"], "base_swt-weights_data");
+    assert_eq!(c["Mounts"][0]["Target"], "/data");
+    let (_, vol, _) = docker_cli(&[
+        "volume",
+        "inspect",
+        "--format",
+        "{{index .Labels \"base.challenge.slug\"}}",
+        "base_swt-weights_data",
+    ]);
+    assert_eq!(vol.trim(), s);
+    let hash =
+        |t: &str| base_sdk::orchestrator::swarm::token_hash8(&SecretString::from(t.to_string()));
+    assert_eq!(
+        service_secrets(name),
+        vec![
+            format!("base_swt-weights_broker_token_{}", hash(BROKER_TOKEN)),
+            format!("base_swt-weights_challenge_token_{}", hash(CHALLENGE_TOKEN)),
+        ]
+    );
+    assert_no_token_in_inspect(name, &[CHALLENGE_TOKEN, BROKER_TOKEN]);
+
+    // What the kernel applied to the running container: no capabilities
+    // at all; no_new_privs only where the engine supports setting it for
+    // services (API >= 1.46 field; this project's CI engine is 1.41 and
+    // drops it — recorded, not asserted, see docs/swarm.md).
+    let (_, container, _) = docker_cli(&[
+        "ps",
+        "-q",
+        "--filter",
+        &format!("label=com.docker.swarm.service.name={name}"),
+    ]);
+    let (_, pid, _) = docker_cli(&["inspect", "--format", "{{.State.Pid}}", container.trim()]);
+    let proc_status = std::fs::read_to_string(format!("/proc/{}/status", pid.trim())).unwrap();
+    let field = |k: &str| {
+        proc_status
+            .lines()
+            .find_map(|l| l.strip_prefix(k).map(|v| v.trim().to_string()))
+            .unwrap()
+    };
+    assert_eq!(field("CapEff:"), "0000000000000000");
+    assert_eq!(field("CapBnd:"), "0000000000000000");
+    eprintln!(
+        "engine API {}: challenge NoNewPrivs = {}",
+        o.api_version(),
+        field("NoNewPrivs:")
+    );
+
+    // Over the overlay: readiness, then get_weights with the mounted token.
+    let (state, code, stdout, stderr) = run_probe(&o, &spec.slug, "swt-probe").await;
+    assert_eq!(
+        (state, code),
+        (JobState::Succeeded, Some(0)),
+        "probe failed:\n{stdout}\n{stderr}"
+    );
+    let report: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap();
+    assert_eq!(report["ok"], true, "{report}");
+    assert_eq!(report["readiness"]["state"], "ready", "{report}");
+    assert!(report["weights"].is_object(), "{report}");
+
+    o.remove_challenge(&spec.slug, true).await.unwrap();
+}
+
+#[tokio::test]
+#[ignore = "needs docker swarm"]
+async fn a_restarted_master_adopts_and_rolls_images_and_tokens() {
+    let _serial = SERIAL.lock().await;
+    let mut cleanup = Cleanup::new();
+    let s = "swt-rolling";
+    cleanup.slugs.push(s.into());
+    let (ok, _, err) = docker_cli(&["tag", IMAGE, IMAGE_NEXT]);
+    assert!(ok, "{err}");
+    let name = "challenge-swt-rolling";
+
+    let first = SwarmOrchestrator::connect().await.unwrap();
+    let spec = challenge(s, IMAGE, CHALLENGE_TOKEN);
+    first.ensure_challenge(&spec).await.unwrap();
+    let id = service_id(name);
+    let (_, version, _) =
+        docker_cli(&["service", "inspect", "--format", "{{.Version.Index}}", name]);
+    drop(first);
+
+    // A "restarted master": a new instance, the same desired state.
+    let second = SwarmOrchestrator::connect().await.unwrap();
+    second.ensure_challenge(&spec).await.unwrap();
+    assert_eq!(service_id(name), id, "adopted, not duplicated");
+    let (_, again, _) = docker_cli(&["service", "inspect", "--format", "{{.Version.Index}}", name]);
+    assert_eq!(again, version, "an unchanged spec is not updated");
+    let (_, ls, _) = docker_cli(&[
+        "service",
+        "ls",
+        "--filter",
+        "label=base.challenge=swt-rolling",
+        "-q",
+    ]);
+    assert_eq!(ls.split_whitespace().count(), 1);
+    let listed = second.list_challenges().await.unwrap();
+    assert_eq!(listed.iter().filter(|c| c.slug.as_str() == s).count(), 1);
+    wait_for_state(&second, &spec.slug, ServiceState::Running, Some(IMAGE)).await;
+
+    // A new image rolls the same service.
+    let next = challenge(s, IMAGE_NEXT, CHALLENGE_TOKEN);
+    second.ensure_challenge(&next).await.unwrap();
+    assert_eq!(service_id(name), id);
+    let (_, image, _) = docker_cli(&[
+        "service",
+        "inspect",
+        "--format",
+        "{{.Spec.TaskTemplate.ContainerSpec.Image}}",
+        name,
+    ]);
+    assert_eq!(image.trim(), IMAGE_NEXT);
+    wait_for_state(&second, &spec.slug, ServiceState::Running, Some(IMAGE_NEXT)).await;
+
+    // A rotated token: a new secret, the service switched, the old removed.
+    let old_secrets = secrets_of(s);
+    assert_eq!(old_secrets.len(), 2, "{old_secrets:?}");
+    let rotated_token = "swarm-test-rotated-token-Pw4kV9sA2mE7xN3b";
+    let rotated = challenge(s, IMAGE_NEXT, rotated_token);
+    second.ensure_challenge(&rotated).await.unwrap();
+    let now = service_secrets(name);
+    let hash =
+        base_sdk::orchestrator::swarm::token_hash8(&SecretString::from(rotated_token.to_string()));
+    assert!(
+        now.contains(&format!("base_swt-rolling_challenge_token_{hash}")),
+        "{now:?}"
+    );
+    assert_eq!(secrets_of(s), now, "the replaced secret is removed");
+    assert_no_token_in_inspect(name, &[CHALLENGE_TOKEN, BROKER_TOKEN, rotated_token]);
+    wait_for_state(&second, &spec.slug, ServiceState::Running, Some(IMAGE_NEXT)).await;
+
+    second.remove_challenge(&spec.slug, true).await.unwrap();
+    let _ = docker_cli(&["rmi", IMAGE_NEXT]);
+}
+
+#[tokio::test]
+#[ignore = "needs docker swarm"]
+async fn removal_keeps_the_volume_unless_purged() {
+    let _serial = SERIAL.lock().await;
+    let mut cleanup = Cleanup::new();
+    let s = "swt-remove";
+    cleanup.slugs.push(s.into());
+    let o = SwarmOrchestrator::connect().await.unwrap();
+    let spec = challenge(s, IMAGE, CHALLENGE_TOKEN);
+    o.ensure_challenge(&spec).await.unwrap();
+    wait_for_state(&o, &spec.slug, ServiceState::Running, None).await;
+
+    o.remove_challenge(&spec.slug, false).await.unwrap();
+    assert_eq!(
+        o.challenge_status(&spec.slug).await.unwrap().state,
+        ServiceState::Missing
+    );
+    assert!(!exists("service", "challenge-swt-remove"));
+    assert!(exists("volume", "base_swt-remove_data"), "data retained");
+    assert!(secrets_of(s).is_empty(), "no secret outlives its service");
+    assert!(
+        !o.list_challenges()
+            .await
+            .unwrap()
+            .iter()
+            .any(|c| c.slug.as_str() == s)
+    );
+
+    // Idempotent, then purged.
+    o.remove_challenge(&spec.slug, false).await.unwrap();
+    o.remove_challenge(&spec.slug, true).await.unwrap();
+    assert!(!exists("volume", "base_swt-remove_data"), "purged");
+}
+
+fn job(id: &str, command: &[&str], gpus: Option<u32>) -> JobSpec {
+    JobSpec {
+        id: id.into(),
+        slug: slug("swt-jobs"),
+        job_id: format!("caller-{id}"),
+        task_id: Some("t-1".into()),
+        image: ImageRef::parse(IMAGE).unwrap(),
+        command: command.iter().map(|c| c.to_string()).collect(),
+        workdir: None,
+        env: BTreeMap::new(),
+        labels: BTreeMap::new(),
+        limits: JobLimits {
+            cpus: 0.5,
+            memory_bytes: 256 << 20,
+            pids: 128,
+            gpus,
+            network: JobNetwork::None,
+            read_only: true,
+            user: Some("65534:65534".into()),
+            tmpfs: vec!["/tmp:rw,noexec,nosuid,size=16m".into()],
+            ulimits: vec!["nofile=1024:1024".into()],
+            cap_drop: vec!["ALL".into()],
+            security_opt: vec!["no-new-privileges".into()],
+            init: true,
+        },
+        mounts: vec![],
+        timeout_seconds: 60,
+        deadline_at: chrono::Utc::now() + chrono::Duration::minutes(10),
+    }
+}
+
+#[tokio::test]
+#[ignore = "needs docker swarm"]
+async fn cpu_jobs_run_to_completion_with_exit_code_and_logs() {
+    let _serial = SERIAL.lock().await;
+    let mut cleanup = Cleanup::new();
+    cleanup.services.extend([
+        "base-job-swt-fail".to_string(),
+        "base-job-swt-ok".to_string(),
+    ]);
+    let o = SwarmOrchestrator::connect().await.unwrap();
+
+    let failing = job("swt-fail", &["exit", "7"], None);
+    let started = o.run_job(&failing).await.unwrap();
+    assert!(!started.state.is_terminal());
+    let ok = job("swt-ok", &["exit", "0"], None);
+    o.run_job(&ok).await.unwrap();
+    // Idempotent.
+    o.run_job(&ok).await.unwrap();
+
+    let done = o
+        .wait_job("swt-fail", Duration::from_secs(120))
+        .await
+        .unwrap();
+    assert_eq!(
+        (done.state, done.exit_code),
+        (JobState::Failed, Some(7)),
+        "{done:?}"
+    );
+    assert!(done.finished_at.is_some());
+    assert_eq!(done.slug.as_str(), "swt-jobs");
+    assert!(done.deadline_at.is_some());
+    let logs = o.job_logs("swt-fail", 64_000).await.unwrap();
+    assert!(
+        logs.stdout.contains("exit mode: stdout, code 7"),
+        "{logs:?}"
+    );
+    assert!(
+        logs.stderr.contains("exit mode: stderr, code 7"),
+        "{logs:?}"
+    );
+    assert!(
+        !logs.stdout.contains("stderr"),
+        "streams are separate: {logs:?}"
+    );
+    assert!(!logs.truncated);
+    let tail = o.job_logs("swt-fail", 8).await.unwrap();
+    assert!(tail.truncated && tail.stdout.len() <= 8, "{tail:?}");
+
+    let done = o
+        .wait_job("swt-ok", Duration::from_secs(120))
+        .await
+        .unwrap();
+    assert_eq!(
+        (done.state, done.exit_code),
+        (JobState::Succeeded, Some(0)),
+        "{done:?}"
+    );
+
+    let listed = o.list_jobs(Some(slug("swt-jobs"))).await.unwrap();
+    assert_eq!(
+        listed.iter().map(|j| j.id.as_str()).collect::<Vec<_>>(),
+        ["swt-fail", "swt-ok"]
+    );
+    assert!(
+        o.list_jobs(Some(slug("swt-nothing")))
+            .await
+            .unwrap()
+            .is_empty()
+    );
+
+    // The hardening the engine kept (see docs/swarm.md for what it drops).
+    let (_, inspect, _) = docker_cli(&["service", "inspect", "base-job-swt-fail"]);
+    let v: serde_json::Value = serde_json::from_str(&inspect).unwrap();
+    let t = &v[0]["Spec"]["TaskTemplate"];
+    assert_eq!(t["RestartPolicy"]["Condition"], "none");
+    assert_eq!(
+        t["Placement"]["Constraints"][0],
+        "node.labels.base.workload==cpu"
+    );
+    assert_eq!(t["Resources"]["Limits"]["Pids"], 128);
+    assert_eq!(t["Resources"]["Limits"]["NanoCPUs"], 500_000_000);
+    assert_eq!(t["ContainerSpec"]["CapabilityDrop"][0], "ALL");
+    assert_eq!(t["ContainerSpec"]["Init"], true);
+    assert_eq!(t["ContainerSpec"]["ReadOnly"], true);
+    assert_eq!(t["ContainerSpec"]["Ulimits"][0]["Name"], "nofile");
+    assert_eq!(
+        t["Networks"][0]["Target"].as_str().map(|s| !s.is_empty()),
+        Some(true)
+    );
+    assert_eq!(v[0]["Spec"]["Labels"]["base.job"], "caller-swt-fail");
+    eprintln!(
+        "engine kept Privileges: {} / tmpfs options: {}",
+        t["ContainerSpec"]["Privileges"], t["ContainerSpec"]["Mounts"][0]["TmpfsOptions"]
+    );
+
+    for id in ["swt-fail", "swt-ok"] {
+        o.remove_job(id).await.unwrap();
+        o.remove_job(id).await.unwrap();
+        assert!(matches!(
+            o.job_status(id).await,
+            Err(OrchestratorError::NotFound(_))
+        ));
+    }
+}
+
+#[tokio::test]
+#[ignore = "needs docker swarm"]
+async fn a_gpu_job_on_a_gpu_less_node_is_reported_unscheduled() {
+    let _serial = SERIAL.lock().await;
+    let mut cleanup = Cleanup::new();
+    cleanup.services.push("base-job-swt-gpu".into());
+    let o = SwarmOrchestrator::connect().await.unwrap();
+    o.run_job(&job("swt-gpu", &["exit", "0"], Some(1)))
+        .await
+        .unwrap();
+    let started = Instant::now();
+    let status = o
+        .wait_job("swt-gpu", Duration::from_secs(10))
+        .await
+        .unwrap();
+    assert!(
+        started.elapsed() < Duration::from_secs(20),
+        "wait_job is bounded"
+    );
+    assert_eq!(status.state, JobState::Queued, "{status:?}");
+    let message = status.message.unwrap_or_default();
+    assert!(message.contains("no suitable node"), "{message}");
+    let (_, inspect, _) = docker_cli(&["service", "inspect", "base-job-swt-gpu"]);
+    let v: serde_json::Value = serde_json::from_str(&inspect).unwrap();
+    let t = &v[0]["Spec"]["TaskTemplate"];
+    assert_eq!(
+        t["Placement"]["Constraints"][0],
+        "node.labels.base.workload==gpu"
+    );
+    assert_eq!(
+        t["Resources"]["Reservations"]["GenericResources"][0]["DiscreteResourceSpec"],
+        serde_json::json!({"Kind": "NVIDIA-GPU", "Value": 1})
+    );
+    o.remove_job("swt-gpu").await.unwrap();
+}

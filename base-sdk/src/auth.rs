@@ -99,7 +99,10 @@ mod tests {
         assert!(a.check(None, None).is_err());
         let actor = a.check(Some("correct-horse-battery"), None).unwrap();
         assert_eq!(actor.len(), "admin:".len() + 8);
-        assert!(!actor.contains("corr") && !actor.contains("tery"), "{actor}");
+        assert!(
+            !actor.contains("corr") && !actor.contains("tery"),
+            "{actor}"
+        );
         assert!(!format!("{a:?}").contains("correct"));
     }
 }

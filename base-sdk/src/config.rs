@@ -265,10 +265,14 @@ impl Settings {
             .extract()
             .map_err(|e| ConfigError::Invalid(describe(e)))?;
         if s.epoch_seconds == 0 {
-            return Err(ConfigError::Invalid("BASE_EPOCH_SECONDS must be at least 1".into()));
+            return Err(ConfigError::Invalid(
+                "BASE_EPOCH_SECONDS must be at least 1".into(),
+            ));
         }
         if s.reconcile_seconds == 0 {
-            return Err(ConfigError::Invalid("BASE_RECONCILE_SECONDS must be at least 1".into()));
+            return Err(ConfigError::Invalid(
+                "BASE_RECONCILE_SECONDS must be at least 1".into(),
+            ));
         }
         // An empty admin token would make every admin route open to "".
         if s.admin_token

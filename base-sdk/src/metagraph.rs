@@ -143,9 +143,16 @@ mod tests {
         assert_eq!(s.uids.get("a"), Some(&1));
         assert_eq!(s.uids.get("b"), Some(&2));
         std::fs::write(&p, r#"{"hotkeys": "nope"}"#).unwrap();
-        let e = FileMetagraph::new(&p).snapshot().await.unwrap_err().to_string();
+        let e = FileMetagraph::new(&p)
+            .snapshot()
+            .await
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("m.json"), "{e}");
-        let e = FileMetagraph::new(dir.path().join("missing.json")).snapshot().await.unwrap_err();
+        let e = FileMetagraph::new(dir.path().join("missing.json"))
+            .snapshot()
+            .await
+            .unwrap_err();
         assert!(matches!(e, MetagraphError::Read { .. }));
     }
 }

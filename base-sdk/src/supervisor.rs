@@ -100,7 +100,9 @@ pub async fn run_reconciler(
 ) {
     tokio::pin!(shutdown);
     loop {
-        if let Err(e) = reconcile_once(&registry, orchestrator.as_ref(), broker_url.as_deref()).await {
+        if let Err(e) =
+            reconcile_once(&registry, orchestrator.as_ref(), broker_url.as_deref()).await
+        {
             tracing::error!(error = %e, "reconcile pass failed");
         }
         tokio::select! {
@@ -149,7 +151,9 @@ mod tests {
             .await
             .unwrap();
             if active {
-                reg.set_status(slug, ChallengeStatus::Active, "t").await.unwrap();
+                reg.set_status(slug, ChallengeStatus::Active, "t")
+                    .await
+                    .unwrap();
             }
         }
         let mut o = MockOrchestrator::new();
@@ -198,6 +202,10 @@ mod tests {
         o.expect_list_challenges().returning(|| Ok(vec![]));
         let report = reconcile_once(&reg, &o, None).await.unwrap();
         assert_eq!(report.failures.len(), 1);
-        assert!(report.failures[0].1.contains("sealing key"), "{:?}", report.failures);
+        assert!(
+            report.failures[0].1.contains("sealing key"),
+            "{:?}",
+            report.failures
+        );
     }
 }

@@ -175,13 +175,23 @@ mod tests {
         let v = Vault::from_text(&Vault::generate_key()).unwrap();
         let s = v.seal("tok3n", "quiz/challenge");
         assert!(!s.contains("tok3n"));
-        assert_eq!(v.open(&s, "quiz/challenge").unwrap().expose_secret(), "tok3n");
+        assert_eq!(
+            v.open(&s, "quiz/challenge").unwrap().expose_secret(),
+            "tok3n"
+        );
         assert!(v.open(&s, "other/challenge").is_err(), "bound to its row");
         let other = Vault::from_text(&Vault::generate_key()).unwrap();
-        assert!(other.open(&s, "quiz/challenge").is_err(), "bound to its key");
+        assert!(
+            other.open(&s, "quiz/challenge").is_err(),
+            "bound to its key"
+        );
         assert!(v.open("v1:!!!", "x").is_err());
         assert!(v.open("garbage", "x").is_err());
-        assert_ne!(s, v.seal("tok3n", "quiz/challenge"), "fresh nonce each time");
+        assert_ne!(
+            s,
+            v.seal("tok3n", "quiz/challenge"),
+            "fresh nonce each time"
+        );
     }
 
     #[test]
@@ -192,7 +202,11 @@ mod tests {
         let path = dir.path().join("sub/secret.key");
         let a = Vault::load_or_create(&path).unwrap();
         let b = Vault::load_or_create(&path).unwrap();
-        assert_eq!(b.open(&a.seal("x", "c"), "c").unwrap().expose_secret(), "x", "same key reloaded");
+        assert_eq!(
+            b.open(&a.seal("x", "c"), "c").unwrap().expose_secret(),
+            "x",
+            "same key reloaded"
+        );
         #[cfg(unix)]
         {
             use std::os::unix::fs::PermissionsExt;

@@ -131,8 +131,15 @@ pub async fn run(
     let registry = Registry::new(store, settings.environment).with_vault(vault);
     let admin_token = admin_token(&settings, &data_dir)?;
 
-    let programs = ProgramTable::new().with(EXAMPLE_IMAGE, [exe.display().to_string(), EXAMPLE_SUBCOMMAND.to_string()])?;
-    let orchestrator = Arc::new(ProcessOrchestrator::new(settings.environment, data_dir.clone(), programs)?);
+    let programs = ProgramTable::new().with(
+        EXAMPLE_IMAGE,
+        [exe.display().to_string(), EXAMPLE_SUBCOMMAND.to_string()],
+    )?;
+    let orchestrator = Arc::new(ProcessOrchestrator::new(
+        settings.environment,
+        data_dir.clone(),
+        programs,
+    )?);
     seed_examples(&registry).await?;
     let metagraph_path = settings
         .metagraph_file
@@ -140,8 +147,12 @@ pub async fn run(
         .unwrap_or_else(|| data_dir.join("metagraph.json"));
     write_dev_metagraph(&metagraph_path)?;
 
-    let state = AppState::new(registry.clone(), AdminAuth::new(Some(admin_token.clone())), settings.netuid)
-        .with_orchestrator(orchestrator.clone());
+    let state = AppState::new(
+        registry.clone(),
+        AdminAuth::new(Some(admin_token.clone())),
+        settings.netuid,
+    )
+    .with_orchestrator(orchestrator.clone());
     // A restart serves the last stored vector from the first request on,
     // not only once the first epoch has run.
     match registry.store().latest_snapshot().await {
@@ -152,7 +163,9 @@ pub async fn run(
     let listener = tokio::net::TcpListener::bind(settings.listen)
         .await
         .map_err(io(format!("binding {}", settings.listen)))?;
-    let addr = listener.local_addr().map_err(io("reading the bound address"))?;
+    let addr = listener
+        .local_addr()
+        .map_err(io("reading the bound address"))?;
 
     let (stop_tx, stop_rx) = watch::channel(false);
     let stopped = |mut rx: watch::Receiver<bool>| async move {
@@ -189,7 +202,8 @@ pub async fn run(
         async move {
             let first_round = async {
                 let at_least = tokio::time::sleep(Duration::from_secs(3));
-                let _ = tokio::time::timeout(Duration::from_secs(30), answered_rx.wait_for(|a| *a)).await;
+                let _ = tokio::time::timeout(Duration::from_secs(30), answered_rx.wait_for(|a| *a))
+                    .await;
                 at_least.await;
             };
             tokio::select! {
@@ -208,8 +222,14 @@ pub async fn run(
 
     println!("BASE dev is running (data in {}):", data_dir.display());
     println!("  registry        http://{addr}/v1/registry");
-    println!("  weights         http://{addr}/v1/weights/latest   (every {}s)", settings.epoch_seconds);
-    println!("  admin token     {}", admin_token_hint(&settings, &data_dir));
+    println!(
+        "  weights         http://{addr}/v1/weights/latest   (every {}s)",
+        settings.epoch_seconds
+    );
+    println!(
+        "  admin token     {}",
+        admin_token_hint(&settings, &data_dir)
+    );
     println!("  CLI             base --master http://{addr} weights latest");
     println!("Stop with Ctrl-C.");
 
@@ -234,7 +254,8 @@ fn admin_token(settings: &Settings, data_dir: &Path) -> Result<SecretString, Dev
                 .chars()
                 .filter(|c| c.is_ascii_alphanumeric())
                 .collect();
-            base_sdk::vault::write_private(&path, &text).map_err(io(format!("writing {}", path.display())))?;
+            base_sdk::vault::write_private(&path, &text)
+                .map_err(io(format!("writing {}", path.display())))?;
             Ok(SecretString::from(text))
         }
     }
@@ -244,12 +265,20 @@ fn admin_token_hint(settings: &Settings, data_dir: &Path) -> String {
     if settings.admin_token.is_some() {
         "from BASE_ADMIN_TOKEN".to_string()
     } else {
-        format!("in {} (export BASE_ADMIN_TOKEN_FILE=that path)", data_dir.join("admin.token").display())
+        format!(
+            "in {} (export BASE_ADMIN_TOKEN_FILE=that path)",
+            data_dir.join("admin.token").display()
+        )
     }
 }
 
 async fn seed_examples(registry: &Registry) -> Result<(), DevError> {
-    for Example { slug, emission, env } in EXAMPLES {
+    for Example {
+        slug,
+        emission,
+        env,
+    } in EXAMPLES
+    {
         match registry.get(slug).await {
             Ok(_) => continue,
             Err(RegistryError::NotFound(_)) => {}
@@ -263,7 +292,11 @@ async fn seed_examples(registry: &Registry) -> Result<(), DevError> {
             description: Some("Arithmetic quiz: the example challenge of base-server dev".into()),
             emission_percent: Some(EmissionPercent(*emission)),
             status: Some(ChallengeStatus::Active),
-            env: Some(env.iter().map(|(k, v)| ((*k).to_string(), (*v).to_string())).collect()),
+            env: Some(
+                env.iter()
+                    .map(|(k, v)| ((*k).to_string(), (*v).to_string()))
+                    .collect(),
+            ),
             ..Default::default()
         };
         registry.create(req, "dev").await?;
@@ -291,7 +324,10 @@ async fn simulate_miners(
     answered: watch::Sender<bool>,
     shutdown: impl std::future::Future<Output = ()> + Send,
 ) {
-    let client = match reqwest::Client::builder().timeout(Duration::from_secs(5)).build() {
+    let client = match reqwest::Client::builder()
+        .timeout(Duration::from_secs(5))
+        .build()
+    {
         Ok(c) => c,
         Err(e) => {
             tracing::error!(error = %e, "dev miners disabled: cannot build an HTTP client");
@@ -304,8 +340,15 @@ async fn simulate_miners(
         let mut all = false;
         if let Ok(challenges) = registry.list().await {
             all = true;
-            for c in challenges.iter().filter(|c| c.status == ChallengeStatus::Active) {
-                let endpoint = orchestrator.challenge_status(&c.slug).await.ok().and_then(|s| s.endpoint);
+            for c in challenges
+                .iter()
+                .filter(|c| c.status == ChallengeStatus::Active)
+            {
+                let endpoint = orchestrator
+                    .challenge_status(&c.slug)
+                    .await
+                    .ok()
+                    .and_then(|s| s.endpoint);
                 let Some(base) = endpoint else {
                     all = false;
                     continue;
@@ -319,7 +362,11 @@ async fn simulate_miners(
         if all {
             answered.send_replace(true);
         }
-        let pause = if *answered.borrow() { Duration::from_secs(4) } else { Duration::from_millis(250) };
+        let pause = if *answered.borrow() {
+            Duration::from_secs(4)
+        } else {
+            Duration::from_millis(250)
+        };
         tokio::select! {
             _ = &mut shutdown => return,
             _ = tokio::time::sleep(pause) => {}
@@ -335,11 +382,16 @@ async fn answer_quiz(client: &reqwest::Client, base: &str) -> Result<(), reqwest
         .error_for_status()?
         .json()
         .await?;
-    let truth = quiz_challenge::generate_tasks(tasks.seed, u32::try_from(tasks.tasks.len()).unwrap_or(0));
+    let truth =
+        quiz_challenge::generate_tasks(tasks.seed, u32::try_from(tasks.tasks.len()).unwrap_or(0));
     for (hotkey, skill) in MINERS.iter().skip(1) {
         for task in &truth {
             let right = pseudo_unit(hotkey, task.id) < *skill;
-            let answer = if right { task.answer() } else { task.answer().wrapping_add(1) };
+            let answer = if right {
+                task.answer()
+            } else {
+                task.answer().wrapping_add(1)
+            };
             client
                 .post(format!("{base}/submissions"))
                 .json(&serde_json::json!({"hotkey": hotkey, "task_id": task.id, "answer": answer}))

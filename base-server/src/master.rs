@@ -54,7 +54,9 @@ pub enum MasterError {
 }
 
 /// Connects the orchestrator `settings` name (default: swarm).
-pub async fn orchestrator(settings: &Settings) -> Result<Option<Arc<dyn Orchestrator>>, MasterError> {
+pub async fn orchestrator(
+    settings: &Settings,
+) -> Result<Option<Arc<dyn Orchestrator>>, MasterError> {
     match settings.orchestrator.unwrap_or(OrchestratorKind::Swarm) {
         OrchestratorKind::None => Ok(None),
         OrchestratorKind::Swarm => {

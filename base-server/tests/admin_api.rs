@@ -616,7 +616,9 @@ async fn status_comes_from_the_orchestrator_and_delete_passes_the_purge_flag() {
         state,
         store: db.store.clone(),
     };
-    let (s, body) = with.call("GET", "/v1/admin/challenges/live/status", None).await;
+    let (s, body) = with
+        .call("GET", "/v1/admin/challenges/live/status", None)
+        .await;
     assert_eq!(s, StatusCode::OK, "{body}");
     assert_eq!(body["orchestrator"], "swarm");
     assert_eq!(body["desired_status"], "draft");
@@ -627,7 +629,11 @@ async fn status_comes_from_the_orchestrator_and_delete_passes_the_purge_flag() {
         .await;
     assert_eq!(s, StatusCode::NOT_FOUND);
     let (s, body) = with
-        .call("DELETE", "/v1/admin/challenges/live?purge_volumes=true", None)
+        .call(
+            "DELETE",
+            "/v1/admin/challenges/live?purge_volumes=true",
+            None,
+        )
         .await;
     assert_eq!(s, StatusCode::OK, "{body}");
 }

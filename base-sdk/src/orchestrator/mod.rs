@@ -93,7 +93,11 @@ pub struct ChallengeSpec {
 
 impl ChallengeSpec {
     /// The spec for a challenge record with its revealed tokens.
-    pub fn from_record(c: &Challenge, secrets: ChallengeSecrets, broker_url: Option<String>) -> Self {
+    pub fn from_record(
+        c: &Challenge,
+        secrets: ChallengeSecrets,
+        broker_url: Option<String>,
+    ) -> Self {
         Self {
             slug: c.slug.clone(),
             image: c.image.clone(),
@@ -248,7 +252,10 @@ pub enum JobState {
 impl JobState {
     /// Whether the job will not change state again.
     pub fn is_terminal(self) -> bool {
-        matches!(self, Self::Succeeded | Self::Failed | Self::TimedOut | Self::Cancelled)
+        matches!(
+            self,
+            Self::Succeeded | Self::Failed | Self::TimedOut | Self::Cancelled
+        )
     }
 }
 
@@ -294,10 +301,17 @@ pub trait Orchestrator: Send + Sync {
     fn name(&self) -> &'static str;
 
     /// Starts the service, or updates it when the spec changed; idempotent.
-    async fn ensure_challenge(&self, spec: &ChallengeSpec) -> Result<ServiceStatus, OrchestratorError>;
+    async fn ensure_challenge(
+        &self,
+        spec: &ChallengeSpec,
+    ) -> Result<ServiceStatus, OrchestratorError>;
 
     /// Stops and removes the service; its data is kept unless `purge_data`.
-    async fn remove_challenge(&self, slug: &Slug, purge_data: bool) -> Result<(), OrchestratorError>;
+    async fn remove_challenge(
+        &self,
+        slug: &Slug,
+        purge_data: bool,
+    ) -> Result<(), OrchestratorError>;
 
     /// The service's status (`Missing` when absent).
     async fn challenge_status(&self, slug: &Slug) -> Result<ServiceStatus, OrchestratorError>;
@@ -315,7 +329,11 @@ pub trait Orchestrator: Send + Sync {
     /// Waits until the job is terminal or `timeout` passes (then returns
     /// its status as it is), without polling per job where the backend has
     /// an event stream.
-    async fn wait_job(&self, id: &str, timeout: std::time::Duration) -> Result<JobStatus, OrchestratorError>;
+    async fn wait_job(
+        &self,
+        id: &str,
+        timeout: std::time::Duration,
+    ) -> Result<JobStatus, OrchestratorError>;
 
     /// The tail (at most `max_bytes` per stream) of a job's output.
     async fn job_logs(&self, id: &str, max_bytes: usize) -> Result<JobLogs, OrchestratorError>;

@@ -97,7 +97,11 @@ impl EpochRunner {
                 weights,
             });
         }
-        let agg = aggregate(&contributions, &metagraph.uids, metagraph.min_allowed_weights);
+        let agg = aggregate(
+            &contributions,
+            &metagraph.uids,
+            metagraph.min_allowed_weights,
+        );
         let computed_at = model::now();
         Ok(WeightsSnapshot {
             netuid: self.config.netuid,
@@ -127,9 +131,9 @@ impl EpochRunner {
             // Say why a dead service contributes nothing, instead of a
             // connection error that hides it.
             if matches!(status.state, ServiceState::Failed | ServiceState::Missing) {
-                let why = status.message.unwrap_or_else(|| {
-                    format!("{:?}", status.state).to_lowercase()
-                });
+                let why = status
+                    .message
+                    .unwrap_or_else(|| format!("{:?}", status.state).to_lowercase());
                 return Err(WeightsError::NotRunning(why));
             }
             if let Some(endpoint) = status.endpoint {

@@ -123,7 +123,10 @@ impl HttpWeightSource {
     }
 
     async fn once(&self, t: &WeightTarget) -> Result<BTreeMap<String, f64>, WeightsError> {
-        let url = format!("{}/internal/v1/get_weights", t.base_url.trim_end_matches('/'));
+        let url = format!(
+            "{}/internal/v1/get_weights",
+            t.base_url.trim_end_matches('/')
+        );
         let resp = self
             .client
             .get(&url)

@@ -73,3 +73,32 @@ pub async fn postgres() -> Result<TempPostgres, StoreError> {
         url,
     })
 }
+
+/// Stamps a SQLite test and a PostgreSQL test for every listed case, an
+/// `async fn(Arc<dyn Store>)` in the calling module. The PostgreSQL tests
+/// are `#[ignore = "needs postgres …"]`; `scripts/test.sh` runs them with a
+/// server it starts. The caller needs `tokio` with `macros`.
+#[macro_export]
+macro_rules! backend_tests {
+    ($($case:ident),* $(,)?) => {
+        mod sqlite {
+            $(
+                #[tokio::test]
+                async fn $case() {
+                    let db = $crate::testing::sqlite().await.expect("sqlite store");
+                    super::$case(db.store.clone()).await;
+                }
+            )*
+        }
+        mod postgres {
+            $(
+                #[tokio::test]
+                #[ignore = "needs postgres (BASE_TEST_POSTGRES_URL; run scripts/test.sh)"]
+                async fn $case() {
+                    let db = $crate::testing::postgres().await.expect("postgres store");
+                    super::$case(db.store.clone()).await;
+                }
+            )*
+        }
+    };
+}

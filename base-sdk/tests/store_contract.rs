@@ -19,31 +19,7 @@ use base_sdk::registry::{self, NewChallenge, Policy, token};
 use base_sdk::store::{Backend, Store, StoreError};
 use chrono::Duration;
 
-macro_rules! contract {
-    ($($case:ident),* $(,)?) => {
-        mod sqlite {
-            $(
-                #[tokio::test]
-                async fn $case() {
-                    let db = base_sdk::testing::sqlite().await.expect("sqlite store");
-                    super::$case(db.store.clone()).await;
-                }
-            )*
-        }
-        mod postgres {
-            $(
-                #[tokio::test]
-                #[ignore = "needs postgres (BASE_TEST_POSTGRES_URL; run scripts/test.sh)"]
-                async fn $case() {
-                    let db = base_sdk::testing::postgres().await.expect("postgres store");
-                    super::$case(db.store.clone()).await;
-                }
-            )*
-        }
-    };
-}
-
-contract!(
+base_sdk::backend_tests!(
     create_get_list_round_trip,
     duplicate_create_leaves_nothing_behind,
     failed_token_insert_rolls_back_challenge,

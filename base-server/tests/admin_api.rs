@@ -85,31 +85,7 @@ fn new_challenge(slug: &str) -> Value {
     })
 }
 
-macro_rules! api_tests {
-    ($($case:ident),* $(,)?) => {
-        mod sqlite {
-            $(
-                #[tokio::test]
-                async fn $case() {
-                    let db = base_sdk::testing::sqlite().await.expect("sqlite store");
-                    super::$case(db.store.clone()).await;
-                }
-            )*
-        }
-        mod postgres {
-            $(
-                #[tokio::test]
-                #[ignore = "needs postgres (BASE_TEST_POSTGRES_URL; run scripts/test.sh)"]
-                async fn $case() {
-                    let db = base_sdk::testing::postgres().await.expect("postgres store");
-                    super::$case(db.store.clone()).await;
-                }
-            )*
-        }
-    };
-}
-
-api_tests!(
+base_sdk::backend_tests!(
     create_shows_tokens_once_and_stores_hashes,
     bad_input_is_rejected_and_nothing_is_written,
     registry_is_public_and_hides_private_fields,

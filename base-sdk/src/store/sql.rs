@@ -234,6 +234,46 @@ macro_rules! insert_audit {
     };
 }
 
+/// Binds a challenge's mutable fields (name … broker), in column order.
+macro_rules! bind_challenge {
+    ($q:expr, $c:expr) => {
+        $q.bind(&$c.name)
+            .bind(&$c.description)
+            .bind($c.image.to_string())
+            .bind(&$c.image_digest)
+            .bind(&$c.version)
+            .bind($c.emission_percent.0)
+            .bind($c.status.as_str())
+            .bind(&$c.api_version)
+            .bind(&$c.internal_base_url)
+            .bind(Json(&$c.required_capabilities))
+            .bind(Json(&$c.resources))
+            .bind(Json(&$c.volumes))
+            .bind(Json(&$c.env))
+            .bind(Json(&$c.secrets))
+            .bind(Json(&$c.metadata))
+            .bind(Json(&$c.broker))
+    };
+}
+
+/// Inserts (or replaces, per slug and kind) token rows inside `$tx`.
+macro_rules! insert_tokens {
+    ($tx:ident, $tokens:expr) => {
+        for t in $tokens {
+            sqlx::query(INSERT_TOKEN)
+                .bind(t.slug.as_str())
+                .bind(t.kind.as_str())
+                .bind(&t.hash)
+                .bind(&t.hint)
+                .bind(&t.sealed)
+                .bind(t.created_at)
+                .execute(&mut *$tx)
+                .await
+                .map_err(map_err(|| "token".to_string()))?;
+        }
+    };
+}
+
 macro_rules! sql_store {
     ($ty:ty, $backend:expr, $migrations:literal) => {
         #[async_trait]
@@ -265,44 +305,17 @@ macro_rules! sql_store {
             ) -> Result<(), StoreError> {
                 let conflict = || format!("Challenge '{}'", c.slug);
                 let mut tx = self.pool.begin().await.map_err(db_err)?;
-                sqlx::query(&format!(
+                bind_challenge!(sqlx::query(&format!(
                     "INSERT INTO challenges ({CHALLENGE_COLUMNS}) VALUES \
                      ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17, $18, $19)"
                 ))
-                .bind(c.slug.as_str())
-                .bind(&c.name)
-                .bind(&c.description)
-                .bind(c.image.to_string())
-                .bind(&c.image_digest)
-                .bind(&c.version)
-                .bind(c.emission_percent.0)
-                .bind(c.status.as_str())
-                .bind(&c.api_version)
-                .bind(&c.internal_base_url)
-                .bind(Json(&c.required_capabilities))
-                .bind(Json(&c.resources))
-                .bind(Json(&c.volumes))
-                .bind(Json(&c.env))
-                .bind(Json(&c.secrets))
-                .bind(Json(&c.metadata))
-                .bind(Json(&c.broker))
+                .bind(c.slug.as_str()), c)
                 .bind(c.created_at)
                 .bind(c.updated_at)
                 .execute(&mut *tx)
                 .await
                 .map_err(map_err(conflict))?;
-                for t in tokens {
-                    sqlx::query(INSERT_TOKEN)
-                        .bind(t.slug.as_str())
-                        .bind(t.kind.as_str())
-                        .bind(&t.hash)
-                        .bind(&t.hint)
-                        .bind(&t.sealed)
-                        .bind(t.created_at)
-                        .execute(&mut *tx)
-                        .await
-                        .map_err(map_err(|| "token".to_string()))?;
-                }
+                insert_tokens!(tx, tokens);
                 insert_audit!(tx, audit);
                 tx.commit().await.map_err(db_err)
             }
@@ -334,30 +347,14 @@ macro_rules! sql_store {
                 audit: &AuditEntry,
             ) -> Result<(), StoreError> {
                 let mut tx = self.pool.begin().await.map_err(db_err)?;
-                let done = sqlx::query(
+                let done = bind_challenge!(sqlx::query(
                     "UPDATE challenges SET name = $2, description = $3, image = $4, \
                      image_digest = $5, version = $6, emission_percent = $7, status = $8, \
                      api_version = $9, internal_base_url = $10, required_capabilities = $11, \
                      resources = $12, volumes = $13, env = $14, secrets = $15, metadata = $16, \
                      broker = $17, updated_at = $18 WHERE slug = $1",
                 )
-                .bind(c.slug.as_str())
-                .bind(&c.name)
-                .bind(&c.description)
-                .bind(c.image.to_string())
-                .bind(&c.image_digest)
-                .bind(&c.version)
-                .bind(c.emission_percent.0)
-                .bind(c.status.as_str())
-                .bind(&c.api_version)
-                .bind(&c.internal_base_url)
-                .bind(Json(&c.required_capabilities))
-                .bind(Json(&c.resources))
-                .bind(Json(&c.volumes))
-                .bind(Json(&c.env))
-                .bind(Json(&c.secrets))
-                .bind(Json(&c.metadata))
-                .bind(Json(&c.broker))
+                .bind(c.slug.as_str()), c)
                 .bind(c.updated_at)
                 .execute(&mut *tx)
                 .await
@@ -409,17 +406,8 @@ macro_rules! sql_store {
                     if exists.is_none() {
                         return Err(StoreError::NotFound(format!("Challenge '{}'", t.slug)));
                     }
-                    sqlx::query(INSERT_TOKEN)
-                        .bind(t.slug.as_str())
-                        .bind(t.kind.as_str())
-                        .bind(&t.hash)
-                        .bind(&t.hint)
-                        .bind(&t.sealed)
-                        .bind(t.created_at)
-                        .execute(&mut *tx)
-                        .await
-                        .map_err(map_err(|| "token".to_string()))?;
                 }
+                insert_tokens!(tx, tokens);
                 insert_audit!(tx, audit);
                 tx.commit().await.map_err(db_err)
             }

@@ -93,6 +93,30 @@ impl<'de> Deserialize<'de> for Slug {
     }
 }
 
+/// Environment variable names the platform sets for a challenge; a record
+/// or job spec may not use them, or it could point a challenge at the
+/// control plane.
+pub const RESERVED_ENV_PREFIXES: [&str; 2] = ["BASE_", "CHALLENGE_"];
+
+/// A portable variable name: a letter or `_`, then letters, digits or `_`.
+pub fn is_env_name(name: &str) -> bool {
+    let mut chars = name.chars();
+    chars
+        .next()
+        .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
+        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
+}
+
+/// Whether `name` is one the platform sets ([`RESERVED_ENV_PREFIXES`]).
+pub fn is_reserved_env(name: &str) -> bool {
+    RESERVED_ENV_PREFIXES.iter().any(|p| name.starts_with(p))
+}
+
+/// Whether any process could be given `name` (non-empty, no `=` or NUL).
+pub fn is_settable_env(name: &str) -> bool {
+    !name.is_empty() && !name.contains(['=', '\0'])
+}
+
 /// Lifecycle of a challenge record.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize, Default)]
 #[serde(rename_all = "lowercase")]
@@ -530,6 +554,19 @@ impl<'de> Deserialize<'de> for ImageRef {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn env_name_rules() {
+        for ok in ["A", "_x", "QUIZ_SEED", "a1"] {
+            assert!(is_env_name(ok), "{ok}");
+        }
+        for bad in ["", "1A", "A-B", "A B", "É"] {
+            assert!(!is_env_name(bad), "{bad}");
+        }
+        assert!(is_reserved_env("BASE_DATABASE_URL") && is_reserved_env("CHALLENGE_SLUG"));
+        assert!(!is_reserved_env("BASEX") && !is_reserved_env("MY_BASE_URL"));
+        assert!(is_settable_env("a-b") && !is_settable_env("a=b") && !is_settable_env(""));
+    }
 
     #[test]
     fn slug_rules() {

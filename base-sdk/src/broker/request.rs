@@ -865,12 +865,7 @@ fn valid_ulimit(entry: &str) -> bool {
 
 fn check_env_and_labels(req: &BrokerRunRequest) -> Result<(), BrokerError> {
     for (name, value) in &req.env {
-        let mut chars = name.chars();
-        let ok = chars
-            .next()
-            .is_some_and(|c| c.is_ascii_alphabetic() || c == '_')
-            && chars.all(|c| c.is_ascii_alphanumeric() || c == '_');
-        if !ok {
+        if !crate::model::is_env_name(name) {
             return Err(invalid(format!(
                 "env name '{name}' must be a letter or underscore followed by letters, digits or underscores"
             )));

@@ -995,7 +995,7 @@ fn unsupported(image: &ImageRef) -> OrchestratorError {
 fn check_env(env: &BTreeMap<String, String>) -> Result<(), OrchestratorError> {
     check_env_names(env)?;
     for key in env.keys() {
-        if key.starts_with("BASE_") || key.starts_with("CHALLENGE_") {
+        if crate::model::is_reserved_env(key) {
             return Err(OrchestratorError::InvalidSpec(format!(
                 "env name '{key}' is reserved: BASE_* and CHALLENGE_* are set by the platform"
             )));
@@ -1008,10 +1008,7 @@ fn check_env(env: &BTreeMap<String, String>) -> Result<(), OrchestratorError> {
 /// NUL). A job's env is otherwise the challenge's business: unlike a
 /// service's, nothing the platform sets is there to be shadowed.
 fn check_env_names(env: &BTreeMap<String, String>) -> Result<(), OrchestratorError> {
-    match env
-        .keys()
-        .find(|key| key.is_empty() || key.contains(['=', '\0']))
-    {
+    match env.keys().find(|key| !crate::model::is_settable_env(key)) {
         Some(key) => Err(OrchestratorError::InvalidSpec(format!(
             "env name '{}' is not a valid variable name",
             key.escape_debug()

@@ -225,17 +225,14 @@ fn check_url(raw: &str) -> Result<(), RegistryError> {
 
 fn check_env_names(env: &BTreeMap<String, String>) -> Result<(), RegistryError> {
     for k in env.keys() {
-        let ok = !k.is_empty()
-            && !k.starts_with(|c: char| c.is_ascii_digit())
-            && k.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_');
-        if !ok {
+        if !crate::model::is_env_name(k) {
             return Err(RegistryError::Invalid(format!(
                 "env name '{k}' is not a valid variable name"
             )));
         }
         // CHALLENGE_* and BASE_* are set by the platform; letting a record
         // override them would let it point a challenge at the control plane.
-        if k.starts_with("BASE_") || k.starts_with("CHALLENGE_") {
+        if crate::model::is_reserved_env(k) {
             return Err(RegistryError::Policy(format!(
                 "env name '{k}' is reserved: BASE_* and CHALLENGE_* are set by the platform"
             )));

@@ -443,13 +443,13 @@ fn challenge_limits(resources: &BTreeMap<String, String>) -> Result<Option<Limit
 pub fn challenge_env(spec: &ChallengeSpec) -> Result<Vec<String>, SwarmError> {
     let mut env: BTreeMap<String, String> = BTreeMap::new();
     for (key, value) in &spec.env {
-        if key.is_empty() || key.contains(['=', '\0']) {
+        if !crate::model::is_settable_env(key) {
             return Err(SwarmError::Spec(format!(
                 "env name '{}' is not a valid variable name",
                 key.escape_debug()
             )));
         }
-        if key.starts_with("BASE_") || key.starts_with("CHALLENGE_") {
+        if crate::model::is_reserved_env(key) {
             return Err(SwarmError::Spec(format!(
                 "env name '{key}' is reserved: BASE_* and CHALLENGE_* are set by the platform"
             )));

@@ -48,7 +48,11 @@
 use std::cmp::Ordering;
 use std::collections::{BTreeMap, HashMap};
 
-/// One challenge's input to an epoch.
+use rustc_hash::FxHashMap;
+
+/// One challenge's input to an epoch, as plain strings: the convenient form
+/// for callers that already hold maps (tests, one-off tools). The epoch
+/// itself builds a [`Ballot`] directly, interning hotkeys as it collects.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Contribution {
     /// The challenge's slug. Contributions are summed in slug order, which
@@ -71,6 +75,151 @@ pub type UidMap = HashMap<String, u16>;
 /// subnet owner's burn uid); it never receives weight otherwise.
 pub const BURN_UID: u16 = 0;
 
+/// One epoch's contributions with every hotkey interned to a dense integer
+/// id, which is what [`aggregate_ballot`] works on.
+///
+/// Why: an epoch sees the same few thousand hotkeys from every challenge.
+/// Summing scores keyed by 262,144 separate heap strings (64 challenges ×
+/// 4,096 hotkeys) is bound by memory latency, whatever the map; keyed by
+/// ids it is a pass over flat arrays. Interning happens once per score as
+/// the epoch collects the challenges' answers, and the hotkey strings are
+/// kept once per epoch instead of once per challenge (docs/benchmarks.md
+/// has both costs).
+///
+/// The ids are an internal detail: they depend on the order challenges were
+/// added, so nothing that reaches the result depends on them (scores are
+/// kept in hotkey order and every sum runs in a canonical order).
+#[derive(Debug, Clone, Default)]
+pub struct Ballot {
+    /// hotkey → id.
+    ids: FxHashMap<Box<str>, u32>,
+    /// id → hotkey.
+    names: Vec<Box<str>>,
+    /// The challenges, in the order they were added.
+    entries: Vec<Entry>,
+}
+
+/// One challenge in a [`Ballot`].
+#[derive(Debug, Clone)]
+struct Entry {
+    slug: String,
+    emission_percent: f64,
+    /// `(hotkey id, raw score)`, strictly ascending by hotkey *name* (not id),
+    /// one entry per hotkey; `None` for a failed challenge.
+    scores: Option<Vec<(u32, f64)>>,
+}
+
+impl Ballot {
+    /// An empty ballot (no challenges, which aggregates to the burn vector).
+    #[must_use]
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The number of challenges added.
+    #[must_use]
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    /// Whether no challenge was added.
+    #[must_use]
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// The number of distinct hotkeys seen across all challenges.
+    #[must_use]
+    pub fn hotkeys(&self) -> usize {
+        self.names.len()
+    }
+
+    /// Adds a challenge that failed this epoch: its emission is shared among
+    /// the ones that answered.
+    pub fn add_failed(&mut self, slug: impl Into<String>, emission_percent: f64) {
+        self.entries.push(Entry {
+            slug: slug.into(),
+            emission_percent,
+            scores: None,
+        });
+    }
+
+    /// Adds a challenge's answer. Hotkeys may come in any order; when one
+    /// appears twice the last score wins, as when a JSON object with a
+    /// repeated key is read into a map.
+    pub fn add<K: AsRef<str>>(
+        &mut self,
+        slug: impl Into<String>,
+        emission_percent: f64,
+        scores: impl IntoIterator<Item = (K, f64)>,
+    ) {
+        let mut pairs: Vec<(K, f64)> = scores.into_iter().collect();
+        // A map's iterator (the usual caller) is already strictly ascending:
+        // then there is nothing to sort or deduplicate.
+        if !pairs.windows(2).all(|w| w[0].0.as_ref() < w[1].0.as_ref()) {
+            // Stable, so among equal hotkeys the last one added stays last.
+            pairs.sort_by(|a, b| a.0.as_ref().cmp(b.0.as_ref()));
+            let mut deduped: Vec<(K, f64)> = Vec::with_capacity(pairs.len());
+            for pair in pairs {
+                match deduped.last_mut() {
+                    Some(last) if last.0.as_ref() == pair.0.as_ref() => *last = pair,
+                    _ => deduped.push(pair),
+                }
+            }
+            pairs = deduped;
+        }
+        let scores = pairs
+            .iter()
+            .map(|(hotkey, value)| (self.intern(hotkey.as_ref()), *value))
+            .collect();
+        self.entries.push(Entry {
+            slug: slug.into(),
+            emission_percent,
+            scores: Some(scores),
+        });
+    }
+
+    /// The id of `hotkey`, assigning the next one if it is new.
+    fn intern(&mut self, hotkey: &str) -> u32 {
+        if let Some(id) = self.ids.get(hotkey) {
+            return *id;
+        }
+        // More than 4 billion distinct hotkeys cannot fit in memory as
+        // strings first, so the conversion cannot fail in practice; if it
+        // ever did, saturating would merge hotkeys, so say so loudly.
+        let id = u32::try_from(self.names.len()).unwrap_or(u32::MAX);
+        self.names.push(hotkey.into());
+        self.ids.insert(hotkey.into(), id);
+        id
+    }
+
+    /// The hotkey behind an id this ballot assigned.
+    fn name(&self, id: u32) -> &str {
+        self.names.get(id as usize).map_or("", |name| name)
+    }
+}
+
+impl<'a> FromIterator<&'a Contribution> for Ballot {
+    fn from_iter<I: IntoIterator<Item = &'a Contribution>>(iter: I) -> Self {
+        let mut ballot = Ballot::new();
+        for contribution in iter {
+            match &contribution.weights {
+                Some(weights) => ballot.add(
+                    contribution.slug.as_str(),
+                    contribution.emission_percent,
+                    weights
+                        .iter()
+                        .map(|(hotkey, value)| (hotkey.as_str(), *value)),
+                ),
+                None => {
+                    ballot.add_failed(contribution.slug.as_str(), contribution.emission_percent);
+                }
+            }
+        }
+        ballot
+    }
+}
+
 /// The result of one epoch's aggregation.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Aggregated {
@@ -89,6 +238,20 @@ pub struct Aggregated {
     pub fallback: bool,
 }
 
+/// Aggregates contributions given as string maps: interns them into a
+/// [`Ballot`] and calls [`aggregate_ballot`]. Same result, bit for bit.
+///
+/// `uids` is the metagraph (hotkey → uid); `min_allowed_weights` is the
+/// chain's minimum vector length, used only to pad the burn vector.
+#[must_use]
+pub fn aggregate(
+    contributions: &[Contribution],
+    uids: &UidMap,
+    min_allowed_weights: usize,
+) -> Aggregated {
+    aggregate_ballot(&contributions.iter().collect(), uids, min_allowed_weights)
+}
+
 /// Aggregates one epoch's challenge weights into a chain-ready vector,
 /// exactly as CONTRACTS.md §5 specifies (see the module docs for the
 /// decisions the contract leaves open).
@@ -96,33 +259,31 @@ pub struct Aggregated {
 /// `uids` is the metagraph (hotkey → uid); `min_allowed_weights` is the
 /// chain's minimum vector length, used only to pad the burn vector.
 ///
-/// The function is pure and deterministic: the same contributions in any
-/// order give a bit-for-bit identical result.
+/// The function is pure and deterministic: the same challenges added to the
+/// ballot in any order give a bit-for-bit identical result.
 #[must_use]
-pub fn aggregate(
-    contributions: &[Contribution],
-    uids: &UidMap,
-    min_allowed_weights: usize,
-) -> Aggregated {
+pub fn aggregate_ballot(ballot: &Ballot, uids: &UidMap, min_allowed_weights: usize) -> Aggregated {
     // Canonical order first: every later sum is a left fold in this order.
-    // An unstable sort is enough because the order is total: two
-    // contributions that compare equal are identical, so their relative
-    // order cannot change any result.
-    let mut ordered: Vec<&Contribution> = contributions.iter().collect();
-    ordered.sort_unstable_by(|a, b| canonical_order(a, b));
+    // An unstable sort is enough because the order is total: two entries
+    // that compare equal are identical, so their relative order cannot
+    // change any result.
+    let mut ordered: Vec<&Entry> = ballot.entries.iter().collect();
+    ordered.sort_unstable_by(|a, b| canonical_order(ballot, a, b));
 
     // Step 1: which challenges have anything to give, and how to normalise
-    // each one. The scores are not copied; they are re-read in step 3.
+    // each one. Scores are summed in hotkey order, never id order, so the
+    // normaliser does not depend on how ids were assigned.
     let answers: Vec<Answer<'_>> = ordered
         .iter()
-        .filter_map(|contribution| {
-            let weights = contribution.weights.as_ref()?;
+        .filter_map(|entry| {
+            let scores = entry.scores.as_deref()?;
             // `None` also for an answered-but-empty challenge: it then drops
             // out of the share denominator, like a failed one (module docs).
-            let normalizer = Normalizer::new(weights.values().copied().filter(|v| usable(*v)))?;
+            let normalizer =
+                Normalizer::new(scores.iter().map(|(_, v)| *v).filter(|v| usable(*v)))?;
             Some(Answer {
-                emission: emission_or_zero(contribution.emission_percent),
-                weights,
+                emission: emission_or_zero(entry.emission_percent),
+                scores,
                 normalizer,
             })
         })
@@ -132,17 +293,11 @@ pub fn aggregate(
     // `Σe ≤ 0`: every share is zero.
     let shares = Normalizer::new(answers.iter().map(|a| a.emission).filter(|e| *e > 0.0));
 
-    // Step 3: S_h. Each challenge's scores come out of a BTreeMap already
-    // sorted by hotkey, so they are merged into a sorted accumulator instead
-    // of being hashed: one string comparison per score, no hashing, and each
-    // S_h is still summed in canonical challenge order. Reading every
-    // hotkey once is the floor of this function's cost. Merging measured
-    // faster than hashing (SipHash or an Fx-style hash) and than a k-way
-    // merge; copying each map into a buffer first, or comparing hotkeys
-    // without `memcmp`, made no measurable difference (docs/benchmarks.md).
-    let mut scores: Vec<(&str, f64)> = Vec::new();
+    // Step 3: S_h, accumulated in a flat array indexed by hotkey id. Each
+    // S_h is still summed in canonical challenge order (the outer loop), so
+    // the result is the same, bit for bit, as summing per hotkey string.
+    let mut totals = vec![0.0f64; ballot.names.len()];
     if let Some(shares) = shares {
-        let mut scratch = Vec::new();
         for answer in &answers {
             let share = shares.apply(answer.emission);
             // A zero share adds exactly 0.0 to every S_h: skip the work.
@@ -150,27 +305,29 @@ pub fn aggregate(
                 continue;
             }
             let normalizer = answer.normalizer;
-            let incoming = answer
-                .weights
-                .iter()
-                .filter(|(_, v)| usable(**v))
-                .map(|(hotkey, v)| (hotkey.as_str(), share * normalizer.apply(*v)));
-            merge_add(&mut scores, &mut scratch, incoming);
+            for &(id, value) in answer.scores {
+                if usable(value)
+                    && let Some(total) = totals.get_mut(id as usize)
+                {
+                    *total += share * normalizer.apply(value);
+                }
+            }
         }
     }
     // S_h can underflow to 0 (a tiny share times a tiny score); such a
     // hotkey has no weight and is dropped like one that was never scored.
-    scores.retain(|(_, s)| *s > 0.0);
-    let hotkey_weights: BTreeMap<String, f64> = scores
+    let hotkey_weights: BTreeMap<String, f64> = totals
         .iter()
-        .map(|(hotkey, s)| ((*hotkey).to_owned(), *s))
+        .zip(0u32..)
+        .filter(|(s, _)| **s > 0.0)
+        .map(|(s, id)| (ballot.name(id).to_owned(), *s))
         .collect();
 
     // Step 4: hotkeys to uids. Hotkeys are visited in ascending order, so
     // each per-uid sum is deterministic too.
     let mut per_uid: BTreeMap<u16, f64> = BTreeMap::new();
-    for (hotkey, s) in &scores {
-        match uids.get(*hotkey) {
+    for (hotkey, s) in &hotkey_weights {
+        match uids.get(hotkey) {
             Some(&uid) if uid != BURN_UID => *per_uid.entry(uid).or_insert(0.0) += *s,
             // Unknown hotkeys and the burn uid get nothing from step 4.
             _ => {}
@@ -215,7 +372,7 @@ struct Answer<'a> {
     /// `max(emission, 0)`, with NaN and infinities as 0.
     emission: f64,
     /// The raw scores, re-read (and re-filtered) in step 3.
-    weights: &'a BTreeMap<String, f64>,
+    scores: &'a [(u32, f64)],
     /// How to turn a usable raw score into `n_{c,h}`.
     normalizer: Normalizer,
 }
@@ -276,75 +433,28 @@ impl Normalizer {
     }
 }
 
-/// Adds `incoming` (strictly ascending by hotkey, as a `BTreeMap` yields it)
-/// into `acc` (kept strictly ascending), using `scratch` as the merge buffer
-/// so that its allocation is reused from one challenge to the next.
-///
-/// An equal hotkey keeps `acc`'s `&str`: those strings were read by earlier
-/// merges and are likely still in cache, the incoming ones are not.
-fn merge_add<'a>(
-    acc: &mut Vec<(&'a str, f64)>,
-    scratch: &mut Vec<(&'a str, f64)>,
-    incoming: impl Iterator<Item = (&'a str, f64)>,
-) {
-    if acc.is_empty() {
-        acc.extend(incoming);
-        return;
-    }
-    scratch.clear();
-    scratch.reserve(acc.len() + incoming.size_hint().0);
-    let mut old = acc.iter().copied().peekable();
-    for (hotkey, value) in incoming {
-        // Copy every accumulated hotkey that sorts before this one, then
-        // either add to the equal one or insert the new hotkey.
-        let mut merged = (hotkey, value);
-        while let Some(&(acc_hotkey, acc_value)) = old.peek() {
-            match acc_hotkey.cmp(hotkey) {
-                Ordering::Less => {
-                    scratch.push((acc_hotkey, acc_value));
-                    old.next();
-                }
-                Ordering::Equal => {
-                    merged = (acc_hotkey, acc_value + value);
-                    old.next();
-                    break;
-                }
-                Ordering::Greater => break,
-            }
-        }
-        scratch.push(merged);
-    }
-    scratch.extend(old);
-    std::mem::swap(acc, scratch);
-}
-
-/// The canonical order of contributions: by slug, then emission, then
-/// scores. It is total (floats compare with `total_cmp`), so only
-/// identical contributions compare equal.
-fn canonical_order(a: &Contribution, b: &Contribution) -> Ordering {
+/// The canonical order of challenges: by slug, then emission, then scores
+/// (hotkey names and values, never ids). It is total (floats compare with
+/// `total_cmp`), so only identical challenges compare equal.
+fn canonical_order(ballot: &Ballot, a: &Entry, b: &Entry) -> Ordering {
     a.slug
         .cmp(&b.slug)
         .then_with(|| a.emission_percent.total_cmp(&b.emission_percent))
-        .then_with(|| match (&a.weights, &b.weights) {
+        .then_with(|| match (&a.scores, &b.scores) {
             (None, None) => Ordering::Equal,
             (None, Some(_)) => Ordering::Less,
             (Some(_), None) => Ordering::Greater,
             (Some(a), Some(b)) => {
-                let mut a = a.iter();
-                let mut b = b.iter();
-                loop {
-                    match (a.next(), b.next()) {
-                        (None, None) => return Ordering::Equal,
-                        (None, Some(_)) => return Ordering::Less,
-                        (Some(_), None) => return Ordering::Greater,
-                        (Some((ka, va)), Some((kb, vb))) => {
-                            let order = ka.cmp(kb).then_with(|| va.total_cmp(vb));
-                            if order != Ordering::Equal {
-                                return order;
-                            }
-                        }
+                for (&(ida, va), &(idb, vb)) in a.iter().zip(b) {
+                    let order = ballot
+                        .name(ida)
+                        .cmp(ballot.name(idb))
+                        .then_with(|| va.total_cmp(&vb));
+                    if order != Ordering::Equal {
+                        return order;
                     }
                 }
+                a.len().cmp(&b.len())
             }
         })
 }
@@ -632,6 +742,51 @@ mod tests {
         let forward = aggregate(&[x.clone(), y.clone(), z.clone()], &uids, 1);
         let backward = aggregate(&[z, y, x], &uids, 1);
         assert_eq!(forward, backward);
+    }
+
+    // ---- Ballot ------------------------------------------------------------
+
+    #[test]
+    fn ballot_takes_unsorted_scores_and_keeps_the_last_duplicate() {
+        let uids = metagraph(&[("a", 1), ("b", 2)]);
+        let mut ballot = Ballot::new();
+        ballot.add("x", 1.0, [("b", 9.0), ("a", 1.0), ("b", 3.0)]);
+        assert_eq!((ballot.len(), ballot.hotkeys()), (1, 2));
+        let out = aggregate_ballot(&ballot, &uids, 1);
+        let expected = aggregate(
+            &[contribution("x", 1.0, Some(&[("a", 1.0), ("b", 3.0)]))],
+            &uids,
+            1,
+        );
+        assert_eq!(out, expected);
+        assert_close(&out.weights, &[0.25, 0.75]);
+    }
+
+    #[test]
+    fn ballot_ids_do_not_leak_into_the_result() {
+        // The same challenges added in two orders assign different ids to
+        // the same hotkeys; the result must not change by a single bit.
+        let uids = metagraph(&[("a", 1), ("b", 2), ("c", 3)]);
+        let mut first = Ballot::new();
+        first.add("p", 2.0, [("a", 0.1), ("b", 0.2)]);
+        first.add("q", 3.0, [("c", 0.3), ("b", 0.4)]);
+        first.add_failed("r", 5.0);
+        let mut second = Ballot::new();
+        second.add_failed("r", 5.0);
+        second.add("q", 3.0, [("c", 0.3), ("b", 0.4)]);
+        second.add("p", 2.0, [("b", 0.2), ("a", 0.1)]);
+        assert!(!first.is_empty());
+        assert_eq!(
+            aggregate_ballot(&first, &uids, 1),
+            aggregate_ballot(&second, &uids, 1)
+        );
+    }
+
+    #[test]
+    fn empty_ballot_burns() {
+        let out = aggregate_ballot(&Ballot::new(), &metagraph(&[("a", 1)]), 2);
+        assert!(out.fallback);
+        assert_eq!(out.uids, [0, 1]);
     }
 
     // ---- properties --------------------------------------------------------

@@ -12,7 +12,7 @@ use std::sync::Arc;
 use chrono::Duration;
 use futures::future::join_all;
 
-use super::aggregate::{Contribution, aggregate};
+use super::aggregate::{Ballot, aggregate_ballot};
 use super::http::{WeightSource, WeightTarget, WeightsError};
 use crate::metagraph::Metagraph;
 use crate::model::{self, Challenge, ChallengeStatus, SourceChallenge, WeightsSnapshot};
@@ -74,34 +74,35 @@ impl EpochRunner {
             .await
             .map_err(|e| WeightsError::Epoch(e.to_string()))?;
 
-        let mut contributions = Vec::with_capacity(challenges.len());
+        // Hotkeys are interned into the ballot as the answers are taken in;
+        // the strings themselves move into the snapshot without a copy.
+        let mut ballot = Ballot::new();
         let mut sources = Vec::with_capacity(challenges.len());
         for (c, result) in challenges.iter().zip(results) {
             let (weights, ok, error) = match result {
-                Ok(w) => (Some(w), true, None),
+                Ok(w) => {
+                    ballot.add(
+                        c.slug.as_str(),
+                        c.emission_percent.0,
+                        w.iter().map(|(hotkey, v)| (hotkey.as_str(), *v)),
+                    );
+                    (w, true, None)
+                }
                 Err(e) => {
                     tracing::warn!(slug = %c.slug, error = %e, "challenge contributed no weights this epoch");
-                    (None, false, Some(e.to_string()))
+                    ballot.add_failed(c.slug.as_str(), c.emission_percent.0);
+                    (BTreeMap::new(), false, Some(e.to_string()))
                 }
             };
             sources.push(SourceChallenge {
                 slug: c.slug.to_string(),
                 emission_percent: c.emission_percent,
-                weights: weights.clone().unwrap_or_default(),
+                weights,
                 ok,
                 error,
             });
-            contributions.push(Contribution {
-                slug: c.slug.to_string(),
-                emission_percent: c.emission_percent.0,
-                weights,
-            });
         }
-        let agg = aggregate(
-            &contributions,
-            &metagraph.uids,
-            metagraph.min_allowed_weights,
-        );
+        let agg = aggregate_ballot(&ballot, &metagraph.uids, metagraph.min_allowed_weights);
         let computed_at = model::now();
         Ok(WeightsSnapshot {
             netuid: self.config.netuid,

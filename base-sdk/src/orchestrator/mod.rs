@@ -278,8 +278,14 @@ pub struct JobStatus {
     pub finished_at: Option<DateTime<Utc>>,
     /// Scheduler or exit detail (e.g. "no suitable node (insufficient resources)").
     pub message: Option<String>,
-    /// The deadline label.
+    /// The hard deadline label: by then the job is removed whatever its
+    /// state (covers jobs that never start, e.g. an image that never pulls).
     pub deadline_at: Option<DateTime<Utc>>,
+    /// How long the job may run once started (`base.timeout` label), so a
+    /// restarted reaper can time it out from `started_at` without the
+    /// broker's records.
+    #[serde(default)]
+    pub timeout_seconds: Option<u64>,
 }
 
 /// Tail-capped output of a job.
@@ -292,6 +298,28 @@ pub struct JobLogs {
     /// Whether either stream was cut.
     pub truncated: bool,
 }
+
+/// Which output stream a chunk of job output came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LogStreamKind {
+    /// Standard output.
+    Stdout,
+    /// Standard error.
+    Stderr,
+}
+
+/// One piece of a job's output, as it is produced.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LogChunk {
+    /// Which stream.
+    pub stream: LogStreamKind,
+    /// The bytes, as written by the job.
+    pub data: bytes::Bytes,
+}
+
+/// A live stream of a job's output, ending when the job ends.
+pub type LogStream = futures::stream::BoxStream<'static, Result<LogChunk, OrchestratorError>>;
 
 /// Manages challenge services and evaluation jobs.
 #[cfg_attr(any(test, feature = "mocks"), mockall::automock)]
@@ -344,4 +372,12 @@ pub trait Orchestrator: Send + Sync {
     /// Every job this orchestrator knows, optionally for one challenge
     /// (rebuilt from the backend's labels, so it survives a restart).
     async fn list_jobs(&self, slug: Option<Slug>) -> Result<Vec<JobStatus>, OrchestratorError>;
+
+    /// Output of a job from its start, following it until the job ends.
+    async fn follow_job_logs(&self, id: &str) -> Result<LogStream, OrchestratorError>;
+
+    /// How many GPUs jobs can use in all, as the cluster advertises them
+    /// (Swarm: the `NVIDIA-GPU` generic resources of ready GPU workers).
+    /// The broker's lease ledger never hands out more than this.
+    async fn gpu_capacity(&self) -> Result<u32, OrchestratorError>;
 }

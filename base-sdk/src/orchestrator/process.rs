@@ -62,8 +62,8 @@ use tokio::process::{Child, Command};
 use tokio::sync::{Mutex, oneshot, watch};
 
 use super::{
-    ChallengeSpec, JobLogs, JobMount, JobSpec, JobState, JobStatus, Orchestrator,
-    OrchestratorError, ServiceState, ServiceStatus,
+    ChallengeSpec, JobLogs, JobMount, JobSpec, JobState, JobStatus, LogChunk, LogStream,
+    LogStreamKind, Orchestrator, OrchestratorError, ServiceState, ServiceStatus,
 };
 use crate::config::Environment;
 use crate::model::{ImageRef, Slug};
@@ -827,6 +827,7 @@ impl Orchestrator for ProcessOrchestrator {
             finished_at: None,
             message: None,
             deadline_at: Some(spec.deadline_at),
+            timeout_seconds: Some(spec.timeout_seconds),
         };
         let (status_tx, status_rx) = watch::channel(status.clone());
         let (cancel_tx, cancel_rx) = oneshot::channel();
@@ -968,6 +969,93 @@ impl Orchestrator for ProcessOrchestrator {
                 .then_with(|| a.id.cmp(&b.id))
         });
         Ok(all)
+    }
+
+    /// Reads `jobs/<id>/stdout` and `stderr` from the start, polling every
+    /// 100 ms for more, and ends once the job is terminal and both files
+    /// are drained (or the job is removed).
+    async fn follow_job_logs(&self, id: &str) -> Result<LogStream, OrchestratorError> {
+        let (paths, status) = {
+            let jobs = self.jobs.lock().await;
+            let job = jobs.get(id).ok_or_else(|| job_not_found(id))?;
+            (JobPaths::new(&self.data_dir, id), job.status.clone())
+        };
+        let state = FollowState {
+            files: [
+                (LogStreamKind::Stdout, paths.stdout, 0),
+                (LogStreamKind::Stderr, paths.stderr, 0),
+            ],
+            status,
+            done: false,
+        };
+        Ok(Box::pin(futures::stream::unfold(state, follow_step)))
+    }
+
+    /// The development orchestrator has no GPUs to offer.
+    async fn gpu_capacity(&self) -> Result<u32, OrchestratorError> {
+        Ok(0)
+    }
+}
+
+/// Where [`ProcessOrchestrator::follow_job_logs`] is in each file.
+struct FollowState {
+    /// Stream, file and bytes already sent.
+    files: [(LogStreamKind, PathBuf, u64); 2],
+    /// The job's status, to know when no more output can come.
+    status: watch::Receiver<JobStatus>,
+    /// Set after the last read following the job's end.
+    done: bool,
+}
+
+/// One step of following: the next new bytes of either file, waiting while
+/// the job runs and nothing new was written.
+async fn follow_step(
+    mut state: FollowState,
+) -> Option<(Result<LogChunk, OrchestratorError>, FollowState)> {
+    /// Largest chunk read at once, so one chunk never holds a whole log.
+    const CHUNK: u64 = 64 * 1024;
+    loop {
+        if state.done {
+            return None;
+        }
+        // Decided before reading, so output written just before the end is
+        // still read once more after it. The reads are small and local, so
+        // they run inline rather than on the blocking pool.
+        let finished = state.status.borrow().state.is_terminal();
+        for (kind, path, offset) in &mut state.files {
+            let read = File::open(&*path).and_then(|mut f| {
+                f.seek(SeekFrom::Start(*offset))?;
+                let mut buf = Vec::new();
+                f.take(CHUNK).read_to_end(&mut buf)?;
+                Ok(buf)
+            });
+            match read {
+                Ok(buf) if !buf.is_empty() => {
+                    *offset += buf.len() as u64;
+                    let chunk = LogChunk {
+                        stream: *kind,
+                        data: bytes::Bytes::from(buf),
+                    };
+                    return Some((Ok(chunk), state));
+                }
+                Ok(_) => {}
+                // Removed with the job: nothing more will come.
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => state.done = true,
+                Err(source) => {
+                    state.done = true;
+                    let err = OrchestratorError::Io {
+                        context: format!("reading {}", path.display()),
+                        source,
+                    };
+                    return Some((Err(err), state));
+                }
+            }
+        }
+        if finished {
+            state.done = true;
+            continue;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
 

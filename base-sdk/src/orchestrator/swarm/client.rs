@@ -31,7 +31,8 @@ use super::SwarmError;
 use super::spec::{self, BaseNetwork, ChallengeSecretRefs, SecretKind, SecretRef};
 use crate::model::Slug;
 use crate::orchestrator::{
-    ChallengeSpec, JobLogs, JobSpec, JobStatus, Orchestrator, OrchestratorError, ServiceStatus,
+    ChallengeSpec, JobLogs, JobSpec, JobStatus, LogStream, Orchestrator, OrchestratorError,
+    ServiceStatus,
 };
 
 /// How long a purge waits for the removed service's container to release
@@ -731,6 +732,18 @@ impl Orchestrator for SwarmOrchestrator {
 
     async fn list_jobs(&self, slug: Option<Slug>) -> Result<Vec<JobStatus>, OrchestratorError> {
         Ok(self.job_statuses(slug.as_ref()).await?)
+    }
+
+    async fn follow_job_logs(&self, id: &str) -> Result<LogStream, OrchestratorError> {
+        Err(OrchestratorError::Backend(format!(
+            "following the logs of job '{id}' is not implemented for swarm yet"
+        )))
+    }
+
+    async fn gpu_capacity(&self) -> Result<u32, OrchestratorError> {
+        Err(OrchestratorError::Backend(
+            "gpu capacity is not implemented for swarm yet".to_string(),
+        ))
     }
 }
 

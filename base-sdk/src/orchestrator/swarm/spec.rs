@@ -71,6 +71,8 @@ pub const LABEL_TASK: &str = "base.task";
 pub const LABEL_JOB_ID: &str = "base.job.id";
 /// Label: RFC 3339 deadline, so a restarted reaper can act.
 pub const LABEL_DEADLINE: &str = "base.deadline";
+/// Label on a job service: seconds it may run once its task started.
+pub const LABEL_TIMEOUT: &str = "base.timeout";
 
 /// `base.component` values.
 pub const COMPONENT_CHALLENGE: &str = "challenge";
@@ -790,6 +792,7 @@ pub fn job_service(spec: &JobSpec) -> Result<ServiceSpec, SwarmError> {
             LABEL_DEADLINE.to_string(),
             spec.deadline_at.to_rfc3339_opts(SecondsFormat::Secs, true),
         ),
+        (LABEL_TIMEOUT.to_string(), spec.timeout_seconds.to_string()),
     ]);
     if let Some(task) = &spec.task_id {
         labels.insert(LABEL_TASK.to_string(), task.clone());
@@ -990,6 +993,7 @@ pub fn job_status(id: &str, labels: &HashMap<String, String>, tasks: &[Task]) ->
         finished_at: state.is_terminal().then_some(timestamp).flatten(),
         message: task.and_then(task_message),
         deadline_at,
+        timeout_seconds: labels.get(LABEL_TIMEOUT).and_then(|t| t.parse().ok()),
     })
 }
 

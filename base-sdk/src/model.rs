@@ -551,6 +551,98 @@ impl<'de> Deserialize<'de> for ImageRef {
     }
 }
 
+/// The broker's record of one evaluation job: what was asked, where it is,
+/// and (once it ended) how it ended with the tail of its output. Kept in
+/// the store so `GET /v1/jobs/{id}` and the reaper survive a restart.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct JobRecord {
+    /// The broker's unique id (the Swarm service is `base-job-<id>`).
+    pub id: String,
+    /// The challenge that submitted it; it alone may see or cancel it.
+    pub slug: Slug,
+    /// The challenge's own job id (several records may share one).
+    pub job_id: String,
+    /// The challenge's task id.
+    pub task_id: Option<String>,
+    /// The image it runs.
+    pub image: String,
+    /// Where it is in its life.
+    pub state: crate::orchestrator::JobState,
+    /// The request as accepted, without mount contents (labels, limits,
+    /// command), for listing and audit.
+    pub spec: serde_json::Value,
+    /// The node its task ran on.
+    pub node_id: Option<String>,
+    /// GPUs leased for it (0 for a CPU job).
+    pub gpu_count: u32,
+    /// The process's exit code; 124 when it timed out.
+    pub exit_code: Option<i64>,
+    /// Why it failed to start or was stopped, when there is more to say.
+    pub error: Option<String>,
+    /// The last bytes of its stdout (tail-capped), once it ended.
+    pub stdout_tail: String,
+    /// The last bytes of its stderr (tail-capped), once it ended.
+    pub stderr_tail: String,
+    /// When the broker accepted it.
+    pub created_at: DateTime<Utc>,
+    /// When its process started (the timeout counts from here).
+    pub started_at: Option<DateTime<Utc>>,
+    /// When it ended.
+    pub finished_at: Option<DateTime<Utc>>,
+    /// When it is removed at the latest, started or not.
+    pub deadline_at: Option<DateTime<Utc>>,
+}
+
+/// A GPU capacity lease: held from before a GPU job's service is created
+/// until the job's record turns terminal.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct GpuLease {
+    /// The job ([`JobRecord::id`]) holding it.
+    pub job_ref: String,
+    /// The job's challenge.
+    pub slug: Slug,
+    /// GPUs held.
+    pub gpus: u32,
+    /// When it was taken.
+    pub acquired_at: DateTime<Utc>,
+}
+
+/// The store's answer to admitting a new job (record and lease together).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Admission {
+    /// Recorded, with its lease when it asked for GPUs.
+    Admitted,
+    /// The challenge already has `active` unfinished jobs, its maximum.
+    TooManyJobs {
+        /// Unfinished jobs of the challenge.
+        active: u32,
+        /// Its `max_concurrent_jobs`.
+        max: u32,
+    },
+    /// Not enough GPUs are free.
+    NoGpuCapacity {
+        /// GPUs the job asked for.
+        requested: u32,
+        /// GPUs leased to other jobs.
+        leased: u32,
+        /// GPUs the cluster advertises.
+        capacity: u32,
+    },
+}
+
+/// Which job records to list.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct JobFilter {
+    /// Only this challenge's.
+    pub slug: Option<Slug>,
+    /// Only records with this challenge job id.
+    pub job_id: Option<String>,
+    /// Only unfinished ones (queued, pulling, running).
+    pub active_only: bool,
+    /// At most this many, newest first (`None`: all).
+    pub limit: Option<u32>,
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -6,6 +6,10 @@
 
 use std::sync::Arc;
 
+pub mod fake;
+
+pub use fake::FakeOrchestrator;
+
 use crate::store::{PgStore, SqliteStore, Store, StoreError};
 
 /// Env var naming the PostgreSQL server that backend tests use.

@@ -5,6 +5,7 @@
 //! with `oneshot`.
 
 pub mod admin;
+pub mod broker;
 pub mod dev;
 pub mod error;
 pub mod json;

@@ -64,6 +64,15 @@ pub enum BrokerError {
     /// The operator's policy for the challenge is itself unusable (500).
     #[error("{0}")]
     Policy(String),
+    /// The caller is not who it claims to be (401).
+    #[error("{0}")]
+    Unauthorized(String),
+    /// The job asked about is not the caller's, or does not exist (404).
+    #[error("{0}")]
+    NotFound(String),
+    /// The store or the cluster failed; retrying later may work (503).
+    #[error("{0}")]
+    Unavailable(String),
 }
 
 impl BrokerError {
@@ -74,6 +83,9 @@ impl BrokerError {
             Self::Forbidden(_) => 403,
             Self::TooManyJobs(_) => 429,
             Self::Policy(_) => 500,
+            Self::Unauthorized(_) => 401,
+            Self::NotFound(_) => 404,
+            Self::Unavailable(_) => 503,
         }
     }
 }
@@ -588,13 +600,19 @@ fn id_char(c: char) -> bool {
 
 fn check_hardening(l: &Limits) -> Result<(), BrokerError> {
     if !l.read_only {
-        return Err(invalid("limits.read_only must be true for broker jobs"));
+        return Err(invalid(
+            "broker Docker jobs require a read-only root filesystem",
+        ));
     }
     if !l.init {
-        return Err(invalid("limits.init must be true for broker jobs"));
+        return Err(invalid(
+            "broker Docker jobs require Docker init for process cleanup",
+        ));
     }
     if !l.cap_drop.iter().any(|c| c.eq_ignore_ascii_case("ALL")) {
-        return Err(invalid("limits.cap_drop must include ALL for broker jobs"));
+        return Err(invalid(
+            "broker Docker jobs must drop all Linux capabilities",
+        ));
     }
     if let Some(bad) = l.security_opt.iter().find(|o| !no_new_privileges(o)) {
         return Err(invalid(format!(
@@ -602,9 +620,7 @@ fn check_hardening(l: &Limits) -> Result<(), BrokerError> {
         )));
     }
     if l.security_opt.is_empty() {
-        return Err(invalid(
-            "limits.security_opt must include no-new-privileges for broker jobs",
-        ));
+        return Err(invalid("broker Docker jobs require no-new-privileges"));
     }
     Ok(())
 }
@@ -1130,23 +1146,23 @@ mod tests {
         let cases: Vec<(BrokerRunRequest, &str)> = vec![
             (
                 with(|r| r.limits.read_only = false),
-                "limits.read_only must be true for broker jobs",
+                "broker Docker jobs require a read-only root filesystem",
             ),
             (
                 with(|r| r.limits.init = false),
-                "limits.init must be true for broker jobs",
+                "broker Docker jobs require Docker init for process cleanup",
             ),
             (
                 with(|r| r.limits.cap_drop = vec!["NET_RAW".into()]),
-                "limits.cap_drop must include ALL for broker jobs",
+                "broker Docker jobs must drop all Linux capabilities",
             ),
             (
                 with(|r| r.limits.cap_drop = vec![]),
-                "limits.cap_drop must include ALL for broker jobs",
+                "broker Docker jobs must drop all Linux capabilities",
             ),
             (
                 with(|r| r.limits.security_opt = vec![]),
-                "limits.security_opt must include no-new-privileges for broker jobs",
+                "broker Docker jobs require no-new-privileges",
             ),
             (
                 with(|r| {

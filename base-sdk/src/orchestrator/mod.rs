@@ -250,6 +250,35 @@ pub enum JobState {
 }
 
 impl JobState {
+    /// Every state, in life order.
+    pub const ALL: [JobState; 7] = [
+        Self::Queued,
+        Self::Pulling,
+        Self::Running,
+        Self::Succeeded,
+        Self::Failed,
+        Self::TimedOut,
+        Self::Cancelled,
+    ];
+
+    /// The wire and database name (`timed_out`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Queued => "queued",
+            Self::Pulling => "pulling",
+            Self::Running => "running",
+            Self::Succeeded => "succeeded",
+            Self::Failed => "failed",
+            Self::TimedOut => "timed_out",
+            Self::Cancelled => "cancelled",
+        }
+    }
+
+    /// Parses [`JobState::as_str`]'s names.
+    pub fn parse(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|state| state.as_str() == s)
+    }
+
     /// Whether the job will not change state again.
     pub fn is_terminal(self) -> bool {
         matches!(

@@ -11,7 +11,8 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 
 use crate::model::{
-    AuditEntry, Challenge, NonceKey, Slug, TokenKind, TokenRecord, WeightsSnapshot,
+    Admission, AuditEntry, Challenge, GpuLease, JobFilter, JobRecord, NonceKey, Slug, TokenKind,
+    TokenRecord, WeightsSnapshot,
 };
 
 pub use sql::{PgStore, SqliteStore, connect};
@@ -133,4 +134,30 @@ pub trait Store: Send + Sync {
 
     /// The newest snapshot, if any epoch completed.
     async fn latest_snapshot(&self) -> Result<Option<WeightsSnapshot>, StoreError>;
+
+    /// Records a new job and, when it asks for GPUs, its lease, in one
+    /// transaction; refused (nothing written) when the challenge already
+    /// has `max_active` unfinished jobs or fewer than `job.gpu_count` of
+    /// `gpu_capacity` GPUs are unleased. Callers serialise admissions (one
+    /// broker per cluster), so the count and the insert cannot interleave.
+    async fn admit_job(
+        &self,
+        job: &JobRecord,
+        max_active: Option<u32>,
+        gpu_capacity: u32,
+    ) -> Result<Admission, StoreError>;
+
+    /// Writes a job's state, timings, outcome and output tails. When the
+    /// new state is terminal its GPU lease is released in the same
+    /// transaction, so no path that ends a job can keep GPUs leased.
+    async fn update_job(&self, job: &JobRecord) -> Result<(), StoreError>;
+
+    /// One job record.
+    async fn get_job(&self, id: &str) -> Result<Option<JobRecord>, StoreError>;
+
+    /// Job records, newest first.
+    async fn list_jobs(&self, filter: &JobFilter) -> Result<Vec<JobRecord>, StoreError>;
+
+    /// The GPU leases held now.
+    async fn gpu_leases(&self) -> Result<Vec<GpuLease>, StoreError>;
 }

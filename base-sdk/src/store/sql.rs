@@ -16,9 +16,10 @@ use sqlx::types::Json;
 
 use super::{Backend, Store, StoreError};
 use crate::model::{
-    AuditEntry, BrokerPolicy, Challenge, ChallengeStatus, EmissionPercent, NonceKey, Slug,
-    TokenKind, TokenRecord, WeightsSnapshot,
+    Admission, AuditEntry, BrokerPolicy, Challenge, ChallengeStatus, EmissionPercent, GpuLease,
+    JobFilter, JobRecord, NonceKey, Slug, TokenKind, TokenRecord, WeightsSnapshot,
 };
+use crate::orchestrator::JobState;
 
 /// The PostgreSQL backend (production).
 #[derive(Clone)]
@@ -219,6 +220,80 @@ const INSERT_TOKEN: &str = "INSERT INTO challenge_tokens (slug, kind, token_hash
      hint = excluded.hint, sealed = excluded.sealed, created_at = excluded.created_at";
 
 const TOKEN_COLUMNS: &str = "slug, kind, token_hash, hint, sealed, created_at";
+
+#[derive(sqlx::FromRow)]
+struct JobRow {
+    id: String,
+    slug: String,
+    job_id: String,
+    task_id: Option<String>,
+    image: String,
+    state: String,
+    spec: Json<serde_json::Value>,
+    node_id: Option<String>,
+    gpu_count: i32,
+    exit_code: Option<i32>,
+    error: Option<String>,
+    stdout_tail: String,
+    stderr_tail: String,
+    created_at: DateTime<Utc>,
+    started_at: Option<DateTime<Utc>>,
+    finished_at: Option<DateTime<Utc>>,
+    deadline_at: Option<DateTime<Utc>>,
+}
+
+impl TryFrom<JobRow> for JobRecord {
+    type Error = StoreError;
+    fn try_from(r: JobRow) -> Result<Self, StoreError> {
+        let corrupt = |what: String| StoreError::Corrupt(format!("job '{}': {what}", r.id));
+        Ok(JobRecord {
+            slug: Slug::parse(&r.slug).map_err(|e| corrupt(e.to_string()))?,
+            state: JobState::parse(&r.state)
+                .ok_or_else(|| corrupt(format!("unknown state '{}'", r.state)))?,
+            gpu_count: u32::try_from(r.gpu_count)
+                .map_err(|_| corrupt(format!("gpu_count {}", r.gpu_count)))?,
+            id: r.id,
+            job_id: r.job_id,
+            task_id: r.task_id,
+            image: r.image,
+            spec: r.spec.0,
+            node_id: r.node_id,
+            exit_code: r.exit_code.map(i64::from),
+            error: r.error,
+            stdout_tail: r.stdout_tail,
+            stderr_tail: r.stderr_tail,
+            created_at: r.created_at,
+            started_at: r.started_at,
+            finished_at: r.finished_at,
+            deadline_at: r.deadline_at,
+        })
+    }
+}
+
+#[derive(sqlx::FromRow)]
+struct LeaseRow {
+    job_ref: String,
+    slug: String,
+    gpus: i32,
+    acquired_at: DateTime<Utc>,
+}
+
+const JOB_COLUMNS: &str = "id, slug, job_id, task_id, image, state, spec, node_id, gpu_count, \
+    exit_code, error, stdout_tail, stderr_tail, created_at, started_at, finished_at, deadline_at";
+
+/// The states of a job that still holds a slot (and possibly GPUs).
+const ACTIVE_STATES: &str = "('queued', 'pulling', 'running')";
+
+/// A count or sum as the database returns it, clamped into `u32`.
+fn clamp_u32(n: i64) -> u32 {
+    u32::try_from(n.max(0)).unwrap_or(u32::MAX)
+}
+
+/// An exit code as the `INTEGER` column holds it (codes are 0..=255 or
+/// small negatives in practice; anything else is clamped, not refused).
+fn exit_code_column(code: Option<i64>) -> Option<i32> {
+    code.map(|c| i32::try_from(c).unwrap_or(if c < 0 { i32::MIN } else { i32::MAX }))
+}
 
 macro_rules! insert_audit {
     ($tx:ident, $audit:expr) => {
@@ -543,6 +618,166 @@ macro_rules! sql_store {
                 .await
                 .map_err(db_err)?;
                 Ok(row.map(|(j,)| j.0))
+            }
+
+            async fn admit_job(
+                &self,
+                job: &JobRecord,
+                max_active: Option<u32>,
+                gpu_capacity: u32,
+            ) -> Result<Admission, StoreError> {
+                let mut tx = self.pool.begin().await.map_err(db_err)?;
+                if let Some(max) = max_active {
+                    let (active,): (i64,) = sqlx::query_as(&format!(
+                        "SELECT COUNT(*) FROM jobs WHERE slug = $1 AND state IN {ACTIVE_STATES}"
+                    ))
+                    .bind(job.slug.as_str())
+                    .fetch_one(&mut *tx)
+                    .await
+                    .map_err(db_err)?;
+                    let active = clamp_u32(active);
+                    if active >= max {
+                        return Ok(Admission::TooManyJobs { active, max });
+                    }
+                }
+                if job.gpu_count > 0 {
+                    let (leased,): (i64,) =
+                        sqlx::query_as("SELECT CAST(COALESCE(SUM(gpus), 0) AS BIGINT) FROM gpu_leases")
+                            .fetch_one(&mut *tx)
+                            .await
+                            .map_err(db_err)?;
+                    let leased = clamp_u32(leased);
+                    if leased.saturating_add(job.gpu_count) > gpu_capacity {
+                        return Ok(Admission::NoGpuCapacity {
+                            requested: job.gpu_count,
+                            leased,
+                            capacity: gpu_capacity,
+                        });
+                    }
+                }
+                sqlx::query(&format!(
+                    "INSERT INTO jobs ({JOB_COLUMNS}) VALUES \
+                     ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13, $14, $15, $16, $17)"
+                ))
+                .bind(&job.id)
+                .bind(job.slug.as_str())
+                .bind(&job.job_id)
+                .bind(&job.task_id)
+                .bind(&job.image)
+                .bind(job.state.as_str())
+                .bind(Json(&job.spec))
+                .bind(&job.node_id)
+                .bind(i32::try_from(job.gpu_count).unwrap_or(i32::MAX))
+                .bind(exit_code_column(job.exit_code))
+                .bind(&job.error)
+                .bind(&job.stdout_tail)
+                .bind(&job.stderr_tail)
+                .bind(job.created_at)
+                .bind(job.started_at)
+                .bind(job.finished_at)
+                .bind(job.deadline_at)
+                .execute(&mut *tx)
+                .await
+                .map_err(map_err(|| format!("job '{}'", job.id)))?;
+                if job.gpu_count > 0 {
+                    sqlx::query(
+                        "INSERT INTO gpu_leases (job_ref, slug, node_id, gpus, acquired_at) \
+                         VALUES ($1, $2, NULL, $3, $4)",
+                    )
+                    .bind(&job.id)
+                    .bind(job.slug.as_str())
+                    .bind(i32::try_from(job.gpu_count).unwrap_or(i32::MAX))
+                    .bind(job.created_at)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(db_err)?;
+                }
+                tx.commit().await.map_err(db_err)?;
+                Ok(Admission::Admitted)
+            }
+
+            async fn update_job(&self, job: &JobRecord) -> Result<(), StoreError> {
+                let mut tx = self.pool.begin().await.map_err(db_err)?;
+                let done = sqlx::query(
+                    "UPDATE jobs SET state = $2, node_id = $3, exit_code = $4, error = $5, \
+                     stdout_tail = $6, stderr_tail = $7, started_at = $8, finished_at = $9, \
+                     deadline_at = $10 WHERE id = $1",
+                )
+                .bind(&job.id)
+                .bind(job.state.as_str())
+                .bind(&job.node_id)
+                .bind(exit_code_column(job.exit_code))
+                .bind(&job.error)
+                .bind(&job.stdout_tail)
+                .bind(&job.stderr_tail)
+                .bind(job.started_at)
+                .bind(job.finished_at)
+                .bind(job.deadline_at)
+                .execute(&mut *tx)
+                .await
+                .map_err(db_err)?;
+                if done.rows_affected() == 0 {
+                    return Err(StoreError::NotFound(format!("job '{}'", job.id)));
+                }
+                if job.state.is_terminal() {
+                    sqlx::query("DELETE FROM gpu_leases WHERE job_ref = $1")
+                        .bind(&job.id)
+                        .execute(&mut *tx)
+                        .await
+                        .map_err(db_err)?;
+                }
+                tx.commit().await.map_err(db_err)
+            }
+
+            async fn get_job(&self, id: &str) -> Result<Option<JobRecord>, StoreError> {
+                let row: Option<JobRow> =
+                    sqlx::query_as(&format!("SELECT {JOB_COLUMNS} FROM jobs WHERE id = $1"))
+                        .bind(id)
+                        .fetch_optional(&self.pool)
+                        .await
+                        .map_err(db_err)?;
+                row.map(JobRecord::try_from).transpose()
+            }
+
+            async fn list_jobs(&self, filter: &JobFilter) -> Result<Vec<JobRecord>, StoreError> {
+                let active = if filter.active_only {
+                    format!(" AND state IN {ACTIVE_STATES}")
+                } else {
+                    String::new()
+                };
+                let rows: Vec<JobRow> = sqlx::query_as(&format!(
+                    "SELECT {JOB_COLUMNS} FROM jobs WHERE ($1 IS NULL OR slug = $1) \
+                     AND ($2 IS NULL OR job_id = $2){active} \
+                     ORDER BY created_at DESC, id DESC LIMIT $3"
+                ))
+                .bind(filter.slug.as_ref().map(|s| s.as_str().to_string()))
+                .bind(&filter.job_id)
+                .bind(filter.limit.map_or(i64::MAX, i64::from))
+                .fetch_all(&self.pool)
+                .await
+                .map_err(db_err)?;
+                rows.into_iter().map(JobRecord::try_from).collect()
+            }
+
+            async fn gpu_leases(&self) -> Result<Vec<GpuLease>, StoreError> {
+                let rows: Vec<LeaseRow> = sqlx::query_as(
+                    "SELECT job_ref, slug, gpus, acquired_at FROM gpu_leases ORDER BY acquired_at, job_ref",
+                )
+                .fetch_all(&self.pool)
+                .await
+                .map_err(db_err)?;
+                rows.into_iter()
+                    .map(|r| {
+                        Ok(GpuLease {
+                            slug: Slug::parse(&r.slug)
+                                .map_err(|e| StoreError::Corrupt(e.to_string()))?,
+                            gpus: u32::try_from(r.gpus)
+                                .map_err(|_| StoreError::Corrupt(format!("lease gpus {}", r.gpus)))?,
+                            job_ref: r.job_ref,
+                            acquired_at: r.acquired_at,
+                        })
+                    })
+                    .collect()
             }
         }
     };

@@ -1,0 +1,953 @@
+//! The broker at run time: admits challenges' jobs (auth, rules, quotas, GPU
+//! leases), runs them through the [`Orchestrator`], follows each one to its
+//! end, and makes sure every path that ends a job — exit, timeout, cancel,
+//! a crash of the broker itself — leaves no service, lease or open record
+//! behind.
+//!
+//! How the pieces fit:
+//! - **Records** live in the [`Store`] (`jobs`, `gpu_leases`). A job is
+//!   recorded, with its GPU lease, *before* its service is created, and its
+//!   record turns terminal — which releases the lease in the same
+//!   transaction — only after the service is removed and the output tail
+//!   captured. So a crash at any point leaves a record that recovery can
+//!   finish.
+//! - **One driver task per job** (a tokio task, not a thread) waits on the
+//!   orchestrator's event-driven `wait_job`, notes when the task starts, and
+//!   times the job out `timeout_seconds` after that start — never while the
+//!   image is still being pulled.
+//! - **The reaper** ([`Broker::reap_once`], run by [`Broker::run_reaper`])
+//!   is the second line: it reads the cluster's own view (`list_jobs`, which
+//!   Swarm rebuilds from service labels, deadline and timeout included) and
+//!   removes overdue jobs and jobs no record explains.
+//! - **Recovery** ([`Broker::recover`]) runs at start: every unfinished
+//!   record is matched with the cluster, finished if its job ended or
+//!   vanished while the broker was down, and given a new driver otherwise.
+//! - **Finishing is claimed**: exit, timeout, cancel and the reaper may race
+//!   for one job; the first claim finishes it, the others wait for that.
+//!
+//! Admissions are serialised in-process (one broker per cluster, as the
+//! control plane runs one), so the store's count-then-insert is atomic for
+//! all practical purposes; see docs/broker.md.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use chrono::{DateTime, TimeDelta, Utc};
+use serde::Serialize;
+use tokio::sync::watch;
+
+use super::archive::{self, ArchiveLimits};
+use super::request::{
+    self, BrokerError, BrokerRunRequest, BrokerRunResponse, ContainerInfo, ListResponse,
+    SourceType, TIMEOUT_RETURNCODE, ValidationContext,
+};
+use crate::model::{Admission, JobFilter, JobRecord, Slug, TokenKind};
+use crate::orchestrator::{
+    JobLogs, JobMount, JobState, JobStatus, LogStream, Orchestrator, OrchestratorError,
+};
+use crate::registry::token;
+use crate::store::Store;
+
+/// Return code reported for a job that never produced an exit code of its
+/// own (it could not start, or vanished), after Docker's convention for
+/// "the container could not be run".
+pub const NO_EXIT_RETURNCODE: i64 = 125;
+
+/// Settings of the broker.
+#[derive(Debug, Clone)]
+pub struct BrokerConfig {
+    /// Image prefixes every challenge may run (`BASE_BROKER_ALLOWED_IMAGES`).
+    pub allowed_images: Vec<String>,
+    /// Networks jobs may never join.
+    pub control_plane_networks: Vec<String>,
+    /// Bytes of each output stream kept (the tail).
+    pub log_limit_bytes: usize,
+    /// Limits on mount archives.
+    pub archive_limits: ArchiveLimits,
+    /// How long a job may wait to start (queued for a node, pulling its
+    /// image) on top of its timeout before it is removed as timed out.
+    pub start_grace: Duration,
+    /// How often the reaper looks at the cluster.
+    pub reap_interval: Duration,
+    /// Overrides the GPU capacity the cluster advertises (`None`: ask the
+    /// orchestrator every time a GPU job is admitted).
+    pub gpu_capacity: Option<u32>,
+}
+
+impl Default for BrokerConfig {
+    fn default() -> Self {
+        Self {
+            allowed_images: vec!["ghcr.io/platformnetwork/".to_string()],
+            control_plane_networks: vec!["base_challenges".to_string()],
+            log_limit_bytes: 64_000,
+            archive_limits: ArchiveLimits::default(),
+            start_grace: Duration::from_secs(600),
+            reap_interval: Duration::from_secs(2),
+            gpu_capacity: None,
+        }
+    }
+}
+
+/// How a job came to its end, as the finisher records it.
+#[derive(Debug, Clone)]
+enum Ending {
+    /// Its process exited (or the cluster ended it) on its own.
+    Exited(JobStatus),
+    /// It ran past its timeout, or never started before its deadline.
+    TimedOut(String),
+    /// Its owner cancelled it.
+    Cancelled,
+    /// Its service is gone and nobody recorded why.
+    Lost(String),
+}
+
+/// What [`Broker::recover`] found at start.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+pub struct Recovery {
+    /// Unfinished records given a new driver.
+    pub resumed: usize,
+    /// Unfinished records finished because their job ended or vanished.
+    pub finished: usize,
+    /// Job services no record explains, removed.
+    pub orphans_removed: usize,
+}
+
+/// The broker: cheap to clone, shared by the HTTP routes and the reaper.
+#[derive(Clone)]
+pub struct Broker {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    store: Arc<dyn Store>,
+    orchestrator: Arc<dyn Orchestrator>,
+    config: BrokerConfig,
+    /// Serialises admissions (count, lease, insert) within this process.
+    admission: tokio::sync::Mutex<()>,
+    /// Jobs being finished right now (the claim).
+    finishing: Mutex<HashSet<String>>,
+    /// Completion signal of every job with a live driver.
+    done: Mutex<HashMap<String, watch::Sender<Option<JobRecord>>>>,
+}
+
+impl std::fmt::Debug for Broker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Broker")
+            .field("orchestrator", &self.inner.orchestrator.name())
+            .finish_non_exhaustive()
+    }
+}
+
+fn unavailable(what: &str, e: impl std::fmt::Display) -> BrokerError {
+    BrokerError::Unavailable(format!("{what}: {e}"))
+}
+
+impl Broker {
+    /// A broker over a store and an orchestrator. Call [`Broker::recover`]
+    /// before serving, and run [`Broker::run_reaper`] beside it.
+    pub fn new(
+        store: Arc<dyn Store>,
+        orchestrator: Arc<dyn Orchestrator>,
+        config: BrokerConfig,
+    ) -> Self {
+        Self {
+            inner: Arc::new(Inner {
+                store,
+                orchestrator,
+                config,
+                admission: tokio::sync::Mutex::new(()),
+                finishing: Mutex::new(HashSet::new()),
+                done: Mutex::new(HashMap::new()),
+            }),
+        }
+    }
+
+    /// The broker's settings.
+    pub fn config(&self) -> &BrokerConfig {
+        &self.inner.config
+    }
+
+    /// Checks a caller's `X-Base-Challenge-Slug` and `Authorization` headers
+    /// (CONTRACTS.md §4): 400 `missing challenge slug`, 401 `unknown
+    /// challenge`, 401 `invalid broker token`. The token is compared by its
+    /// hash, so no cleartext token is kept or compared.
+    pub async fn authenticate(
+        &self,
+        slug: Option<&str>,
+        authorization: Option<&str>,
+    ) -> Result<Slug, BrokerError> {
+        let raw = slug
+            .map(str::trim)
+            .filter(|s| !s.is_empty())
+            .ok_or_else(|| BrokerError::Invalid("missing challenge slug".to_string()))?;
+        let unknown = || BrokerError::Unauthorized("unknown challenge".to_string());
+        let slug = Slug::parse(raw).map_err(|_| unknown())?;
+        let tokens = self
+            .inner
+            .store
+            .tokens(&slug)
+            .await
+            .map_err(|e| unavailable("reading broker tokens", e))?;
+        let Some(stored) = tokens.iter().find(|t| t.kind == TokenKind::DockerBroker) else {
+            return Err(unknown());
+        };
+        let presented = crate::auth::bearer(authorization).unwrap_or_default();
+        if presented.is_empty() || !token::verify(presented, &stored.hash) {
+            return Err(BrokerError::Unauthorized(
+                "invalid broker token".to_string(),
+            ));
+        }
+        Ok(slug)
+    }
+
+    /// Checks, records and starts a job; returns its record (queued) as soon
+    /// as the cluster accepted it. Nothing is created when a rule refuses
+    /// it; if the cluster refuses it, the record ends `failed` and its lease
+    /// is released before the error is returned.
+    pub async fn submit(
+        &self,
+        slug: &Slug,
+        req: &BrokerRunRequest,
+    ) -> Result<JobRecord, BrokerError> {
+        let inner = &self.inner;
+        let challenge = inner
+            .store
+            .get_challenge(slug)
+            .await
+            .map_err(|e| unavailable("reading the challenge", e))?
+            .ok_or_else(|| BrokerError::Unauthorized("unknown challenge".to_string()))?;
+        let ctx = ValidationContext {
+            global_allowed_images: inner.config.allowed_images.clone(),
+            policy: challenge.broker.clone(),
+            control_plane_networks: inner.config.control_plane_networks.clone(),
+        };
+        let validated = request::validate(req, &ctx)?;
+        let mounts = self.materialize_mounts(req)?;
+        let gpus = validated.limits().gpus.unwrap_or(0);
+
+        let now = crate::model::now();
+        let id = new_job_id();
+        let mut spec = validated.into_job_spec(id.clone(), slug.clone(), mounts, now);
+        // The hard deadline also allows for the start (queue, pull); the
+        // timeout proper counts from the task's start (see `drive`).
+        spec.deadline_at = deadline(now, spec.timeout_seconds, inner.config.start_grace);
+        let record = JobRecord {
+            id: id.clone(),
+            slug: slug.clone(),
+            job_id: spec.job_id.clone(),
+            task_id: spec.task_id.clone(),
+            image: spec.image.to_string(),
+            state: JobState::Queued,
+            spec: summary(req, &spec),
+            node_id: None,
+            gpu_count: gpus,
+            exit_code: None,
+            error: None,
+            stdout_tail: String::new(),
+            stderr_tail: String::new(),
+            created_at: now,
+            started_at: None,
+            finished_at: None,
+            deadline_at: Some(spec.deadline_at),
+        };
+
+        {
+            let _admitting = inner.admission.lock().await;
+            let capacity = if gpus > 0 {
+                self.gpu_capacity().await?
+            } else {
+                0
+            };
+            let admission = inner
+                .store
+                .admit_job(&record, challenge.broker.max_concurrent_jobs, capacity)
+                .await
+                .map_err(|e| unavailable("recording the job", e))?;
+            match admission {
+                Admission::Admitted => {}
+                Admission::TooManyJobs { active, max } => {
+                    return Err(BrokerError::TooManyJobs(format!(
+                        "docker_quota_exceeded: challenge '{slug}' is at its concurrency cap ({active}/{max} active workloads)"
+                    )));
+                }
+                Admission::NoGpuCapacity {
+                    requested,
+                    leased,
+                    capacity,
+                } => {
+                    return Err(BrokerError::TooManyJobs(format!(
+                        "docker_quota_exceeded: no GPU capacity for {requested} GPU(s) ({leased}/{capacity} leased)"
+                    )));
+                }
+            }
+        }
+        // Registered before the service exists, so a finisher racing with
+        // the start always finds someone to tell.
+        let (done_tx, _) = watch::channel(None);
+        lock(&inner.done).insert(id.clone(), done_tx);
+
+        if let Err(e) = inner.orchestrator.run_job(&spec).await {
+            let message = format!("the cluster refused the job: {e}");
+            tracing::warn!(job = %id, slug = %slug, error = %e, "job could not be created");
+            self.finish(&id, Ending::Lost(message.clone())).await;
+            return Err(match e {
+                OrchestratorError::InvalidSpec(why)
+                | OrchestratorError::UnsupportedImage { reason: why, .. } => {
+                    BrokerError::Invalid(why)
+                }
+                other => BrokerError::Unavailable(other.to_string()),
+            });
+        }
+        tracing::info!(job = %id, slug = %slug, job_id = %record.job_id, gpus, "job submitted");
+        tokio::spawn(self.clone().drive(id));
+        Ok(record)
+    }
+
+    /// `POST /v1/docker/run`: submits the job and waits for its end.
+    pub async fn run(
+        &self,
+        slug: &Slug,
+        req: &BrokerRunRequest,
+    ) -> Result<BrokerRunResponse, BrokerError> {
+        let record = self.submit(slug, req).await?;
+        let record = self.wait(slug, &record.id, None).await?;
+        Ok(run_response(&record))
+    }
+
+    /// Waits until the job is terminal, or `timeout` passes (then returns
+    /// it as it is).
+    pub async fn wait(
+        &self,
+        slug: &Slug,
+        id: &str,
+        timeout: Option<Duration>,
+    ) -> Result<JobRecord, BrokerError> {
+        let wait = async {
+            let signal = lock(&self.inner.done).get(id).map(watch::Sender::subscribe);
+            if let Some(mut rx) = signal {
+                // A closed channel only means the finisher is done and
+                // dropped it; the store has the final record either way.
+                let _ = rx.wait_for(Option::is_some).await;
+            }
+            loop {
+                let record = self.job(slug, id).await?;
+                if record.state.is_terminal() {
+                    return Ok(record);
+                }
+                // No live driver here (e.g. recovered elsewhere): poll.
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+        };
+        match timeout {
+            None => wait.await,
+            Some(t) => match tokio::time::timeout(t, wait).await {
+                Ok(result) => result,
+                Err(_) => self.job(slug, id).await,
+            },
+        }
+    }
+
+    /// One of the challenge's jobs (404 for another challenge's).
+    pub async fn job(&self, slug: &Slug, id: &str) -> Result<JobRecord, BrokerError> {
+        self.inner
+            .store
+            .get_job(id)
+            .await
+            .map_err(|e| unavailable("reading the job", e))?
+            .filter(|r| r.slug == *slug)
+            .ok_or_else(|| BrokerError::NotFound(format!("job '{id}' not found")))
+    }
+
+    /// The challenge's jobs, newest first.
+    pub async fn jobs(
+        &self,
+        slug: &Slug,
+        filter: JobFilter,
+    ) -> Result<Vec<JobRecord>, BrokerError> {
+        let filter = JobFilter {
+            slug: Some(slug.clone()),
+            ..filter
+        };
+        self.inner
+            .store
+            .list_jobs(&filter)
+            .await
+            .map_err(|e| unavailable("listing jobs", e))
+    }
+
+    /// Stops the job on its worker and removes it; returns its final record
+    /// (`cancelled`, or however it had already ended).
+    pub async fn cancel(&self, slug: &Slug, id: &str) -> Result<JobRecord, BrokerError> {
+        let record = self.job(slug, id).await?;
+        if !record.state.is_terminal() {
+            self.finish(id, Ending::Cancelled).await;
+        }
+        self.wait(slug, id, Some(Duration::from_secs(60))).await
+    }
+
+    /// `POST /v1/docker/cleanup`: cancels every unfinished job of the
+    /// challenge with this `job_id`, and removes any job service of theirs
+    /// still on the cluster.
+    pub async fn cleanup(&self, slug: &Slug, job_id: &str) -> Result<(), BrokerError> {
+        let active = self
+            .jobs(
+                slug,
+                JobFilter {
+                    job_id: Some(job_id.to_string()),
+                    active_only: true,
+                    ..JobFilter::default()
+                },
+            )
+            .await?;
+        for record in active {
+            self.finish(&record.id, Ending::Cancelled).await;
+        }
+        Ok(())
+    }
+
+    /// `POST /v1/docker/list`: the challenge's unfinished jobs, optionally
+    /// for one `job_id`, in the Python platform's container shape.
+    pub async fn list(
+        &self,
+        slug: &Slug,
+        job_id: Option<&str>,
+    ) -> Result<ListResponse, BrokerError> {
+        let records = self
+            .jobs(
+                slug,
+                JobFilter {
+                    job_id: job_id.map(str::to_string),
+                    active_only: true,
+                    ..JobFilter::default()
+                },
+            )
+            .await?;
+        Ok(ListResponse {
+            containers: records.iter().map(container_info).collect(),
+        })
+    }
+
+    /// The job's output: the live tail while it runs, the stored tail after.
+    pub async fn logs(&self, slug: &Slug, id: &str) -> Result<JobLogs, BrokerError> {
+        let record = self.job(slug, id).await?;
+        if !record.state.is_terminal() {
+            match self
+                .inner
+                .orchestrator
+                .job_logs(id, self.inner.config.log_limit_bytes)
+                .await
+            {
+                Ok(logs) => return Ok(logs),
+                // Ended meanwhile: the record has the tail now.
+                Err(OrchestratorError::NotFound(_)) => {}
+                Err(e) => return Err(unavailable("reading the job's logs", e)),
+            }
+        }
+        let record = self.job(slug, id).await?;
+        Ok(JobLogs {
+            stdout: record.stdout_tail,
+            stderr: record.stderr_tail,
+            truncated: false,
+        })
+    }
+
+    /// The job's output as it is produced, until it ends; `None` when the
+    /// job has already ended (its stored tail is then the whole answer).
+    pub async fn follow_logs(
+        &self,
+        slug: &Slug,
+        id: &str,
+    ) -> Result<Option<LogStream>, BrokerError> {
+        let record = self.job(slug, id).await?;
+        if record.state.is_terminal() {
+            return Ok(None);
+        }
+        match self.inner.orchestrator.follow_job_logs(id).await {
+            Ok(stream) => Ok(Some(stream)),
+            Err(OrchestratorError::NotFound(_)) => Ok(None),
+            Err(e) => Err(unavailable("following the job's logs", e)),
+        }
+    }
+
+    /// Finishes what a previous broker process left: every unfinished record
+    /// is matched with the cluster (finished if its job ended or vanished,
+    /// resumed with a new driver otherwise), and job services without a
+    /// record are removed. Leases go with their records.
+    pub async fn recover(&self) -> Result<Recovery, BrokerError> {
+        let inner = &self.inner;
+        let open = inner
+            .store
+            .list_jobs(&JobFilter {
+                active_only: true,
+                ..JobFilter::default()
+            })
+            .await
+            .map_err(|e| unavailable("listing unfinished jobs", e))?;
+        let cluster = inner
+            .orchestrator
+            .list_jobs(None)
+            .await
+            .map_err(|e| unavailable("listing the cluster's jobs", e))?;
+        let on_cluster: HashMap<&str, &JobStatus> =
+            cluster.iter().map(|s| (s.id.as_str(), s)).collect();
+        let mut report = Recovery::default();
+        for record in &open {
+            match on_cluster.get(record.id.as_str()) {
+                Some(status) if status.state.is_terminal() => {
+                    self.finish(&record.id, Ending::Exited((*status).clone()))
+                        .await;
+                    report.finished += 1;
+                }
+                Some(_) => {
+                    let (done_tx, _) = watch::channel(None);
+                    lock(&inner.done).insert(record.id.clone(), done_tx);
+                    tokio::spawn(self.clone().drive(record.id.clone()));
+                    report.resumed += 1;
+                }
+                None => {
+                    self.finish(
+                        &record.id,
+                        Ending::Lost(
+                            "the job's service was gone when the broker restarted".to_string(),
+                        ),
+                    )
+                    .await;
+                    report.finished += 1;
+                }
+            }
+        }
+        let known: HashSet<&str> = open.iter().map(|r| r.id.as_str()).collect();
+        for status in &cluster {
+            if !known.contains(status.id.as_str()) && !self.is_recorded_active(&status.id).await {
+                self.remove_service(&status.id).await;
+                report.orphans_removed += 1;
+            }
+        }
+        tracing::info!(?report, "broker recovered");
+        Ok(report)
+    }
+
+    /// One pass of the timeout reaper over the cluster's own view of its
+    /// jobs: running past `started_at + timeout`, or unstarted past the hard
+    /// deadline, is timed out; a job service whose record is terminal or
+    /// missing is removed. Returns how many jobs it acted on.
+    pub async fn reap_once(&self) -> Result<usize, BrokerError> {
+        let cluster = self
+            .inner
+            .orchestrator
+            .list_jobs(None)
+            .await
+            .map_err(|e| unavailable("listing the cluster's jobs", e))?;
+        let now = Utc::now();
+        let mut acted = 0;
+        for status in cluster {
+            let record = self
+                .inner
+                .store
+                .get_job(&status.id)
+                .await
+                .map_err(|e| unavailable("reading a job", e))?;
+            match record {
+                Some(r) if !r.state.is_terminal() => {
+                    if let Some(why) = overdue(&status, now) {
+                        self.finish(&status.id, Ending::TimedOut(why)).await;
+                        acted += 1;
+                    }
+                }
+                // Finished (or never recorded) but still on the cluster: a
+                // removal that failed earlier, or a crash between record
+                // and removal.
+                _ => {
+                    if !self.is_finishing(&status.id) {
+                        self.remove_service(&status.id).await;
+                        acted += 1;
+                    }
+                }
+            }
+        }
+        Ok(acted)
+    }
+
+    /// Runs [`Broker::reap_once`] every `reap_interval` until `shutdown`.
+    pub async fn run_reaper(self, shutdown: impl std::future::Future<Output = ()> + Send) {
+        let mut ticker = tokio::time::interval(self.inner.config.reap_interval);
+        ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        tokio::pin!(shutdown);
+        loop {
+            tokio::select! {
+                _ = &mut shutdown => break,
+                _ = ticker.tick() => {
+                    if let Err(e) = self.reap_once().await {
+                        tracing::warn!(error = %e, "reaper pass failed");
+                    }
+                }
+            }
+        }
+    }
+
+    /// GPUs the cluster offers (or the configured override).
+    async fn gpu_capacity(&self) -> Result<u32, BrokerError> {
+        match self.inner.config.gpu_capacity {
+            Some(n) => Ok(n),
+            None => self
+                .inner
+                .orchestrator
+                .gpu_capacity()
+                .await
+                .map_err(|e| unavailable("reading the cluster's GPU capacity", e)),
+        }
+    }
+
+    /// Unpacks every mount's archive (checked by [`archive`] first).
+    fn materialize_mounts(&self, req: &BrokerRunRequest) -> Result<Vec<JobMount>, BrokerError> {
+        req.mounts
+            .iter()
+            .map(|m| {
+                let bad = |e: archive::ArchiveError| {
+                    BrokerError::Invalid(format!("mount '{}': {e}", m.target))
+                };
+                let files = archive::decode(&m.archive_b64, &self.inner.config.archive_limits)
+                    .map_err(bad)?;
+                let files = match m.source_type {
+                    SourceType::Directory => files,
+                    // A file mount places one file at the target itself,
+                    // which the orchestrators spell as the empty name.
+                    SourceType::File => {
+                        let content = archive::single_file(files, &m.source_name).map_err(bad)?;
+                        std::iter::once((String::new(), content)).collect()
+                    }
+                };
+                Ok(JobMount {
+                    target: m.target.clone(),
+                    read_only: m.read_only,
+                    files,
+                })
+            })
+            .collect()
+    }
+
+    /// Follows one job to its end: waits on the cluster, records its start,
+    /// and times it out `timeout_seconds` after that start.
+    async fn drive(self, id: String) {
+        let orchestrator = Arc::clone(&self.inner.orchestrator);
+        loop {
+            let record = match self.inner.store.get_job(&id).await {
+                Ok(Some(r)) => r,
+                Ok(None) => return,
+                Err(e) => {
+                    tracing::warn!(job = %id, error = %e, "driver could not read its job; retrying");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    continue;
+                }
+            };
+            if record.state.is_terminal() {
+                return;
+            }
+            let now = Utc::now();
+            let timeout = spec_timeout(&record);
+            let until = match record.started_at {
+                Some(started) => started + timeout,
+                None => record.deadline_at.unwrap_or(now + timeout),
+            };
+            // Not started: look again soon, to learn the start time.
+            let slice = if record.started_at.is_some() {
+                (until - now).to_std().unwrap_or(Duration::ZERO)
+            } else {
+                Duration::from_secs(2).min((until - now).to_std().unwrap_or(Duration::ZERO))
+            };
+            match orchestrator.wait_job(&id, slice).await {
+                Ok(status) if status.state.is_terminal() => {
+                    self.finish(&id, Ending::Exited(status)).await;
+                    return;
+                }
+                Ok(status) => {
+                    if let Some(why) = overdue_record(&record, &status, Utc::now()) {
+                        self.finish(&id, Ending::TimedOut(why)).await;
+                        return;
+                    }
+                    self.note_progress(record, &status).await;
+                }
+                Err(OrchestratorError::NotFound(_)) => {
+                    self.finish(
+                        &id,
+                        Ending::Lost("the job's service disappeared".to_string()),
+                    )
+                    .await;
+                    return;
+                }
+                Err(e) => {
+                    tracing::warn!(job = %id, error = %e, "waiting on a job failed; retrying");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+            }
+        }
+    }
+
+    /// Records a state change (queued → pulling → running) and the start.
+    async fn note_progress(&self, mut record: JobRecord, status: &JobStatus) {
+        let started = record.started_at.or(status.started_at);
+        if record.state == status.state && record.started_at == started {
+            return;
+        }
+        record.state = status.state;
+        record.started_at = started;
+        record.node_id = status.node_id.clone().or(record.node_id);
+        if let Err(e) = self.inner.store.update_job(&record).await {
+            tracing::warn!(job = %record.id, error = %e, "could not record the job's progress");
+        }
+    }
+
+    fn is_finishing(&self, id: &str) -> bool {
+        lock(&self.inner.finishing).contains(id)
+    }
+
+    async fn is_recorded_active(&self, id: &str) -> bool {
+        matches!(self.inner.store.get_job(id).await, Ok(Some(r)) if !r.state.is_terminal())
+    }
+
+    /// Ends a job exactly once: captures its output tail, removes its
+    /// service, then writes the terminal record (which releases its lease)
+    /// and wakes whoever waits. A second caller returns at once.
+    async fn finish(&self, id: &str, ending: Ending) {
+        if !lock(&self.inner.finishing).insert(id.to_string()) {
+            return;
+        }
+        let outcome = self.finish_claimed(id, ending).await;
+        lock(&self.inner.finishing).remove(id);
+        let sender = lock(&self.inner.done).remove(id);
+        if let (Some(tx), Some(record)) = (sender, outcome) {
+            tx.send_replace(Some(record));
+        }
+    }
+
+    async fn finish_claimed(&self, id: &str, ending: Ending) -> Option<JobRecord> {
+        let inner = &self.inner;
+        let mut record = match inner.store.get_job(id).await {
+            Ok(Some(r)) => r,
+            Ok(None) => {
+                self.remove_service(id).await;
+                return None;
+            }
+            Err(e) => {
+                tracing::error!(job = %id, error = %e, "cannot read the job to finish it; the reaper will retry");
+                return None;
+            }
+        };
+        if record.state.is_terminal() {
+            self.remove_service(id).await;
+            return Some(record);
+        }
+        let logs = match inner
+            .orchestrator
+            .job_logs(id, inner.config.log_limit_bytes)
+            .await
+        {
+            Ok(logs) => logs,
+            Err(OrchestratorError::NotFound(_)) => JobLogs::default(),
+            Err(e) => {
+                tracing::warn!(job = %id, error = %e, "could not read the job's output");
+                JobLogs::default()
+            }
+        };
+        self.remove_service(id).await;
+        let now = crate::model::now();
+        record.stdout_tail = logs.stdout;
+        record.stderr_tail = logs.stderr;
+        record.finished_at = Some(now);
+        match ending {
+            Ending::Exited(status) => {
+                record.state = status.state;
+                record.exit_code = status.exit_code;
+                record.started_at = record.started_at.or(status.started_at);
+                record.node_id = status.node_id.or(record.node_id.take());
+                record.finished_at = status.finished_at.or(Some(now));
+                if record.state != JobState::Succeeded && record.exit_code.is_none() {
+                    record.error = status.message;
+                }
+            }
+            Ending::TimedOut(why) => {
+                record.state = JobState::TimedOut;
+                record.exit_code = Some(TIMEOUT_RETURNCODE);
+                record.error = Some(why);
+            }
+            Ending::Cancelled => {
+                record.state = JobState::Cancelled;
+                record.error = Some("cancelled by its challenge".to_string());
+            }
+            Ending::Lost(why) => {
+                record.state = JobState::Failed;
+                record.error = Some(why);
+            }
+        }
+        // Terminal write: releases the GPU lease in the same transaction.
+        // Retried, since a record left open would keep its lease until the
+        // next start's recovery.
+        for attempt in 0..5u32 {
+            match inner.store.update_job(&record).await {
+                Ok(()) => break,
+                Err(e) => {
+                    tracing::error!(job = %id, attempt, error = %e, "could not record the job's end");
+                    tokio::time::sleep(Duration::from_millis(200 << attempt)).await;
+                }
+            }
+        }
+        tracing::info!(job = %id, state = record.state.as_str(), exit_code = ?record.exit_code, "job finished");
+        Some(record)
+    }
+
+    /// Removes a job's service (and whatever else the orchestrator made
+    /// for it); failures are logged and left to the reaper.
+    async fn remove_service(&self, id: &str) {
+        if let Err(e) = self.inner.orchestrator.remove_job(id).await {
+            tracing::warn!(job = %id, error = %e, "could not remove the job; the reaper will retry");
+        }
+    }
+}
+
+/// Locks a std mutex, recovering the data if a panicking holder poisoned it
+/// (the maps stay consistent: every update is a single insert or remove).
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// A fresh job id: 16 hex characters (64 random bits), valid as a Swarm
+/// service name suffix and a path component.
+fn new_job_id() -> String {
+    let bytes: [u8; 8] = rand::random();
+    hex::encode(bytes)
+}
+
+/// The hard deadline: the timeout plus the start grace, from `now`.
+fn deadline(now: DateTime<Utc>, timeout_seconds: u64, grace: Duration) -> DateTime<Utc> {
+    let secs = i64::try_from(timeout_seconds.saturating_add(grace.as_secs())).unwrap_or(i64::MAX);
+    now.checked_add_signed(TimeDelta::seconds(secs.min(10 * 86_400)))
+        .unwrap_or(now)
+}
+
+/// The job's `timeout_seconds`, from its stored spec summary.
+fn spec_timeout(record: &JobRecord) -> TimeDelta {
+    let secs = record
+        .spec
+        .get("timeout_seconds")
+        .and_then(serde_json::Value::as_i64)
+        .unwrap_or(request::DEFAULT_TIMEOUT_SECONDS);
+    TimeDelta::seconds(secs.clamp(1, request::MAX_TIMEOUT_SECONDS))
+}
+
+/// Why the cluster's view of a job says it is overdue, if it is.
+fn overdue(status: &JobStatus, now: DateTime<Utc>) -> Option<String> {
+    if let (Some(started), Some(timeout)) = (status.started_at, status.timeout_seconds) {
+        let limit = i64::try_from(timeout).unwrap_or(request::MAX_TIMEOUT_SECONDS);
+        if now >= started + TimeDelta::seconds(limit) {
+            return Some(format!("timed out after {timeout} s of running"));
+        }
+    }
+    match status.deadline_at {
+        Some(deadline) if now >= deadline => Some(
+            "timed out: the job did not finish before its deadline (it may never have started)"
+                .to_string(),
+        ),
+        _ => None,
+    }
+}
+
+/// [`overdue`] with the broker's own record as a second source of the start
+/// time and the timeout (the record knows them even when the cluster no
+/// longer reports `started_at`).
+fn overdue_record(record: &JobRecord, status: &JobStatus, now: DateTime<Utc>) -> Option<String> {
+    let started = record.started_at.or(status.started_at);
+    if let Some(started) = started {
+        let timeout = spec_timeout(record);
+        if now >= started + timeout {
+            return Some(format!(
+                "timed out after {} s of running",
+                timeout.num_seconds()
+            ));
+        }
+    }
+    let status = JobStatus {
+        started_at: None,
+        ..status.clone()
+    };
+    overdue(&status, now).or_else(|| match record.deadline_at {
+        Some(d) if now >= d => {
+            Some("timed out: the job did not start before its deadline".to_string())
+        }
+        _ => None,
+    })
+}
+
+/// What is kept of a request: everything but the mount contents.
+fn summary(req: &BrokerRunRequest, spec: &crate::orchestrator::JobSpec) -> serde_json::Value {
+    serde_json::json!({
+        "job_id": req.job_id,
+        "task_id": req.task_id,
+        "image": req.image,
+        "command": req.command,
+        "workdir": req.workdir,
+        "env_names": req.env.keys().collect::<Vec<_>>(),
+        "labels": req.labels,
+        "limits": req.limits,
+        "mounts": req.mounts.iter().map(|m| serde_json::json!({
+            "target": m.target,
+            "read_only": m.read_only,
+            "source_type": m.source_type,
+            "source_name": m.source_name,
+        })).collect::<Vec<_>>(),
+        "timeout_seconds": spec.timeout_seconds,
+    })
+}
+
+/// The synchronous run's answer for a finished record.
+pub fn run_response(record: &JobRecord) -> BrokerRunResponse {
+    let timed_out = record.state == JobState::TimedOut;
+    let returncode = if timed_out {
+        TIMEOUT_RETURNCODE
+    } else {
+        record.exit_code.unwrap_or(NO_EXIT_RETURNCODE)
+    };
+    let mut stderr = record.stderr_tail.clone();
+    // A job that never ran has no output of its own: say why instead.
+    if record.exit_code.is_none()
+        && stderr.is_empty()
+        && let Some(error) = &record.error
+    {
+        stderr = format!("{error}\n");
+    }
+    BrokerRunResponse {
+        container_name: request::container_name(&record.id),
+        stdout: record.stdout_tail.clone(),
+        stderr,
+        returncode,
+        timed_out,
+    }
+}
+
+/// A record in the Python platform's `docker ps`-like shape.
+fn container_info(record: &JobRecord) -> ContainerInfo {
+    let mut labels: std::collections::BTreeMap<String, String> = [
+        ("base.challenge".to_string(), record.slug.to_string()),
+        ("base.job".to_string(), record.job_id.clone()),
+        ("base.job.id".to_string(), record.id.clone()),
+    ]
+    .into_iter()
+    .collect();
+    if let Some(task) = &record.task_id {
+        labels.insert("base.task".to_string(), task.clone());
+    }
+    ContainerInfo {
+        container_id: record.id.clone(),
+        container_name: request::container_name(&record.id),
+        image: record.image.clone(),
+        status: record.state.as_str().to_string(),
+        job_id: Some(record.job_id.clone()),
+        task_id: record.task_id.clone(),
+        created: Some(
+            record
+                .created_at
+                .to_rfc3339_opts(chrono::SecondsFormat::Secs, true),
+        ),
+        labels,
+    }
+}

@@ -1,0 +1,678 @@
+//! HTTP-level tests of the broker (`:18082`) against the in-memory fake
+//! orchestrator: the Python platform's golden shapes (run, GPU run,
+//! privileged 403, cleanup, list), auth, quotas, GPU leases on every path,
+//! timeouts counted from the start, cancel, logs, recovery and the reaper.
+//! Run on both store backends (PostgreSQL ones need `scripts/test.sh`).
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::body::Body;
+use axum::http::{Request, StatusCode};
+use base_sdk::broker::{Broker, BrokerConfig};
+use base_sdk::config::Environment;
+use base_sdk::model::{BrokerPolicy, JobFilter};
+use base_sdk::orchestrator::{JobState, Orchestrator};
+use base_sdk::registry::{NewChallenge, Registry};
+use base_sdk::store::Store;
+use base_sdk::testing::FakeOrchestrator;
+use secrecy::ExposeSecret;
+use serde_json::{Value, json};
+use tower::ServiceExt;
+
+const IMAGE: &str = "ghcr.io/platformnetwork/eval:1.0.0";
+
+struct Harness {
+    store: Arc<dyn Store>,
+    fake: FakeOrchestrator,
+    broker: Broker,
+    token: String,
+}
+
+async fn harness(store: Arc<dyn Store>, fake: FakeOrchestrator, policy: BrokerPolicy) -> Harness {
+    let registry = Registry::new(store.clone(), Environment::Development);
+    let (_, tokens) = registry
+        .create(
+            NewChallenge {
+                slug: "agent".into(),
+                name: "Agent".into(),
+                image: "ghcr.io/platformnetwork/agent:1.0.0".into(),
+                version: "1.0.0".into(),
+                broker: Some(policy),
+                ..Default::default()
+            },
+            "test",
+        )
+        .await
+        .unwrap();
+    let token = tokens
+        .docker_broker_token
+        .unwrap()
+        .expose_secret()
+        .to_string();
+    let broker = Broker::new(
+        store.clone(),
+        Arc::new(fake.clone()) as Arc<dyn Orchestrator>,
+        BrokerConfig {
+            reap_interval: Duration::from_millis(100),
+            ..BrokerConfig::default()
+        },
+    );
+    Harness {
+        store,
+        fake,
+        broker,
+        token,
+    }
+}
+
+impl Harness {
+    async fn call(&self, method: &str, path: &str, body: Option<Value>) -> (StatusCode, Value) {
+        self.call_as(method, path, body, Some("agent"), Some(&self.token))
+            .await
+    }
+
+    async fn call_as(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<Value>,
+        slug: Option<&str>,
+        token: Option<&str>,
+    ) -> (StatusCode, Value) {
+        let mut req = Request::builder().method(method).uri(path);
+        if let Some(s) = slug {
+            req = req.header("X-Base-Challenge-Slug", s);
+        }
+        if let Some(t) = token {
+            req = req.header("Authorization", format!("Bearer {t}"));
+        }
+        let req = match body {
+            Some(b) => req
+                .header("content-type", "application/json")
+                .body(Body::from(b.to_string())),
+            None => req.body(Body::empty()),
+        }
+        .unwrap();
+        let resp = base_server::broker::app(self.broker.clone())
+            .oneshot(req)
+            .await
+            .unwrap();
+        let status = resp.status();
+        let bytes = axum::body::to_bytes(resp.into_body(), usize::MAX)
+            .await
+            .unwrap();
+        let value = if bytes.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_slice(&bytes)
+                .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(&bytes).into_owned()))
+        };
+        (status, value)
+    }
+
+    async fn leases(&self) -> usize {
+        self.store.gpu_leases().await.unwrap().len()
+    }
+
+    async fn open_jobs(&self) -> usize {
+        self.store
+            .list_jobs(&JobFilter {
+                active_only: true,
+                ..JobFilter::default()
+            })
+            .await
+            .unwrap()
+            .len()
+    }
+}
+
+fn run_request(job_id: &str, command: &[&str]) -> Value {
+    json!({"job_id": job_id, "image": IMAGE, "command": command})
+}
+
+/// Waits (bounded) for `check` to hold; the fake's jobs finish on their own
+/// tasks, so some effects land a moment after the call that caused them.
+async fn eventually(mut check: impl AsyncFnMut() -> bool) {
+    for _ in 0..100 {
+        if check().await {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("condition not reached in 5 s");
+}
+
+async fn golden_run_returns_output_and_returncode(store: Arc<dyn Store>) {
+    let h = harness(store, FakeOrchestrator::new(), BrokerPolicy::default()).await;
+    let (status, body) = h
+        .call(
+            "POST",
+            "/v1/docker/run",
+            Some(run_request("job-1", &["echo", "hello"])),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let keys: Vec<&str> = body
+        .as_object()
+        .unwrap()
+        .keys()
+        .map(String::as_str)
+        .collect();
+    assert_eq!(
+        keys,
+        [
+            "container_name",
+            "returncode",
+            "stderr",
+            "stdout",
+            "timed_out"
+        ]
+    );
+    assert_eq!(body["stdout"], "hello\n");
+    assert_eq!(body["stderr"], "");
+    assert_eq!(body["returncode"], 0);
+    assert_eq!(body["timed_out"], false);
+    assert!(
+        body["container_name"]
+            .as_str()
+            .unwrap()
+            .starts_with("base-job-")
+    );
+
+    // A failing job reports its own exit code, still 200.
+    let (status, body) = h
+        .call(
+            "POST",
+            "/v1/docker/run",
+            Some(run_request("job-2", &["exit", "3"])),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(body["returncode"], 3);
+
+    // Hardening defaults reached the orchestrator.
+    let spec = &h.fake.specs()[0];
+    assert!(spec.limits.read_only && spec.limits.init);
+    assert_eq!(spec.limits.cap_drop, ["ALL"]);
+    assert_eq!(spec.limits.gpus, None);
+    assert_eq!(spec.timeout_seconds, 900);
+    // Nothing is left: services removed, records terminal.
+    assert!(h.fake.live_jobs().is_empty());
+    assert_eq!(h.open_jobs().await, 0);
+}
+
+async fn golden_gpu_run_leases_and_releases(store: Arc<dyn Store>) {
+    let h = harness(
+        store,
+        FakeOrchestrator::new().with_gpus(1),
+        BrokerPolicy::default(),
+    )
+    .await;
+    let mut req = run_request("gpu-1", &["echo", "cuda"]);
+    req["limits"] = json!({"gpu_count": 1});
+    let (status, body) = h.call("POST", "/v1/docker/run", Some(req.clone())).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["stdout"], "cuda\n");
+    assert_eq!(h.fake.specs()[0].limits.gpus, Some(1));
+    assert_eq!(h.leases().await, 0, "lease released after success");
+
+    // While one GPU job holds the only GPU, a second is refused with 429.
+    let mut long = run_request("gpu-2", &["sleep", "30"]);
+    long["limits"] = json!({"gpu_count": 1});
+    let (status, held) = h.call("POST", "/v1/jobs", Some(long)).await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{held}");
+    assert_eq!(h.leases().await, 1);
+    let (status, body) = h.call("POST", "/v1/docker/run", Some(req)).await;
+    assert_eq!(status, StatusCode::TOO_MANY_REQUESTS, "{body}");
+    assert_eq!(
+        body["detail"],
+        "docker_quota_exceeded: no GPU capacity for 1 GPU(s) (1/1 leased)"
+    );
+    // Cancelling frees it.
+    let id = held["id"].as_str().unwrap();
+    let (status, body) = h.call("DELETE", &format!("/v1/jobs/{id}"), None).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(body["state"], "cancelled");
+    assert_eq!(h.leases().await, 0, "lease released after cancel");
+    assert!(h.fake.live_jobs().is_empty());
+}
+
+async fn gpu_jobs_need_advertised_capacity(store: Arc<dyn Store>) {
+    let h = harness(store, FakeOrchestrator::new(), BrokerPolicy::default()).await;
+    let mut req = run_request("gpu", &["echo"]);
+    req["limits"] = json!({"gpu_count": 2});
+    let (status, body) = h.call("POST", "/v1/docker/run", Some(req)).await;
+    assert_eq!(status, StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(
+        body["detail"],
+        "docker_quota_exceeded: no GPU capacity for 2 GPU(s) (0/0 leased)"
+    );
+    assert!(h.fake.specs().is_empty());
+    assert_eq!(h.open_jobs().await, 0);
+}
+
+async fn golden_privileged_is_403_and_creates_nothing(store: Arc<dyn Store>) {
+    let h = harness(store, FakeOrchestrator::new(), BrokerPolicy::default()).await;
+    let mut req = run_request("priv", &["echo"]);
+    req["limits"] = json!({"privileged": true});
+    let (status, body) = h.call("POST", "/v1/docker/run", Some(req)).await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    assert_eq!(
+        body,
+        json!({"detail": "privileged broker jobs require the allowlisted escape hatch"})
+    );
+    assert!(h.fake.specs().is_empty());
+    assert!(
+        h.store
+            .list_jobs(&JobFilter::default())
+            .await
+            .unwrap()
+            .is_empty()
+    );
+}
+
+async fn hardening_and_image_rules_use_the_python_messages(store: Arc<dyn Store>) {
+    let h = harness(store, FakeOrchestrator::new(), BrokerPolicy::default()).await;
+    for (limits, detail) in [
+        (
+            json!({"read_only": false}),
+            "broker Docker jobs require a read-only root filesystem",
+        ),
+        (
+            json!({"init": false}),
+            "broker Docker jobs require Docker init for process cleanup",
+        ),
+        (
+            json!({"cap_drop": []}),
+            "broker Docker jobs must drop all Linux capabilities",
+        ),
+        (
+            json!({"security_opt": []}),
+            "broker Docker jobs require no-new-privileges",
+        ),
+    ] {
+        let mut req = run_request("h", &["echo"]);
+        req["limits"] = limits;
+        let (status, body) = h.call("POST", "/v1/docker/run", Some(req)).await;
+        assert_eq!(
+            (status, body["detail"].as_str().unwrap()),
+            (StatusCode::BAD_REQUEST, detail)
+        );
+    }
+    let mut req = run_request("img", &["echo"]);
+    req["image"] = json!("docker.io/evil/miner:latest");
+    let (status, body) = h.call("POST", "/v1/docker/run", Some(req)).await;
+    assert_eq!(status, StatusCode::FORBIDDEN, "{body}");
+    let mut req = run_request("net", &["echo"]);
+    req["limits"] = json!({"network": "base_challenges"});
+    let (status, _) = h.call("POST", "/v1/docker/run", Some(req)).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    // Shape errors are 422, as FastAPI answered.
+    let (status, _) = h
+        .call("POST", "/v1/docker/run", Some(json!({"job_id": "x"})))
+        .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY);
+    assert!(h.fake.specs().is_empty());
+}
+
+async fn auth_rules(store: Arc<dyn Store>) {
+    let h = harness(store, FakeOrchestrator::new(), BrokerPolicy::default()).await;
+    let body = Some(json!({}));
+    let (status, b) = h
+        .call_as(
+            "POST",
+            "/v1/docker/list",
+            body.clone(),
+            None,
+            Some(&h.token),
+        )
+        .await;
+    assert_eq!(
+        (status, b["detail"].as_str()),
+        (StatusCode::BAD_REQUEST, Some("missing challenge slug"))
+    );
+    let (status, b) = h
+        .call_as(
+            "POST",
+            "/v1/docker/list",
+            body.clone(),
+            Some("nobody"),
+            Some(&h.token),
+        )
+        .await;
+    assert_eq!(
+        (status, b["detail"].as_str()),
+        (StatusCode::UNAUTHORIZED, Some("unknown challenge"))
+    );
+    let (status, b) = h
+        .call_as(
+            "POST",
+            "/v1/docker/list",
+            body.clone(),
+            Some("agent"),
+            Some("wrong"),
+        )
+        .await;
+    assert_eq!(
+        (status, b["detail"].as_str()),
+        (StatusCode::UNAUTHORIZED, Some("invalid broker token"))
+    );
+    let (status, b) = h
+        .call_as("POST", "/v1/docker/list", body, Some("agent"), None)
+        .await;
+    assert_eq!(
+        (status, b["detail"].as_str()),
+        (StatusCode::UNAUTHORIZED, Some("invalid broker token"))
+    );
+}
+
+async fn golden_list_and_cleanup(store: Arc<dyn Store>) {
+    let h = harness(store, FakeOrchestrator::new(), BrokerPolicy::default()).await;
+    let mut req = run_request("batch-7", &["sleep", "30"]);
+    req["task_id"] = json!("task-a");
+    req["labels"] = json!({"team": "x"});
+    let (status, submitted) = h.call("POST", "/v1/jobs", Some(req)).await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{submitted}");
+    let (_, other) = h
+        .call(
+            "POST",
+            "/v1/jobs",
+            Some(run_request("batch-8", &["sleep", "30"])),
+        )
+        .await;
+
+    let (status, body) = h
+        .call(
+            "POST",
+            "/v1/docker/list",
+            Some(json!({"job_id": "batch-7"})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let containers = body["containers"].as_array().unwrap();
+    assert_eq!(containers.len(), 1);
+    let c = &containers[0];
+    let keys: Vec<&str> = c.as_object().unwrap().keys().map(String::as_str).collect();
+    assert_eq!(
+        keys,
+        [
+            "container_id",
+            "container_name",
+            "created",
+            "image",
+            "job_id",
+            "labels",
+            "status",
+            "task_id"
+        ]
+    );
+    assert_eq!(c["job_id"], "batch-7");
+    assert_eq!(c["task_id"], "task-a");
+    assert_eq!(c["image"], IMAGE);
+    assert_eq!(c["labels"]["base.challenge"], "agent");
+    assert_eq!(
+        c["container_name"],
+        format!("base-job-{}", submitted["id"].as_str().unwrap())
+    );
+    let (_, all) = h.call("POST", "/v1/docker/list", Some(json!({}))).await;
+    assert_eq!(all["containers"].as_array().unwrap().len(), 2);
+
+    let (status, body) = h
+        .call(
+            "POST",
+            "/v1/docker/cleanup",
+            Some(json!({"job_id": "batch-7"})),
+        )
+        .await;
+    assert_eq!((status, body), (StatusCode::OK, json!({"status": "ok"})));
+    let (_, after) = h.call("POST", "/v1/docker/list", Some(json!({}))).await;
+    let left = after["containers"].as_array().unwrap();
+    assert_eq!(left.len(), 1);
+    assert_eq!(left[0]["job_id"], "batch-8");
+    assert_eq!(
+        h.fake.live_jobs(),
+        [other["id"].as_str().unwrap().to_string()]
+    );
+    // Cleanup of an unknown job id is still ok (idempotent).
+    let (status, _) = h
+        .call(
+            "POST",
+            "/v1/docker/cleanup",
+            Some(json!({"job_id": "nope"})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+}
+
+async fn quota_is_429_with_the_python_message(store: Arc<dyn Store>) {
+    let policy = BrokerPolicy {
+        max_concurrent_jobs: Some(1),
+        ..BrokerPolicy::default()
+    };
+    let h = harness(store, FakeOrchestrator::new(), policy).await;
+    let (status, first) = h
+        .call("POST", "/v1/jobs", Some(run_request("a", &["sleep", "30"])))
+        .await;
+    assert_eq!(status, StatusCode::ACCEPTED);
+    let (status, body) = h
+        .call("POST", "/v1/docker/run", Some(run_request("b", &["echo"])))
+        .await;
+    assert_eq!(status, StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(
+        body["detail"],
+        "docker_quota_exceeded: challenge 'agent' is at its concurrency cap (1/1 active workloads)"
+    );
+    h.call(
+        "DELETE",
+        &format!("/v1/jobs/{}", first["id"].as_str().unwrap()),
+        None,
+    )
+    .await;
+    let (status, _) = h
+        .call("POST", "/v1/docker/run", Some(run_request("b", &["echo"])))
+        .await;
+    assert_eq!(status, StatusCode::OK);
+}
+
+async fn timeout_counts_from_start_and_is_124(store: Arc<dyn Store>) {
+    // The job waits 1.5 s before it starts (as if pulling) and then runs
+    // past its 1 s timeout: it must be stopped 1 s after the start, not at
+    // creation + 1 s (which would be before it started).
+    let fake = FakeOrchestrator::new()
+        .with_gpus(1)
+        .with_start_delay(Duration::from_millis(1500));
+    let h = harness(store, fake, BrokerPolicy::default()).await;
+    let mut req = run_request("slow", &["sleep", "30"]);
+    req["timeout_seconds"] = json!(1);
+    req["limits"] = json!({"gpu_count": 1});
+    let started = std::time::Instant::now();
+    let (status, body) = h.call("POST", "/v1/docker/run", Some(req)).await;
+    let elapsed = started.elapsed();
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["returncode"], 124);
+    assert_eq!(body["timed_out"], true);
+    assert!(
+        elapsed >= Duration::from_millis(2400),
+        "stopped before start + timeout: {elapsed:?}"
+    );
+    assert_eq!(h.leases().await, 0, "lease released after timeout");
+    assert!(h.fake.live_jobs().is_empty());
+    let jobs = h.store.list_jobs(&JobFilter::default()).await.unwrap();
+    assert_eq!(jobs[0].state, JobState::TimedOut);
+    assert!(jobs[0].started_at.is_some());
+}
+
+async fn async_api_states_logs_and_wait(store: Arc<dyn Store>) {
+    let h = harness(store, FakeOrchestrator::new(), BrokerPolicy::default()).await;
+    let (status, job) = h
+        .call(
+            "POST",
+            "/v1/jobs",
+            Some(run_request("j", &["stderr", "warn"])),
+        )
+        .await;
+    assert_eq!(status, StatusCode::ACCEPTED);
+    assert_eq!(job["state"], "queued");
+    let id = job["id"].as_str().unwrap();
+    let (status, done) = h.call("GET", &format!("/v1/jobs/{id}?wait=10"), None).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(done["state"], "succeeded");
+    assert_eq!(done["exit_code"], 0);
+    assert!(done["started_at"].is_string() && done["finished_at"].is_string());
+    let (_, logs) = h.call("GET", &format!("/v1/jobs/{id}/logs"), None).await;
+    assert_eq!(logs["stderr"], "warn\n");
+    assert_eq!(logs["stdout"], "");
+    let (status, lines) = h
+        .call("GET", &format!("/v1/jobs/{id}/logs?follow=true"), None)
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(lines, json!({"stream": "stderr", "data": "warn\n"}));
+    let (_, list) = h.call("GET", "/v1/jobs", None).await;
+    assert_eq!(list["jobs"].as_array().unwrap().len(), 1);
+    // Another challenge cannot see it.
+    let (status, _) = h
+        .call_as(
+            "GET",
+            &format!("/v1/jobs/{id}"),
+            None,
+            Some("agent"),
+            Some(&h.token),
+        )
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let (status, _) = h.call("GET", "/v1/jobs/0123456789abcdef", None).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+}
+
+async fn mounts_reach_the_job(store: Arc<dyn Store>) {
+    use base64::Engine;
+    let h = harness(store, FakeOrchestrator::new(), BrokerPolicy::default()).await;
+    let mut tar = tar::Builder::new(flate2::write::GzEncoder::new(
+        Vec::new(),
+        flate2::Compression::default(),
+    ));
+    let data = b"payload\n";
+    let mut header = tar::Header::new_gnu();
+    header.set_size(data.len() as u64);
+    header.set_mode(0o644);
+    tar.append_data(&mut header, "input.txt", &data[..])
+        .unwrap();
+    let gz = tar.into_inner().unwrap().finish().unwrap();
+    let b64 = base64::engine::general_purpose::STANDARD.encode(gz);
+    let mut req = run_request("m", &["cat", "/work/input.txt"]);
+    req["mounts"] = json!([{"target": "/work", "archive_b64": b64}]);
+    let (status, body) = h.call("POST", "/v1/docker/run", Some(req)).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["stdout"], "payload\n");
+    // A file mount places the one file at its target.
+    let mut req = run_request("f", &["cat", "/etc/task.txt"]);
+    req["mounts"] = json!([{"target": "/etc/task.txt", "source_type": "file", "archive_b64": b64}]);
+    let (_, body) = h.call("POST", "/v1/docker/run", Some(req)).await;
+    assert_eq!(body["stdout"], "payload\n");
+    // A bad archive is 400 and nothing runs.
+    let mut req = run_request("bad", &["echo"]);
+    req["mounts"] = json!([{"target": "/work", "archive_b64": "not base64!"}]);
+    let (status, body) = h.call("POST", "/v1/docker/run", Some(req)).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert_eq!(
+        body["detail"],
+        "mount '/work': mount archive is not valid base64"
+    );
+    assert_eq!(h.fake.specs().len(), 2);
+}
+
+async fn recovery_after_a_crash_leaks_nothing(store: Arc<dyn Store>) {
+    // The first broker "dies" with three unfinished jobs (one holding a
+    // GPU, one whose service vanished meanwhile); a new broker over the
+    // same store and cluster must finish or resume each, and remove a job
+    // service no record explains.
+    let fake = FakeOrchestrator::new().with_gpus(2);
+    let h = harness(store, fake.clone(), BrokerPolicy::default()).await;
+    let mut gpu = run_request("g", &["sleep", "0.3"]);
+    gpu["limits"] = json!({"gpu_count": 2});
+    let (_, g) = h.call("POST", "/v1/jobs", Some(gpu)).await;
+    let (_, lost) = h
+        .call(
+            "POST",
+            "/v1/jobs",
+            Some(run_request("l", &["never-starts"])),
+        )
+        .await;
+    assert_eq!(h.leases().await, 1);
+    // The service of `lost` disappears behind the broker's back, and an
+    // unrecorded job service appears.
+    fake.remove_job(lost["id"].as_str().unwrap()).await.unwrap();
+    let mut orphan = fake.specs()[0].clone();
+    orphan.id = "feedfacefeedface".into();
+    fake.run_job(&orphan).await.unwrap();
+
+    let restarted = Broker::new(
+        h.store.clone(),
+        Arc::new(fake.clone()) as Arc<dyn Orchestrator>,
+        BrokerConfig::default(),
+    );
+    let report = restarted.recover().await.unwrap();
+    assert_eq!(report.orphans_removed, 1, "{report:?}");
+    assert!(report.finished >= 1, "{report:?}");
+    let lost_record = h
+        .store
+        .get_job(lost["id"].as_str().unwrap())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(lost_record.state, JobState::Failed);
+    eventually(async || h.open_jobs().await == 0).await;
+    assert_eq!(h.leases().await, 0);
+    assert!(fake.live_jobs().is_empty());
+    let g_record = h
+        .store
+        .get_job(g["id"].as_str().unwrap())
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(g_record.state, JobState::Succeeded);
+}
+
+async fn reaper_times_out_from_cluster_labels(store: Arc<dyn Store>) {
+    // A job whose driver is gone (a previous broker) is timed out by the
+    // reaper from the cluster's own view: started_at + base.timeout.
+    let fake = FakeOrchestrator::new();
+    let h = harness(store, fake.clone(), BrokerPolicy::default()).await;
+    let mut req = run_request("r", &["sleep", "30"]);
+    req["timeout_seconds"] = json!(1);
+    let (_, job) = h.call("POST", "/v1/jobs", Some(req)).await;
+    let id = job["id"].as_str().unwrap().to_string();
+    let other = Broker::new(
+        h.store.clone(),
+        Arc::new(fake.clone()) as Arc<dyn Orchestrator>,
+        BrokerConfig::default(),
+    );
+    assert_eq!(other.reap_once().await.unwrap(), 0, "not overdue yet");
+    tokio::time::sleep(Duration::from_millis(1300)).await;
+    // Either broker may act first; the job ends timed out exactly once.
+    let _ = other.reap_once().await.unwrap();
+    eventually(async || h.store.get_job(&id).await.unwrap().unwrap().state == JobState::TimedOut)
+        .await;
+    let record = h.store.get_job(&id).await.unwrap().unwrap();
+    assert_eq!(record.exit_code, Some(124));
+    assert!(fake.live_jobs().is_empty());
+}
+
+base_sdk::backend_tests!(
+    golden_run_returns_output_and_returncode,
+    golden_gpu_run_leases_and_releases,
+    gpu_jobs_need_advertised_capacity,
+    golden_privileged_is_403_and_creates_nothing,
+    hardening_and_image_rules_use_the_python_messages,
+    auth_rules,
+    golden_list_and_cleanup,
+    quota_is_429_with_the_python_message,
+    timeout_counts_from_start_and_is_124,
+    async_api_states_logs_and_wait,
+    mounts_reach_the_job,
+    recovery_after_a_crash_leaks_nothing,
+    reaper_times_out_from_cluster_labels,
+);

@@ -174,6 +174,15 @@ pub struct Settings {
     pub metagraph_file: Option<PathBuf>,
     /// Chain endpoint the published vector is meant for (`BASE_CHAIN_ENDPOINT`).
     pub chain_endpoint: String,
+    /// Whether `master` also runs the broker (`BASE_BROKER_ENABLED`).
+    pub broker_enabled: bool,
+    /// GPUs the broker may lease in all (`BASE_BROKER_GPU_CAPACITY`); by
+    /// default the sum the cluster's GPU workers advertise.
+    #[serde(default)]
+    pub broker_gpu_capacity: Option<u32>,
+    /// Seconds a job may wait to start on top of its timeout before the
+    /// reaper removes it (`BASE_BROKER_START_GRACE_SECONDS`).
+    pub broker_start_grace_seconds: u64,
 }
 
 #[derive(Serialize)]
@@ -187,6 +196,8 @@ struct Defaults {
     reconcile_seconds: u64,
     broker_allowed_images: &'static str,
     chain_endpoint: &'static str,
+    broker_enabled: bool,
+    broker_start_grace_seconds: u64,
 }
 
 const DEFAULTS: Defaults = Defaults {
@@ -199,6 +210,8 @@ const DEFAULTS: Defaults = Defaults {
     reconcile_seconds: 10,
     broker_allowed_images: "ghcr.io/platformnetwork/",
     chain_endpoint: "wss://entrypoint-finney.opentensor.ai:443",
+    broker_enabled: true,
+    broker_start_grace_seconds: 600,
 };
 
 /// Settings whose value may come from a file named by `<key>_file`.

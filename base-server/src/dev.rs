@@ -63,6 +63,9 @@ pub enum DevError {
     /// The weight client.
     #[error(transparent)]
     Weights(#[from] base_sdk::weights::WeightsError),
+    /// Starting the broker.
+    #[error("starting the broker: {0}")]
+    Broker(#[from] crate::master::MasterError),
 }
 
 fn io(context: impl Into<String>) -> impl FnOnce(std::io::Error) -> DevError {
@@ -108,6 +111,8 @@ pub fn settings(config: Option<&Path>, listen: Option<String>) -> Result<Setting
         "listen": "127.0.0.1:18080",
         "epoch_seconds": 15,
         "orchestrator": "process",
+        "broker_listen": "127.0.0.1:18082",
+        "broker_allowed_images": "base.local/",
     }));
     let mut fig = Settings::figment_with(config, dev_defaults);
     if let Some(l) = listen {
@@ -220,6 +225,30 @@ pub async fn run(
         stopped(stop_rx.clone()),
     ));
 
+    let broker = if settings.broker_enabled {
+        // So the submit_job example (and curl) can call the dev broker as
+        // the quiz challenge: its broker token, readable by this user only.
+        let token_file = data_dir.join("quiz.broker-token");
+        let slug = base_sdk::model::Slug::parse("quiz").map_err(|e| DevError::Io {
+            context: "naming the quiz challenge".into(),
+            source: std::io::Error::other(e.to_string()),
+        })?;
+        let secrets = registry.reveal(&slug).await?;
+        base_sdk::vault::write_private(
+            &token_file,
+            secrecy::ExposeSecret::expose_secret(&secrets.broker_token),
+        )
+        .map_err(io(format!("writing {}", token_file.display())))?;
+        let broker = base_sdk::broker::Broker::new(
+            registry.store().clone(),
+            orchestrator.clone(),
+            crate::master::broker_config(&settings),
+        );
+        Some(crate::master::start_broker(&settings, broker, stopped(stop_rx.clone())).await?)
+    } else {
+        None
+    };
+
     println!("BASE dev is running (data in {}):", data_dir.display());
     println!("  registry        http://{addr}/v1/registry");
     println!(
@@ -231,11 +260,24 @@ pub async fn run(
         admin_token_hint(&settings, &data_dir)
     );
     println!("  CLI             base --master http://{addr} weights latest");
+    if broker.is_some() {
+        println!(
+            "  broker          http://{}/v1/jobs   (jobs run as local processes; images base.local/*)",
+            settings.broker_listen
+        );
+        println!(
+            "  broker token    {} (challenge quiz)",
+            data_dir.join("quiz.broker-token").display()
+        );
+    }
     println!("Stop with Ctrl-C.");
 
     let served = crate::serve(listener, state, shutdown).await;
     let _ = stop_tx.send(true);
     let _ = tokio::join!(reconciler, epochs, miners);
+    if let Some(b) = broker {
+        let _ = b.await;
+    }
     orchestrator.shutdown().await;
     served.map_err(io("serving the API"))
 }

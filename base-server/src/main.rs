@@ -28,6 +28,12 @@ enum Command {
         #[arg(long, value_parser = ["swarm", "none", "process"])]
         orchestrator: Option<String>,
     },
+    /// Run the broker alone (challenges' evaluation jobs on :18082).
+    Broker {
+        /// Listen address (overrides BASE_BROKER_LISTEN).
+        #[arg(long)]
+        listen: Option<String>,
+    },
     /// Run everything on embedded defaults: SQLite in ./.base, the example
     /// challenge as local processes, dev miners, a 15 s epoch.
     Dev {
@@ -63,6 +69,15 @@ async fn main() -> anyhow::Result<()> {
             }
             let settings = Settings::from_figment(fig)?;
             base_server::master::run(settings, shutdown_signal()).await?;
+            Ok(())
+        }
+        Command::Broker { listen } => {
+            let mut fig = Settings::figment(cli.config.as_deref());
+            if let Some(l) = listen {
+                fig = fig.merge(Serialized::default("broker_listen", l));
+            }
+            let settings = Settings::from_figment(fig)?;
+            base_server::master::run_broker(settings, shutdown_signal()).await?;
             Ok(())
         }
         Command::Dev { listen } => {

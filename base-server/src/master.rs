@@ -5,6 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use base_sdk::auth::AdminAuth;
+use base_sdk::broker::{Broker, BrokerConfig};
 use base_sdk::config::{ConfigError, OrchestratorKind, Settings};
 use base_sdk::metagraph::FileMetagraph;
 use base_sdk::orchestrator::Orchestrator;
@@ -148,6 +149,20 @@ pub async fn run(
         ),
     }
 
+    if settings.broker_enabled {
+        match &orchestrator {
+            Some(o) => {
+                let broker = Broker::new(
+                    registry.store().clone(),
+                    o.clone(),
+                    broker_config(&settings),
+                );
+                tasks.push(start_broker(&settings, broker, stopped(stop_rx.clone())).await?);
+            }
+            None => tracing::warn!("broker disabled: it needs an orchestrator (BASE_ORCHESTRATOR)"),
+        }
+    }
+
     let listener = tokio::net::TcpListener::bind(settings.listen)
         .await
         .map_err(|source| MasterError::Io {
@@ -171,4 +186,71 @@ pub async fn run(
         context: "serving the API".into(),
         source,
     })
+}
+
+/// The broker's settings from the operator's.
+pub fn broker_config(settings: &Settings) -> BrokerConfig {
+    BrokerConfig {
+        allowed_images: settings.broker_allowed_images.clone(),
+        gpu_capacity: settings.broker_gpu_capacity,
+        start_grace: Duration::from_secs(settings.broker_start_grace_seconds),
+        ..BrokerConfig::default()
+    }
+}
+
+/// Recovers what a previous broker left, then serves the broker on
+/// `BASE_BROKER_LISTEN` with its reaper beside it until `shutdown`.
+pub async fn start_broker(
+    settings: &Settings,
+    broker: Broker,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> Result<tokio::task::JoinHandle<()>, MasterError> {
+    let report = broker
+        .recover()
+        .await
+        .map_err(|e| MasterError::Unsupported(format!("broker recovery failed: {e}")))?;
+    let listener = tokio::net::TcpListener::bind(settings.broker_listen)
+        .await
+        .map_err(|source| MasterError::Io {
+            context: format!("binding the broker to {}", settings.broker_listen),
+            source,
+        })?;
+    tracing::info!(listen = %settings.broker_listen, ?report, "broker started");
+    let shutdown = futures::FutureExt::shared(Box::pin(shutdown));
+    Ok(tokio::spawn(async move {
+        let reaper = tokio::spawn(broker.clone().run_reaper(shutdown.clone()));
+        if let Err(e) = crate::broker::serve(listener, broker, shutdown).await {
+            tracing::error!(error = %e, "broker stopped serving");
+        }
+        let _ = reaper.await;
+    }))
+}
+
+/// Runs the broker alone (`base-server broker`): store, orchestrator,
+/// recovery, reaper and the `:18082` API, until `shutdown`.
+pub async fn run_broker(
+    settings: Settings,
+    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
+) -> Result<(), MasterError> {
+    let db = settings.effective_database_url()?;
+    let store = base_sdk::store::connect(db.expose())
+        .await
+        .map_err(|source| MasterError::Store {
+            url: db.redacted(),
+            source,
+        })?;
+    registry::check_database(&Policy {
+        environment: settings.environment,
+        backend: store.backend(),
+    })?;
+    let Some(orchestrator) = orchestrator(&settings).await? else {
+        return Err(MasterError::Unsupported(
+            "the broker needs an orchestrator: BASE_ORCHESTRATOR=swarm".into(),
+        ));
+    };
+    let broker = Broker::new(store, orchestrator, broker_config(&settings));
+    let task = start_broker(&settings, broker, shutdown).await?;
+    let _ = task.await;
+    tracing::info!("BASE broker stopped");
+    Ok(())
 }

@@ -72,6 +72,7 @@ impl Dev {
         }
         cmd.env("BASE_DATA_DIR", &data_dir)
             .env("BASE_EPOCH_SECONDS", "2")
+            .env("BASE_BROKER_LISTEN", format!("127.0.0.1:{}", free_port()))
             // No full reconcile pass during a test: a killed challenge
             // stays dead.
             .env("BASE_RECONCILE_SECONDS", "3600")

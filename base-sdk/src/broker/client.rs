@@ -231,7 +231,8 @@ impl BrokerClient {
     pub async fn follow_logs(
         &self,
         id: &str,
-    ) -> Result<impl Stream<Item = Result<LogLine, ClientError>> + use<>, ClientError> {
+    ) -> Result<futures::stream::BoxStream<'static, Result<LogLine, ClientError>>, ClientError>
+    {
         let response = self
             .request(reqwest::Method::GET, &format!("/v1/jobs/{id}/logs"))
             .query(&[("follow", "true")])
@@ -240,7 +241,7 @@ impl BrokerClient {
             .map_err(ClientError::Transport)?;
         let response = check(response).await?;
         let bytes = response.bytes_stream();
-        Ok(ndjson_lines(bytes))
+        Ok(Box::pin(ndjson_lines(bytes)))
     }
 
     /// Cancels the job: its task is stopped on the worker and removed.
@@ -315,7 +316,7 @@ async fn check(response: reqwest::Response) -> Result<reqwest::Response, ClientE
 /// Splits a byte stream into newline-delimited JSON [`LogLine`]s.
 fn ndjson_lines(
     bytes: impl Stream<Item = reqwest::Result<bytes::Bytes>> + Send + 'static,
-) -> impl Stream<Item = Result<LogLine, ClientError>> {
+) -> impl Stream<Item = Result<LogLine, ClientError>> + Send + 'static {
     let state = (Box::pin(bytes), Vec::<u8>::new(), false);
     futures::stream::unfold(state, |(mut bytes, mut buf, mut ended)| async move {
         loop {

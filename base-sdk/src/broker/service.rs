@@ -44,10 +44,12 @@ use super::request::{
 };
 use crate::model::{Admission, JobFilter, JobRecord, Slug, TokenKind};
 use crate::orchestrator::{
-    JobLogs, JobMount, JobState, JobStatus, LogStream, Orchestrator, OrchestratorError,
+    JobLogs, JobMount, JobState, JobStatus, LogChunk, LogStream, LogStreamKind, Orchestrator,
+    OrchestratorError,
 };
 use crate::registry::token;
 use crate::store::Store;
+use futures::StreamExt;
 
 /// Return code reported for a job that never produced an exit code of its
 /// own (it could not start, or vanished), after Docker's convention for
@@ -463,11 +465,51 @@ impl Broker {
         if record.state.is_terminal() {
             return Ok(None);
         }
-        match self.inner.orchestrator.follow_job_logs(id).await {
-            Ok(stream) => Ok(Some(stream)),
-            Err(OrchestratorError::NotFound(_)) => Ok(None),
-            Err(e) => Err(unavailable("following the job's logs", e)),
-        }
+        let live = match self.inner.orchestrator.follow_job_logs(id).await {
+            Ok(stream) => stream,
+            Err(OrchestratorError::NotFound(_)) => return Ok(None),
+            Err(e) => return Err(unavailable("following the job's logs", e)),
+        };
+        // The job's service (and with it the live output) is removed as
+        // soon as the job ends, which can cut the live stream short by the
+        // last writes. So count what was sent, and once the job is finished
+        // send what its stored tail has beyond that.
+        let sent = Arc::new(Mutex::new([0usize; 2]));
+        let counter = Arc::clone(&sent);
+        let live = live.inspect(move |item| {
+            if let Ok(chunk) = item {
+                lock(&counter)[stream_index(chunk.stream)] += chunk.data.len();
+            }
+        });
+        let (broker, slug, id) = (self.clone(), slug.clone(), id.to_string());
+        let rest = futures::stream::once(async move {
+            let Ok(record) = broker.wait(&slug, &id, Some(Duration::from_secs(30))).await else {
+                return Vec::new();
+            };
+            let sent = *lock(&sent);
+            [
+                (LogStreamKind::Stdout, record.stdout_tail),
+                (LogStreamKind::Stderr, record.stderr_tail),
+            ]
+            .into_iter()
+            .filter_map(|(stream, tail)| {
+                let from = sent[stream_index(stream)];
+                // Only when the tail holds the whole output can the unsent
+                // part be told apart from what was cut.
+                let whole = tail.len() < broker.inner.config.log_limit_bytes;
+                let rest = tail
+                    .as_bytes()
+                    .get(from..)
+                    .filter(|r| whole && !r.is_empty())?;
+                Some(Ok(LogChunk {
+                    stream,
+                    data: bytes::Bytes::copy_from_slice(rest),
+                }))
+            })
+            .collect()
+        })
+        .flat_map(futures::stream::iter);
+        Ok(Some(Box::pin(live.chain(rest))))
     }
 
     /// Finishes what a previous broker process left: every unfinished record
@@ -809,6 +851,14 @@ impl Broker {
 /// (the maps stay consistent: every update is a single insert or remove).
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// Index of a stream in per-stream counters.
+fn stream_index(stream: LogStreamKind) -> usize {
+    match stream {
+        LogStreamKind::Stdout => 0,
+        LogStreamKind::Stderr => 1,
+    }
 }
 
 /// A fresh job id: 16 hex characters (64 random bits), valid as a Swarm

@@ -28,6 +28,7 @@ base_sdk::backend_tests!(
     audit_log_records_every_write,
     nonces_are_single_use_until_expiry,
     snapshots_keep_the_newest,
+    jobs_admission_quota_and_gpu_leases,
 );
 
 fn challenge(slug: &str) -> Challenge {
@@ -394,4 +395,137 @@ async fn snapshots_keep_the_newest(store: Arc<dyn Store>) {
     }
     let latest = store.latest_snapshot().await.unwrap().unwrap();
     assert_eq!(latest, mk(5), "the newest snapshot reads back exactly");
+}
+
+fn job(
+    id: &str,
+    slug: &str,
+    job_id: &str,
+    gpus: u32,
+    at: chrono::DateTime<chrono::Utc>,
+) -> model::JobRecord {
+    model::JobRecord {
+        id: id.into(),
+        slug: Slug::parse(slug).unwrap(),
+        job_id: job_id.into(),
+        task_id: Some("t".into()),
+        image: "ghcr.io/x/y:1".into(),
+        state: base_sdk::orchestrator::JobState::Queued,
+        spec: serde_json::json!({"timeout_seconds": 60, "labels": {"a": "b"}}),
+        node_id: None,
+        gpu_count: gpus,
+        exit_code: None,
+        error: None,
+        stdout_tail: String::new(),
+        stderr_tail: String::new(),
+        created_at: at,
+        started_at: None,
+        finished_at: None,
+        deadline_at: Some(at + Duration::seconds(660)),
+    }
+}
+
+async fn jobs_admission_quota_and_gpu_leases(store: Arc<dyn Store>) {
+    use base_sdk::model::{Admission, JobFilter};
+    use base_sdk::orchestrator::JobState;
+    let t0 = model::now();
+    // Quota: two active jobs at most for "aa".
+    assert_eq!(
+        store
+            .admit_job(&job("j1", "aa", "x", 0, t0), Some(2), 0)
+            .await
+            .unwrap(),
+        Admission::Admitted
+    );
+    assert_eq!(
+        store
+            .admit_job(
+                &job("j2", "aa", "y", 1, t0 + Duration::seconds(1)),
+                Some(2),
+                2
+            )
+            .await
+            .unwrap(),
+        Admission::Admitted
+    );
+    assert_eq!(
+        store
+            .admit_job(&job("j3", "aa", "x", 0, t0), Some(2), 0)
+            .await
+            .unwrap(),
+        Admission::TooManyJobs { active: 2, max: 2 }
+    );
+    // Another challenge is not counted against "aa"; GPUs are global.
+    assert_eq!(
+        store
+            .admit_job(&job("j4", "bb", "x", 2, t0), None, 2)
+            .await
+            .unwrap(),
+        Admission::NoGpuCapacity {
+            requested: 2,
+            leased: 1,
+            capacity: 2
+        }
+    );
+    assert!(
+        store.get_job("j3").await.unwrap().is_none(),
+        "a refused job leaves no record"
+    );
+    assert!(store.get_job("j4").await.unwrap().is_none());
+    let leases = store.gpu_leases().await.unwrap();
+    assert_eq!(leases.len(), 1);
+    assert_eq!((leases[0].job_ref.as_str(), leases[0].gpus), ("j2", 1));
+    // Duplicate ids conflict.
+    assert!(matches!(
+        store.admit_job(&job("j1", "aa", "x", 0, t0), None, 0).await,
+        Err(StoreError::Conflict(_))
+    ));
+
+    // Progress keeps the lease; the terminal write releases it.
+    let mut j2 = store.get_job("j2").await.unwrap().unwrap();
+    assert_eq!(j2.spec["labels"]["a"], "b");
+    j2.state = JobState::Running;
+    j2.started_at = Some(t0 + Duration::seconds(5));
+    j2.node_id = Some("n1".into());
+    store.update_job(&j2).await.unwrap();
+    assert_eq!(store.gpu_leases().await.unwrap().len(), 1);
+    j2.state = JobState::TimedOut;
+    j2.exit_code = Some(124);
+    j2.stdout_tail = "out".into();
+    j2.finished_at = Some(t0 + Duration::seconds(9));
+    store.update_job(&j2).await.unwrap();
+    assert!(store.gpu_leases().await.unwrap().is_empty());
+    assert_eq!(store.get_job("j2").await.unwrap().unwrap(), j2);
+
+    // Filters: slug, job id, active only, newest first, limit.
+    let active = JobFilter {
+        active_only: true,
+        ..JobFilter::default()
+    };
+    let ids = |v: Vec<model::JobRecord>| v.into_iter().map(|j| j.id).collect::<Vec<_>>();
+    assert_eq!(ids(store.list_jobs(&active).await.unwrap()), ["j1"]);
+    assert_eq!(
+        ids(store.list_jobs(&JobFilter::default()).await.unwrap()),
+        ["j2", "j1"]
+    );
+    let by_job = JobFilter {
+        job_id: Some("y".into()),
+        ..JobFilter::default()
+    };
+    assert_eq!(ids(store.list_jobs(&by_job).await.unwrap()), ["j2"]);
+    let other = JobFilter {
+        slug: Some(Slug::parse("bb").unwrap()),
+        ..JobFilter::default()
+    };
+    assert!(store.list_jobs(&other).await.unwrap().is_empty());
+    let one = JobFilter {
+        limit: Some(1),
+        ..JobFilter::default()
+    };
+    assert_eq!(ids(store.list_jobs(&one).await.unwrap()), ["j2"]);
+    // Updating a job that does not exist is an error, not a silent no-op.
+    assert!(matches!(
+        store.update_job(&job("nope", "aa", "x", 0, t0)).await,
+        Err(StoreError::NotFound(_))
+    ));
 }

@@ -26,6 +26,7 @@ async fn main() -> anyhow::Result<()> {
     match args.first().map(String::as_str) {
         Some("exit") => exit_mode(&args[1..]),
         Some("probe") => probe_mode(&args[1..]).await,
+        Some("sleep") => sleep_mode(&args[1..]).await,
         _ => serve().await,
     }
 }
@@ -84,4 +85,16 @@ async fn probe_mode(args: &[String]) -> anyhow::Result<()> {
     });
     println!("{report}");
     std::process::exit(if ok { 0 } else { 1 });
+}
+
+/// `sleep <seconds> [exit code]`: a long-running job for broker tests
+/// (timeouts, cancel, crash recovery) in an image with no shell: prints a
+/// line, sleeps, prints another and exits with the code (default 0).
+async fn sleep_mode(args: &[String]) -> anyhow::Result<()> {
+    let seconds: f64 = args.first().and_then(|s| s.parse().ok()).unwrap_or(1.0);
+    let code: i32 = args.get(1).and_then(|s| s.parse().ok()).unwrap_or(0);
+    println!("sleep mode: sleeping {seconds} s");
+    tokio::time::sleep(std::time::Duration::from_secs_f64(seconds.max(0.0))).await;
+    println!("sleep mode: done");
+    std::process::exit(code);
 }

@@ -36,7 +36,13 @@ fn free_port() -> u16 {
 
 fn job_services() -> Vec<String> {
     let out = std::process::Command::new("docker")
-        .args(["service", "ls", "-q", "--filter", "label=base.component=job"])
+        .args([
+            "service",
+            "ls",
+            "-q",
+            "--filter",
+            "label=base.component=job",
+        ])
         .output()
         .unwrap();
     String::from_utf8_lossy(&out.stdout)
@@ -74,7 +80,10 @@ fn start_broker(dir: &Path, db: &str, port: u16, run: u32) -> Child {
 async fn wait_healthy(port: u16) {
     let url = format!("http://127.0.0.1:{port}/health");
     for _ in 0..150 {
-        if reqwest::get(&url).await.is_ok_and(|r| r.status().is_success()) {
+        if reqwest::get(&url)
+            .await
+            .is_ok_and(|r| r.status().is_success())
+        {
             return;
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
@@ -100,7 +109,10 @@ fn request(job_id: &str, command: &[&str], timeout: i64, gpus: Option<u32>) -> B
 #[tokio::test]
 #[ignore = "needs docker swarm"]
 async fn kill_9_mid_job_leaks_nothing_after_restart() {
-    assert!(job_services().is_empty(), "job services left by an earlier test");
+    assert!(
+        job_services().is_empty(),
+        "job services left by an earlier test"
+    );
     let dir = tempfile::tempdir().unwrap();
     let db = format!("sqlite://{}", dir.path().join("base.sqlite3").display());
     let store: Arc<dyn Store> = Arc::new(SqliteStore::connect(&db).await.unwrap());
@@ -118,7 +130,11 @@ async fn kill_9_mid_job_leaks_nothing_after_restart() {
         )
         .await
         .unwrap();
-    let token = tokens.docker_broker_token.unwrap().expose_secret().to_string();
+    let token = tokens
+        .docker_broker_token
+        .unwrap()
+        .expose_secret()
+        .to_string();
     let port = free_port();
     let client = BrokerClient::new(
         format!("http://127.0.0.1:{port}"),
@@ -130,13 +146,25 @@ async fn kill_9_mid_job_leaks_nothing_after_restart() {
     let mut broker = start_broker(dir.path(), &db, port, 1);
     wait_healthy(port).await;
     // The synchronous route on the real engine first: output and exit code.
-    let sync = client.run(&request("sync", &["exit", "5"], 60, None)).await.unwrap();
+    let sync = client
+        .run(&request("sync", &["exit", "5"], 60, None))
+        .await
+        .unwrap();
     assert_eq!(sync.returncode, 5, "{sync:?}");
-    assert!(sync.stdout.contains("exit mode: stdout, code 5"), "{sync:?}");
+    assert!(
+        sync.stdout.contains("exit mode: stdout, code 5"),
+        "{sync:?}"
+    );
 
     let finishing = [
-        client.submit(&request("fin-1", &["sleep", "6"], 120, None)).await.unwrap(),
-        client.submit(&request("fin-2", &["sleep", "6"], 120, None)).await.unwrap(),
+        client
+            .submit(&request("fin-1", &["sleep", "6"], 120, None))
+            .await
+            .unwrap(),
+        client
+            .submit(&request("fin-2", &["sleep", "6"], 120, None))
+            .await
+            .unwrap(),
     ];
     let overdue = client
         .submit(&request("overdue", &["sleep", "300"], 4, None))
@@ -184,7 +212,10 @@ async fn kill_9_mid_job_leaks_nothing_after_restart() {
         if views.iter().all(|v| v.state.is_terminal()) {
             break views;
         }
-        assert!(Instant::now() < deadline, "jobs did not end after the restart: {views:?}");
+        assert!(
+            Instant::now() < deadline,
+            "jobs did not end after the restart: {views:?}"
+        );
         tokio::time::sleep(Duration::from_millis(500)).await;
     };
     assert_eq!(ended[0].state, JobState::Succeeded, "{:?}", ended[0]);
@@ -202,10 +233,17 @@ async fn kill_9_mid_job_leaks_nothing_after_restart() {
 
     let deadline = Instant::now() + Duration::from_secs(30);
     while !job_services().is_empty() {
-        assert!(Instant::now() < deadline, "job services leaked: {:?}", job_services());
+        assert!(
+            Instant::now() < deadline,
+            "job services leaked: {:?}",
+            job_services()
+        );
         tokio::time::sleep(Duration::from_millis(250)).await;
     }
-    assert!(store.gpu_leases().await.unwrap().is_empty(), "GPU lease leaked");
+    assert!(
+        store.gpu_leases().await.unwrap().is_empty(),
+        "GPU lease leaked"
+    );
     broker.start_kill().unwrap();
     let _ = broker.wait().await;
 }

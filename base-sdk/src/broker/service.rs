@@ -1001,3 +1001,122 @@ fn container_info(record: &JobRecord) -> ContainerInfo {
         labels,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn status(
+        started: Option<DateTime<Utc>>,
+        timeout: Option<u64>,
+        deadline: Option<DateTime<Utc>>,
+    ) -> JobStatus {
+        JobStatus {
+            id: "j".into(),
+            slug: Slug::parse("ab").unwrap(),
+            state: JobState::Running,
+            exit_code: None,
+            node_id: None,
+            started_at: started,
+            finished_at: None,
+            message: None,
+            deadline_at: deadline,
+            timeout_seconds: timeout,
+        }
+    }
+
+    fn record(state: JobState, exit_code: Option<i64>, error: Option<&str>) -> JobRecord {
+        JobRecord {
+            id: "0123456789abcdef".into(),
+            slug: Slug::parse("ab").unwrap(),
+            job_id: "j".into(),
+            task_id: None,
+            image: "x".into(),
+            state,
+            spec: serde_json::json!({"timeout_seconds": 10}),
+            node_id: None,
+            gpu_count: 0,
+            exit_code,
+            error: error.map(str::to_string),
+            stdout_tail: "out".into(),
+            stderr_tail: String::new(),
+            created_at: Utc::now(),
+            started_at: None,
+            finished_at: None,
+            deadline_at: None,
+        }
+    }
+
+    #[test]
+    fn overdue_counts_from_the_start_not_from_creation() {
+        let t0 = Utc::now();
+        let running = |secs| status(Some(t0), Some(10), Some(t0 + TimeDelta::seconds(secs)));
+        // Queued for a long time but started only now: not overdue.
+        assert_eq!(
+            overdue(
+                &status(None, Some(10), Some(t0 + TimeDelta::seconds(700))),
+                t0 + TimeDelta::seconds(600)
+            ),
+            None
+        );
+        assert_eq!(overdue(&running(700), t0 + TimeDelta::seconds(9)), None);
+        assert!(overdue(&running(700), t0 + TimeDelta::seconds(10)).is_some());
+        // The hard deadline applies whether or not it started.
+        assert!(overdue(&status(None, Some(10), Some(t0)), t0).is_some());
+        // No labels (an old service): nothing to act on.
+        assert_eq!(
+            overdue(&status(Some(t0), None, None), t0 + TimeDelta::days(2)),
+            None
+        );
+    }
+
+    #[test]
+    fn record_supplies_the_start_when_the_cluster_forgets_it() {
+        let t0 = Utc::now();
+        let mut r = record(JobState::Running, None, None);
+        r.started_at = Some(t0);
+        let s = status(None, Some(10), None);
+        assert_eq!(overdue_record(&r, &s, t0 + TimeDelta::seconds(9)), None);
+        assert!(overdue_record(&r, &s, t0 + TimeDelta::seconds(10)).is_some());
+    }
+
+    #[test]
+    fn run_response_maps_endings_to_return_codes() {
+        let ok = run_response(&record(JobState::Succeeded, Some(0), None));
+        assert_eq!(
+            (ok.returncode, ok.timed_out, ok.stdout.as_str()),
+            (0, false, "out")
+        );
+        assert_eq!(ok.container_name, "base-job-0123456789abcdef");
+        let t = run_response(&record(JobState::TimedOut, Some(124), Some("timed out")));
+        assert_eq!((t.returncode, t.timed_out), (124, true));
+        let lost = run_response(&record(JobState::Failed, None, Some("refused")));
+        assert_eq!(
+            (lost.returncode, lost.stderr.as_str()),
+            (NO_EXIT_RETURNCODE, "refused\n")
+        );
+        let failed = run_response(&record(JobState::Failed, Some(2), Some("ignored")));
+        assert_eq!((failed.returncode, failed.stderr.as_str()), (2, ""));
+    }
+
+    #[test]
+    fn deadline_adds_the_start_grace_and_is_bounded() {
+        let t0 = Utc::now();
+        assert_eq!(
+            deadline(t0, 60, Duration::from_secs(600)),
+            t0 + TimeDelta::seconds(660)
+        );
+        assert_eq!(
+            deadline(t0, u64::MAX, Duration::from_secs(600)),
+            t0 + TimeDelta::days(10)
+        );
+    }
+
+    #[test]
+    fn job_ids_are_16_hex_and_distinct() {
+        let a = new_job_id();
+        assert_eq!(a.len(), 16);
+        assert!(a.bytes().all(|b| b.is_ascii_hexdigit()));
+        assert_ne!(a, new_job_id());
+    }
+}

@@ -274,6 +274,23 @@ async fn golden_privileged_is_403_and_creates_nothing(store: Arc<dyn Store>) {
     );
 }
 
+async fn allowlisted_privileged_is_refused_not_downgraded(store: Arc<dyn Store>) {
+    let policy = BrokerPolicy {
+        allow_privileged: true,
+        ..BrokerPolicy::default()
+    };
+    let h = harness(store, FakeOrchestrator::new(), policy).await;
+    let mut req = run_request("priv", &["echo"]);
+    req["limits"] = json!({"privileged": true});
+    let (status, body) = h.call("POST", "/v1/docker/run", Some(req)).await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    assert_eq!(
+        body["detail"],
+        "privileged broker jobs are allowlisted for 'agent' but the fake orchestrator cannot run them"
+    );
+    assert!(h.fake.specs().is_empty());
+}
+
 async fn hardening_and_image_rules_use_the_python_messages(store: Arc<dyn Store>) {
     let h = harness(store, FakeOrchestrator::new(), BrokerPolicy::default()).await;
     for (limits, detail) in [
@@ -666,6 +683,7 @@ base_sdk::backend_tests!(
     golden_gpu_run_leases_and_releases,
     gpu_jobs_need_advertised_capacity,
     golden_privileged_is_403_and_creates_nothing,
+    allowlisted_privileged_is_refused_not_downgraded,
     hardening_and_image_rules_use_the_python_messages,
     auth_rules,
     golden_list_and_cleanup,

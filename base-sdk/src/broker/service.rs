@@ -225,6 +225,14 @@ impl Broker {
             control_plane_networks: inner.config.control_plane_networks.clone(),
         };
         let validated = request::validate(req, &ctx)?;
+        // Swarm services cannot be privileged, and running the job
+        // unprivileged instead would silently change what was asked for.
+        if validated.privileged() {
+            return Err(BrokerError::Forbidden(format!(
+                "privileged broker jobs are allowlisted for '{slug}' but the {} orchestrator cannot run them",
+                inner.orchestrator.name()
+            )));
+        }
         let mounts = self.materialize_mounts(req)?;
         let gpus = validated.limits().gpus.unwrap_or(0);
 

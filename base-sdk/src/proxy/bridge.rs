@@ -152,7 +152,10 @@ impl Proxy {
         let fresh = store
             .reserve_nonce(&key, now, now + retention)
             .await
-            .map_err(ProxyError::Store)?;
+            .map_err(|e| {
+                tracing::error!(error = %e, "bridge cannot reserve a nonce");
+                ProxyError::Store(e)
+            })?;
         if !fresh {
             return Err(ProxyError::NonceUsed);
         }

@@ -10,7 +10,7 @@
 //! database blinks.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
@@ -53,8 +53,12 @@ type Map = HashMap<String, Arc<Entry>>;
 /// The in-memory slug → challenge map.
 pub struct Directory {
     map: RwLock<Arc<Map>>,
-    /// Set by admin writes; the next lookup reloads first.
-    dirty: AtomicBool,
+    /// Bumped by every admin write.
+    requested: AtomicU64,
+    /// The `requested` value the current map reflects; a lookup that
+    /// finds it behind reloads (or waits for the reload in progress)
+    /// before answering.
+    applied: AtomicU64,
     /// When the map was last (re)loaded, successfully or not.
     loaded_at: Mutex<Option<Instant>>,
     /// One reload at a time.
@@ -77,7 +81,8 @@ impl Directory {
     pub fn new(refresh_every: Duration, max_concurrent: usize) -> Self {
         Self {
             map: RwLock::new(Arc::default()),
-            dirty: AtomicBool::new(true),
+            requested: AtomicU64::new(1),
+            applied: AtomicU64::new(0),
             loaded_at: Mutex::new(None),
             reload: tokio::sync::Mutex::new(()),
             refresh_every,
@@ -87,7 +92,7 @@ impl Directory {
 
     /// Marks the map out of date (called after every registry write).
     pub fn invalidate(&self) {
-        self.dirty.store(true, Ordering::Release);
+        self.requested.fetch_add(1, Ordering::AcqRel);
     }
 
     /// The current map.
@@ -115,7 +120,7 @@ impl Directory {
 
     /// Whether an admin write happened since the last reload.
     pub fn is_dirty(&self) -> bool {
-        self.dirty.load(Ordering::Acquire)
+        self.applied.load(Ordering::Acquire) < self.requested.load(Ordering::Acquire)
     }
 
     /// The entry for `slug`, reloading first when the map is dirty.
@@ -143,8 +148,8 @@ impl Directory {
         if only_if_dirty && !self.is_dirty() {
             return;
         }
-        // Cleared before reading, so a write during the read dirties again.
-        self.dirty.store(false, Ordering::Release);
+        // Read before loading, so a write during the load dirties again.
+        let target = self.requested.load(Ordering::Acquire);
         match self.load(registry, orchestrator).await {
             Ok(map) => match self.map.write() {
                 Ok(mut m) => *m = Arc::new(map),
@@ -154,6 +159,9 @@ impl Directory {
                 tracing::warn!(error = %e, "proxy directory reload failed; keeping the previous one")
             }
         }
+        // Also after a failure: the next attempt is the periodic one, not
+        // one per request while the database is down.
+        self.applied.fetch_max(target, Ordering::AcqRel);
         match self.loaded_at.lock() {
             Ok(mut g) => *g = Some(Instant::now()),
             Err(p) => *p.into_inner() = Some(Instant::now()),

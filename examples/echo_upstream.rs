@@ -8,6 +8,7 @@
 
 use anyhow::Context;
 use axum::Router;
+use axum::serve::ListenerExt as _;
 
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
@@ -17,7 +18,11 @@ async fn main() -> anyhow::Result<()> {
     let app = Router::new().fallback(|| async { "hello from the challenge\n" });
     let listener = tokio::net::TcpListener::bind(&addr)
         .await
-        .with_context(|| format!("binding {addr}"))?;
+        .with_context(|| format!("binding {addr}"))?
+        // As a real server would (and nginx does): no Nagle delay.
+        .tap_io(|tcp| {
+            let _ = tcp.set_nodelay(true);
+        });
     axum::serve(listener, app).await?;
     Ok(())
 }

@@ -171,11 +171,10 @@ impl Proxy {
         };
         let headers = bridge_headers(h, entry, &miner, &hash, token.expose_secret())?;
         let permit = self.permit(entry)?;
-        let request = self
-            .client
-            .post(entry.url(BRIDGE_PATH, None))
-            .headers(headers)
-            .body(body);
+        let mut request = axum::http::Request::new(Body::from(body));
+        *request.method_mut() = Method::POST;
+        *request.uri_mut() = entry.uri(BRIDGE_PATH, None)?;
+        *request.headers_mut() = headers;
         tracing::info!(slug = %entry.slug, hotkey = %miner.hotkey, uid = miner.uid, "bridged submission");
         self.relay(entry, permit, request, &AtomicBool::new(false))
             .await

@@ -42,6 +42,18 @@ pub struct Entry {
 }
 
 impl Entry {
+    /// [`Entry::url`] as a request URI.
+    pub fn uri(
+        &self,
+        path: &str,
+        query: Option<&str>,
+    ) -> Result<axum::http::Uri, super::ProxyError> {
+        self.url(path, query)
+            .as_str()
+            .parse()
+            .map_err(|_| super::ProxyError::BadRequest("unusable request path".into()))
+    }
+
     /// The challenge URL for `path` (already encoded, starting with `/`)
     /// and `query`, under the base URL's own path.
     pub fn url(&self, path: &str, query: Option<&str>) -> reqwest::Url {

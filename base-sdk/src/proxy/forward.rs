@@ -19,25 +19,33 @@ use axum::http::{HeaderMap, Method, Response, header};
 use bytes::Bytes;
 use futures::StreamExt as _;
 use http_body::{Frame, SizeHint};
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioTimer};
 use tokio::sync::OwnedSemaphorePermit;
 
 use super::directory::Entry;
 use super::{Proxy, ProxyError, headers};
 
-/// The one upstream client: keep-alive pool, no redirects followed (a
-/// challenge's redirect is the miner's to follow), no system proxy (the
-/// challenge network is internal), no decompression (bodies are relayed
-/// byte for byte, so `content-length`/`content-encoding` stay true).
-pub(crate) fn client() -> reqwest::Result<reqwest::Client> {
-    reqwest::Client::builder()
-        .no_proxy()
-        .redirect(reqwest::redirect::Policy::none())
-        .http1_only()
-        .tcp_nodelay(true)
-        .pool_max_idle_per_host(1024)
+/// The pooled HTTP/1.1 client type every upstream call goes through.
+pub type HttpClient = hyper_util::client::legacy::Client<HttpConnector, Body>;
+
+/// The one upstream client: hyper's keep-alive pool (the one reqwest
+/// wraps, without reqwest's per-request URL parsing, default headers and
+/// body re-boxing, which cost a measurable share of the proxy's CPU; see
+/// docs/benchmarks.md). No redirects are followed (a challenge's redirect
+/// is the miner's to follow), no system proxy is consulted (the challenge
+/// network is internal), nothing is decompressed (bodies are relayed byte
+/// for byte, so `content-length`/`content-encoding` stay true), and no
+/// header is added but `Host`.
+pub(crate) fn client() -> HttpClient {
+    let mut connector = HttpConnector::new();
+    connector.set_nodelay(true);
+    connector.set_connect_timeout(Some(Duration::from_secs(5)));
+    hyper_util::client::legacy::Client::builder(TokioExecutor::new())
+        .pool_timer(TokioTimer::new())
         .pool_idle_timeout(Duration::from_secs(60))
-        .connect_timeout(Duration::from_secs(5))
-        .build()
+        .pool_max_idle_per_host(1024)
+        .build(connector)
 }
 
 /// A request on its way to a challenge.
@@ -105,9 +113,9 @@ pub fn declares_body(headers: &HeaderMap) -> bool {
         || declared_length(headers).is_some_and(|n| n > 0)
 }
 
-/// Streams `body` into a reqwest body that fails (and raises `over`) past
+/// Streams `body` through a counter that fails (and raises `over`) past
 /// `limit` bytes.
-fn limited(body: Body, limit: u64, over: Arc<AtomicBool>) -> reqwest::Body {
+fn limited(body: Body, limit: u64, over: Arc<AtomicBool>) -> Body {
     let mut seen: u64 = 0;
     let stream = body.into_data_stream().map(move |chunk| {
         let chunk = chunk.map_err(std::io::Error::other)?;
@@ -118,7 +126,7 @@ fn limited(body: Body, limit: u64, over: Arc<AtomicBool>) -> reqwest::Body {
         }
         Ok::<Bytes, std::io::Error>(chunk)
     });
-    reqwest::Body::wrap_stream(stream)
+    Body::from_stream(stream)
 }
 
 impl Proxy {
@@ -147,18 +155,17 @@ impl Proxy {
             return Err(ProxyError::BodyTooLarge { limit });
         }
         let permit = self.permit(entry)?;
-        let url = entry.url(&out.path, out.query.as_deref());
+        let uri = entry.uri(&out.path, out.query.as_deref())?;
         let over = Arc::new(AtomicBool::new(false));
         let body = if out.has_body {
             limited(out.body, limit, over.clone())
         } else {
-            reqwest::Body::from(Bytes::new())
+            Body::empty()
         };
-        let request = self
-            .client
-            .request(out.method, url)
-            .headers(out.headers)
-            .body(body);
+        let mut request = axum::http::Request::new(body);
+        *request.method_mut() = out.method;
+        *request.uri_mut() = uri;
+        *request.headers_mut() = out.headers;
         self.relay(entry, permit, request, &over).await
     }
 
@@ -169,26 +176,22 @@ impl Proxy {
         &self,
         entry: &Arc<Entry>,
         permit: OwnedSemaphorePermit,
-        request: reqwest::RequestBuilder,
+        request: axum::http::Request<Body>,
         over: &AtomicBool,
     ) -> Result<Response<Body>, ProxyError> {
         let limit = self.config.max_body_bytes;
-        let resp = match tokio::time::timeout(self.config.upstream_timeout, request.send()).await {
+        let send = self.client.request(request);
+        let resp = match tokio::time::timeout(self.config.upstream_timeout, send).await {
             Err(_) => return Err(ProxyError::Timeout),
             Ok(Err(_)) if over.load(Ordering::Acquire) => {
                 return Err(ProxyError::BodyTooLarge { limit });
             }
             Ok(Err(e)) => {
                 tracing::warn!(slug = %entry.slug.as_str(), error = %e, "challenge unreachable");
-                return Err(if e.is_timeout() {
-                    ProxyError::Timeout
-                } else {
-                    ProxyError::Unavailable
-                });
+                return Err(ProxyError::Unavailable);
             }
             Ok(Ok(resp)) => resp,
         };
-        let resp: Response<reqwest::Body> = resp.into();
         let (mut parts, body) = resp.into_parts();
         headers::strip_response_headers(&mut parts.headers);
         parts.extensions = Default::default();

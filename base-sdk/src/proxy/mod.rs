@@ -169,7 +169,7 @@ impl ProxyError {
 /// limiter. One per master, shared by every handler.
 pub struct Proxy {
     config: ProxyConfig,
-    client: reqwest::Client,
+    client: forward::HttpClient,
     directory: Directory,
     limiter: ClientLimiter,
     metagraph: Option<Arc<dyn Metagraph>>,
@@ -196,7 +196,7 @@ impl Proxy {
         config: ProxyConfig,
         metagraph: Option<Arc<dyn Metagraph>>,
     ) -> Result<Self, ClientBuildError> {
-        let client = forward::client().map_err(ClientBuildError)?;
+        let client = forward::client();
         Ok(Self {
             directory: Directory::new(
                 config.directory_refresh,

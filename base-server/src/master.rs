@@ -104,7 +104,7 @@ pub async fn run(
     if let Some(o) = &orchestrator {
         state = state.with_orchestrator(o.clone());
     }
-    state = state.with_proxy(Arc::new(proxy(&settings)?));
+    state = state.with_proxy(Arc::new(proxy(&settings)));
     // A restart serves the last vector at once.
     if let Ok(Some(snapshot)) = registry.store().latest_snapshot().await {
         state.weights().publish(&snapshot);
@@ -197,7 +197,7 @@ pub async fn run(
 
 /// The public proxy from the operator's settings; the bridge checks
 /// hotkeys against the file metagraph when one is configured.
-pub fn proxy(settings: &Settings) -> Result<base_sdk::proxy::Proxy, MasterError> {
+pub fn proxy(settings: &Settings) -> base_sdk::proxy::Proxy {
     let metagraph = settings
         .metagraph_file
         .clone()
@@ -208,7 +208,6 @@ pub fn proxy(settings: &Settings) -> Result<base_sdk::proxy::Proxy, MasterError>
         );
     }
     base_sdk::proxy::Proxy::new(settings.proxy_config(), metagraph)
-        .map_err(|e| MasterError::Unsupported(e.to_string()))
 }
 
 /// The broker's settings from the operator's.

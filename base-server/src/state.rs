@@ -24,7 +24,8 @@ struct Inner {
     weights: Arc<WeightsCache>,
     orchestrator: Option<Arc<dyn Orchestrator>>,
     reconcile: Arc<Notify>,
-    /// The public proxy; `None` only if its HTTP client could not be built.
+    /// The public proxy (always set; an `Option` so that handlers degrade
+    /// to 503 rather than panic if a future constructor cannot build one).
     proxy: Option<Arc<Proxy>>,
 }
 
@@ -39,16 +40,13 @@ impl AppState {
                 weights: Arc::default(),
                 orchestrator: None,
                 reconcile: Arc::default(),
-                proxy: Proxy::new(
+                proxy: Some(Arc::new(Proxy::new(
                     ProxyConfig {
                         netuid,
                         ..ProxyConfig::default()
                     },
                     None,
-                )
-                .map(Arc::new)
-                .map_err(|e| tracing::error!(error = %e, "public proxy disabled"))
-                .ok(),
+                ))),
             }),
         }
     }

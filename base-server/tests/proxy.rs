@@ -224,7 +224,7 @@ async fn harness(config: ProxyConfig) -> Harness {
         &[owner().hotkey(), miner().hotkey()],
         chrono::Utc::now(),
     ));
-    let proxy = Proxy::new(config, Some(Arc::new(metagraph))).unwrap();
+    let proxy = Proxy::new(config, Some(Arc::new(metagraph)));
     let state = AppState::new(
         registry.clone(),
         AdminAuth::new(Some(SecretString::from(ADMIN.to_string()))),

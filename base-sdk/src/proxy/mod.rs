@@ -184,20 +184,12 @@ impl std::fmt::Debug for Proxy {
     }
 }
 
-/// Why the proxy could not be built.
-#[derive(Debug, thiserror::Error)]
-#[error("building the proxy's HTTP client: {0}")]
-pub struct ClientBuildError(#[source] reqwest::Error);
-
 impl Proxy {
     /// A proxy with `config`; `metagraph` is what the bridge checks
     /// hotkeys against (without one the bridge answers 503).
-    pub fn new(
-        config: ProxyConfig,
-        metagraph: Option<Arc<dyn Metagraph>>,
-    ) -> Result<Self, ClientBuildError> {
+    pub fn new(config: ProxyConfig, metagraph: Option<Arc<dyn Metagraph>>) -> Self {
         let client = forward::client();
-        Ok(Self {
+        Self {
             directory: Directory::new(
                 config.directory_refresh,
                 config.max_concurrent_per_challenge,
@@ -206,7 +198,7 @@ impl Proxy {
             client,
             config,
             metagraph,
-        })
+        }
     }
 
     /// The settings.

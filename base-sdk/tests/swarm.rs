@@ -717,3 +717,22 @@ async fn a_gpu_job_on_a_gpu_less_node_is_reported_unscheduled() {
     );
     o.remove_job("swt-gpu").await.unwrap();
 }
+
+#[tokio::test]
+#[ignore = "needs docker swarm"]
+async fn gpu_capacity_is_read_from_the_nodes() {
+    let _serial = SERIAL.lock().await;
+    let o = SwarmOrchestrator::connect().await.unwrap();
+    // This node is labelled `base.workload=cpu` and advertises no generic
+    // resources (checked, so the assertion below means something).
+    let (ok, out, err) = docker_cli(&[
+        "node",
+        "inspect",
+        "self",
+        "--format",
+        "{{index .Spec.Labels \"base.workload\"}} {{json .Description.Resources.GenericResources}}",
+    ]);
+    assert!(ok, "{err}");
+    assert_eq!(out.trim(), "cpu null", "this test expects a CPU-only node");
+    assert_eq!(o.gpu_capacity().await.unwrap(), 0);
+}

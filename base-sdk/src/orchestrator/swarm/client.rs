@@ -740,10 +740,16 @@ impl Orchestrator for SwarmOrchestrator {
         )))
     }
 
+    /// Read from the nodes on every call (one request), so a GPU worker
+    /// that joins, drains or goes down changes what the broker may lease
+    /// without a restart; the rule is `nodes::gpu_capacity`.
     async fn gpu_capacity(&self) -> Result<u32, OrchestratorError> {
-        Err(OrchestratorError::Backend(
-            "gpu capacity is not implemented for swarm yet".to_string(),
-        ))
+        let nodes = self
+            .docker
+            .list_nodes(None)
+            .await
+            .map_err(|e| SwarmError::docker("listing swarm nodes", e))?;
+        Ok(super::nodes::gpu_capacity(&nodes))
     }
 }
 

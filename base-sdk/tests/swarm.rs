@@ -27,8 +27,8 @@ use std::time::{Duration, Instant};
 use base_sdk::model::{ImageRef, Slug};
 use base_sdk::orchestrator::swarm::{CHALLENGES_NETWORK, JOBS_INTERNAL_NETWORK, SwarmOrchestrator};
 use base_sdk::orchestrator::{
-    ChallengeSecrets, ChallengeSpec, JobLimits, JobNetwork, JobSpec, JobState, Orchestrator,
-    OrchestratorError, ServiceState,
+    ChallengeSecrets, ChallengeSpec, JobLimits, JobNetwork, JobSpec, JobState, LogStreamKind,
+    Orchestrator, OrchestratorError, ServiceState,
 };
 use bollard::Docker;
 use bollard::models::{
@@ -735,4 +735,89 @@ async fn gpu_capacity_is_read_from_the_nodes() {
     assert!(ok, "{err}");
     assert_eq!(out.trim(), "cpu null", "this test expects a CPU-only node");
     assert_eq!(o.gpu_capacity().await.unwrap(), 0);
+}
+
+/// Everything a follow stream yields until it ends by itself (a minute at
+/// most, else the test fails: the stream must not hang), split by stream.
+async fn follow_to_end(o: &SwarmOrchestrator, id: &str) -> (String, String) {
+    use futures::StreamExt;
+    let mut stream = o.follow_job_logs(id).await.unwrap();
+    let collect = async {
+        let (mut out, mut err) = (Vec::new(), Vec::new());
+        while let Some(chunk) = stream.next().await {
+            let chunk = chunk.unwrap();
+            match chunk.stream {
+                LogStreamKind::Stdout => out.extend_from_slice(&chunk.data),
+                LogStreamKind::Stderr => err.extend_from_slice(&chunk.data),
+            }
+        }
+        (
+            String::from_utf8_lossy(&out).into_owned(),
+            String::from_utf8_lossy(&err).into_owned(),
+        )
+    };
+    tokio::time::timeout(Duration::from_secs(60), collect)
+        .await
+        .expect("the follow stream did not end by itself")
+}
+
+#[tokio::test]
+#[ignore = "needs docker swarm"]
+async fn following_a_job_keeps_streams_apart_and_ends_by_itself() {
+    let _serial = SERIAL.lock().await;
+    let mut cleanup = Cleanup::new();
+    cleanup.services.extend([
+        "base-job-swt-follow-exit".to_string(),
+        "base-job-swt-follow-sleep".to_string(),
+    ]);
+    let o = SwarmOrchestrator::connect().await.unwrap();
+    assert!(matches!(
+        o.follow_job_logs("swt-follow-nothing").await,
+        Err(OrchestratorError::NotFound(_))
+    ));
+
+    // Followed from creation, while it runs: both lines, then the end.
+    o.run_job(&job("swt-follow-sleep", &["sleep", "3"], None))
+        .await
+        .unwrap();
+    let (stdout, stderr) = follow_to_end(&o, "swt-follow-sleep").await;
+    assert!(stdout.contains("sleep mode: sleeping 3 s"), "{stdout}");
+    assert!(stdout.contains("sleep mode: done"), "{stdout}");
+    assert!(stderr.is_empty(), "{stderr}");
+    let status = o.job_status("swt-follow-sleep").await.unwrap();
+    assert_eq!(status.state, JobState::Succeeded, "{status:?}");
+
+    // Both streams, each on its own side; followed after the job ended too.
+    o.run_job(&job("swt-follow-exit", &["exit", "3"], None))
+        .await
+        .unwrap();
+    let (stdout, stderr) = follow_to_end(&o, "swt-follow-exit").await;
+    assert!(stdout.contains("exit mode: stdout, code 3"), "{stdout}");
+    assert!(stderr.contains("exit mode: stderr, code 3"), "{stderr}");
+    assert!(!stdout.contains("stderr"), "{stdout}");
+    assert!(!stderr.contains("stdout"), "{stderr}");
+    let done = o
+        .wait_job("swt-follow-exit", Duration::from_secs(60))
+        .await
+        .unwrap();
+    assert_eq!((done.state, done.exit_code), (JobState::Failed, Some(3)));
+    let (again, _) = follow_to_end(&o, "swt-follow-exit").await;
+    assert_eq!(again, stdout, "a finished job's output, once");
+
+    // A follower of a job that is removed meanwhile ends too.
+    o.run_job(&job("swt-follow-sleep-2", &["sleep", "300"], None))
+        .await
+        .unwrap();
+    cleanup.services.push("base-job-swt-follow-sleep-2".into());
+    let follower = {
+        let o = SwarmOrchestrator::connect().await.unwrap();
+        tokio::spawn(async move { follow_to_end(&o, "swt-follow-sleep-2").await })
+    };
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    o.remove_job("swt-follow-sleep-2").await.unwrap();
+    follower.await.unwrap();
+
+    for id in ["swt-follow-exit", "swt-follow-sleep"] {
+        o.remove_job(id).await.unwrap();
+    }
 }

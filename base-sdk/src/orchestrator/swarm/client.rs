@@ -31,8 +31,8 @@ use super::SwarmError;
 use super::spec::{self, BaseNetwork, ChallengeSecretRefs, SecretKind, SecretRef};
 use crate::model::Slug;
 use crate::orchestrator::{
-    ChallengeSpec, JobLogs, JobSpec, JobStatus, LogStream, Orchestrator, OrchestratorError,
-    ServiceStatus,
+    ChallengeSpec, JobLogs, JobSpec, JobStatus, LogChunk, LogStream, LogStreamKind, Orchestrator,
+    OrchestratorError, ServiceStatus,
 };
 
 /// How long a purge waits for the removed service's container to release
@@ -89,6 +89,49 @@ fn filters(pairs: &[(&str, &str)]) -> HashMap<String, Vec<String>> {
 /// Whether an engine error is "not found".
 fn is_status(e: &SwarmError, code: u16) -> bool {
     e.status() == Some(code)
+}
+
+/// A service by name; `None` when absent.
+async fn find_service(docker: &Docker, name: &str) -> Result<Option<Service>, SwarmError> {
+    match docker.inspect_service(name, None).await {
+        Ok(s) => Ok(Some(s)),
+        Err(e) => {
+            let e = SwarmError::docker(format!("inspecting service {name}"), e);
+            if is_status(&e, 404) { Ok(None) } else { Err(e) }
+        }
+    }
+}
+
+/// The tasks of the given services (all of them in one request).
+async fn tasks_of(docker: &Docker, service_ids: &[String]) -> Result<Vec<Task>, SwarmError> {
+    if service_ids.is_empty() {
+        return Ok(Vec::new());
+    }
+    let pairs: Vec<(&str, &str)> = service_ids
+        .iter()
+        .map(|id| ("service", id.as_str()))
+        .collect();
+    let opts = ListTasksOptionsBuilder::new()
+        .filters(&filters(&pairs))
+        .build();
+    docker
+        .list_tasks(Some(opts))
+        .await
+        .map_err(|e| SwarmError::docker("listing tasks", e))
+}
+
+/// One job's status, read from its service and tasks (`NotFound` once the
+/// service is gone).
+async fn job_status_of(docker: &Docker, id: &str) -> Result<JobStatus, OrchestratorError> {
+    let name = spec::job_service_name(id)?;
+    let service = find_service(docker, &name)
+        .await?
+        .ok_or_else(|| OrchestratorError::NotFound(format!("job '{id}'")))?;
+    let tasks = tasks_of(docker, &service.id.iter().cloned().collect::<Vec<_>>()).await?;
+    let labels = service.spec.and_then(|s| s.labels).unwrap_or_default();
+    spec::job_status(id, &labels, &tasks).ok_or_else(|| {
+        OrchestratorError::NotFound(format!("job '{id}' (service has no BASE labels)"))
+    })
 }
 
 impl SwarmOrchestrator {
@@ -330,31 +373,12 @@ impl SwarmOrchestrator {
 
     /// A service by name; `None` when absent.
     async fn find_service(&self, name: &str) -> Result<Option<Service>, SwarmError> {
-        match self.docker.inspect_service(name, None).await {
-            Ok(s) => Ok(Some(s)),
-            Err(e) => {
-                let e = SwarmError::docker(format!("inspecting service {name}"), e);
-                if is_status(&e, 404) { Ok(None) } else { Err(e) }
-            }
-        }
+        find_service(&self.docker, name).await
     }
 
     /// The tasks of the given services (all of them in one request).
     async fn tasks_of(&self, service_ids: &[String]) -> Result<Vec<Task>, SwarmError> {
-        if service_ids.is_empty() {
-            return Ok(Vec::new());
-        }
-        let pairs: Vec<(&str, &str)> = service_ids
-            .iter()
-            .map(|id| ("service", id.as_str()))
-            .collect();
-        let opts = ListTasksOptionsBuilder::new()
-            .filters(&filters(&pairs))
-            .build();
-        self.docker
-            .list_tasks(Some(opts))
-            .await
-            .map_err(|e| SwarmError::docker("listing tasks", e))
+        tasks_of(&self.docker, service_ids).await
     }
 
     /// Creates the service, or updates it when the desired spec's digest
@@ -624,18 +648,7 @@ impl Orchestrator for SwarmOrchestrator {
     }
 
     async fn job_status(&self, id: &str) -> Result<JobStatus, OrchestratorError> {
-        let name = spec::job_service_name(id)?;
-        let service = self
-            .find_service(&name)
-            .await?
-            .ok_or_else(|| OrchestratorError::NotFound(format!("job '{id}'")))?;
-        let tasks = self
-            .tasks_of(&service.id.iter().cloned().collect::<Vec<_>>())
-            .await?;
-        let labels = service.spec.and_then(|s| s.labels).unwrap_or_default();
-        spec::job_status(id, &labels, &tasks).ok_or_else(|| {
-            OrchestratorError::NotFound(format!("job '{id}' (service has no BASE labels)"))
-        })
+        job_status_of(&self.docker, id).await
     }
 
     /// Subscribes to the shared watcher and returns as soon as a refresh
@@ -734,10 +747,35 @@ impl Orchestrator for SwarmOrchestrator {
         Ok(self.job_statuses(slug.as_ref()).await?)
     }
 
+    /// The service logs endpoint with `follow=true`, stdout and stderr
+    /// kept apart as the engine frames them. The engine's follow stream of
+    /// a job may stay open after its task exited (Docker 20.10 does), so
+    /// the stream also ends by itself once the service is gone, or once the
+    /// job is terminal and nothing arrived for [`FOLLOW_QUIET`].
     async fn follow_job_logs(&self, id: &str) -> Result<LogStream, OrchestratorError> {
-        Err(OrchestratorError::Backend(format!(
-            "following the logs of job '{id}' is not implemented for swarm yet"
-        )))
+        let name = spec::job_service_name(id)?;
+        if self.find_service(&name).await?.is_none() {
+            return Err(OrchestratorError::NotFound(format!("job '{id}'")));
+        }
+        let opts = LogsOptionsBuilder::new()
+            .stdout(true)
+            .stderr(true)
+            .follow(true)
+            .timestamps(false)
+            .build();
+        let mut check = tokio::time::interval(FOLLOW_CHECK);
+        check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let state = Follow {
+            logs: Box::pin(self.docker.service_logs(&name, Some(opts))),
+            docker: self.docker.clone(),
+            id: id.to_string(),
+            name,
+            last_output: tokio::time::Instant::now(),
+            check,
+            check_failures: 0,
+            done: false,
+        };
+        Ok(Box::pin(futures::stream::unfold(state, follow_step)))
     }
 
     /// Read from the nodes on every call (one request), so a GPU worker
@@ -792,6 +830,105 @@ impl TailBuffer {
             String::from_utf8_lossy(&self.buf).into_owned(),
             self.truncated,
         )
+    }
+}
+
+/// A follower that has seen the job terminal ends after this long without
+/// output: long enough for the engine to deliver the last lines it still
+/// holds, short enough that a caller is not left hanging on a stream
+/// Docker 20.10 never closes.
+const FOLLOW_QUIET: Duration = Duration::from_secs(2);
+
+/// How often a follower looks at its job's state (two small requests).
+const FOLLOW_CHECK: Duration = Duration::from_millis(500);
+
+/// Consecutive failed state checks after which a follower gives up with an
+/// error (the engine is unreachable, not just slow).
+const FOLLOW_MAX_CHECK_FAILURES: u32 = 10;
+
+/// Where a [`SwarmOrchestrator::follow_job_logs`] stream is.
+struct Follow {
+    /// The engine's follow stream.
+    logs: futures::stream::BoxStream<'static, Result<LogOutput, bollard::errors::Error>>,
+    /// For the state checks.
+    docker: Docker,
+    /// The job.
+    id: String,
+    /// Its service.
+    name: String,
+    /// When the last bytes arrived (or following began).
+    last_output: tokio::time::Instant,
+    /// Ticks the state checks.
+    check: tokio::time::Interval,
+    /// State checks failed in a row.
+    check_failures: u32,
+    /// Set when nothing more is to be yielded.
+    done: bool,
+}
+
+/// What woke a follower.
+enum FollowEvent {
+    /// The engine sent a frame, failed, or ended the stream.
+    Output(Option<Result<LogOutput, bollard::errors::Error>>),
+    /// Time to look at the job's state.
+    Check,
+}
+
+/// One step of following: the next chunk of output, or the end.
+async fn follow_step(mut f: Follow) -> Option<(Result<LogChunk, OrchestratorError>, Follow)> {
+    loop {
+        if f.done {
+            return None;
+        }
+        let event = tokio::select! {
+            item = f.logs.next() => FollowEvent::Output(item),
+            _ = f.check.tick() => FollowEvent::Check,
+        };
+        match event {
+            // The engine closed the stream: all output was delivered.
+            FollowEvent::Output(None) => return None,
+            FollowEvent::Output(Some(Ok(out))) => {
+                let (stream, data) = match out {
+                    LogOutput::StdOut { message } | LogOutput::Console { message } => {
+                        (LogStreamKind::Stdout, message)
+                    }
+                    LogOutput::StdErr { message } => (LogStreamKind::Stderr, message),
+                    LogOutput::StdIn { .. } => continue,
+                };
+                if data.is_empty() {
+                    continue;
+                }
+                f.last_output = tokio::time::Instant::now();
+                return Some((Ok(LogChunk { stream, data }), f));
+            }
+            FollowEvent::Output(Some(Err(e))) => {
+                f.done = true;
+                // The service was removed under the stream: that is the
+                // end of the job's output, not a failure.
+                if let Ok(None) = find_service(&f.docker, &f.name).await {
+                    return None;
+                }
+                let e = SwarmError::docker(format!("following the logs of {}", f.name), e);
+                return Some((Err(e.into()), f));
+            }
+            FollowEvent::Check => match job_status_of(&f.docker, &f.id).await {
+                Err(OrchestratorError::NotFound(_)) => return None,
+                Ok(status) => {
+                    f.check_failures = 0;
+                    if status.state.is_terminal() && f.last_output.elapsed() >= FOLLOW_QUIET {
+                        return None;
+                    }
+                }
+                Err(e) => {
+                    f.check_failures += 1;
+                    if f.check_failures >= FOLLOW_MAX_CHECK_FAILURES {
+                        f.done = true;
+                        return Some((Err(e), f));
+                    }
+                    tracing::debug!(job = %f.id, error = %e, "follower could not read the job's state");
+                }
+            },
+        }
     }
 }
 

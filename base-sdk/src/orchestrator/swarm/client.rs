@@ -7,7 +7,7 @@
 //! refreshes all jobs' task states at once, woken by the engine's event
 //! stream, rather than by a polling loop per waiting caller.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::fmt;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -18,9 +18,9 @@ use bollard::Docker;
 use bollard::container::LogOutput;
 use bollard::models::{Service, ServiceSpec, Task};
 use bollard::query_parameters::{
-    EventsOptionsBuilder, InspectNetworkOptionsBuilder, ListSecretsOptionsBuilder,
-    ListServicesOptionsBuilder, ListTasksOptionsBuilder, LogsOptionsBuilder,
-    RemoveVolumeOptionsBuilder, UpdateServiceOptionsBuilder,
+    EventsOptionsBuilder, InspectNetworkOptionsBuilder, ListConfigsOptionsBuilder,
+    ListSecretsOptionsBuilder, ListServicesOptionsBuilder, ListTasksOptionsBuilder,
+    LogsOptionsBuilder, RemoveVolumeOptionsBuilder, UpdateServiceOptionsBuilder,
 };
 use futures::StreamExt;
 use secrecy::SecretString;
@@ -47,6 +47,14 @@ const NETWORK_SETTLE_TRIES: u32 = 20;
 /// task state changes on *other* nodes produce no event on this manager
 /// (Docker 20.10 has no task events), so a multi-node cluster needs it.
 const WATCH_FALLBACK: Duration = Duration::from_secs(2);
+
+/// How many config requests of one job run at once.
+const CONFIG_CONCURRENCY: usize = 8;
+
+/// How old a job-mount config without a job service must be before it is
+/// pruned: `run_job` creates the configs, then the service, milliseconds
+/// apart; a minute leaves any such job alone.
+const ORPHAN_GRACE: chrono::Duration = chrono::Duration::seconds(60);
 
 /// Runs challenges and jobs on Docker Swarm through the Engine API.
 pub struct SwarmOrchestrator {
@@ -442,6 +450,192 @@ impl SwarmOrchestrator {
         )))
     }
 
+    /// Creates one config per mounted file (a few at a time) and returns
+    /// their ids by name. A config that exists already — a retried call —
+    /// is looked up and used: configs are immutable, and the name holds the
+    /// job id, so it holds this job's file.
+    async fn create_job_configs(
+        &self,
+        job: &JobSpec,
+        files: &[spec::MountFile<'_>],
+    ) -> Result<HashMap<String, String>, SwarmError> {
+        // Boxed one by one in a loop: a closure returning these futures
+        // trips the compiler's higher-ranked lifetime check under
+        // `async_trait`'s `Send` bound.
+        let mut creations: Vec<
+            futures::future::BoxFuture<'_, Result<(String, String), SwarmError>>,
+        > = Vec::with_capacity(files.len());
+        for file in files {
+            creations.push(Box::pin(self.create_job_config(job, file)));
+        }
+        futures::stream::iter(creations)
+            .buffer_unordered(CONFIG_CONCURRENCY)
+            .collect::<Vec<_>>()
+            .await
+            .into_iter()
+            .collect()
+    }
+
+    /// One config of a mounted file; its id by name.
+    async fn create_job_config(
+        &self,
+        job: &JobSpec,
+        file: &spec::MountFile<'_>,
+    ) -> Result<(String, String), SwarmError> {
+        let name = file.name.clone();
+        match self
+            .docker
+            .create_config(spec::job_config_spec(job, file))
+            .await
+        {
+            Ok(created) => Ok((name, created.id)),
+            Err(e) => {
+                let e = SwarmError::docker(format!("creating config {name}"), e);
+                if !is_status(&e, 409) {
+                    return Err(e);
+                }
+                let opts = ListConfigsOptionsBuilder::new()
+                    .filters(&filters(&[("name", &name)]))
+                    .build();
+                let found = self
+                    .docker
+                    .list_configs(Some(opts))
+                    .await
+                    .map_err(|e| SwarmError::docker(format!("looking up config {name}"), e))?
+                    .into_iter()
+                    .find(|c| c.spec.as_ref().and_then(|s| s.name.as_deref()) == Some(&name))
+                    .and_then(|c| c.id);
+                found.map(|id| (name.clone(), id)).ok_or_else(|| {
+                    SwarmError::Spec(format!("config {name} could neither be created nor found"))
+                })
+            }
+        }
+    }
+
+    /// Deletes every config of a job's mounted files (404s ignored: the call
+    /// is idempotent); the first other failure is returned after trying all.
+    async fn remove_job_configs(&self, id: &str) -> Result<usize, SwarmError> {
+        let job_label = format!("{}={id}", spec::LABEL_JOB_ID);
+        let component = format!("{}={}", spec::LABEL_COMPONENT, spec::COMPONENT_JOB_MOUNT);
+        let opts = ListConfigsOptionsBuilder::new()
+            .filters(&filters(&[("label", &component), ("label", &job_label)]))
+            .build();
+        let configs = self
+            .docker
+            .list_configs(Some(opts))
+            .await
+            .map_err(|e| SwarmError::docker(format!("listing the configs of job {id}"), e))?;
+        let ids: Vec<String> = configs.into_iter().filter_map(|c| c.id).collect();
+        self.delete_configs(&ids).await
+    }
+
+    /// Deletes configs by id, 404s counted as done; returns how many were
+    /// deleted, or the first failure after trying them all.
+    async fn delete_configs(&self, ids: &[String]) -> Result<usize, SwarmError> {
+        let mut deletions: Vec<futures::future::BoxFuture<'_, Result<bool, SwarmError>>> =
+            Vec::with_capacity(ids.len());
+        for cid in ids {
+            deletions.push(Box::pin(async move {
+                match self.docker.delete_config(cid).await {
+                    Ok(()) => Ok(true),
+                    Err(e) => {
+                        let e = SwarmError::docker(format!("removing config {cid}"), e);
+                        if is_status(&e, 404) {
+                            Ok(false)
+                        } else {
+                            Err(e)
+                        }
+                    }
+                }
+            }));
+        }
+        let results: Vec<Result<bool, SwarmError>> = futures::stream::iter(deletions)
+            .buffer_unordered(CONFIG_CONCURRENCY)
+            .collect()
+            .await;
+        let mut deleted = 0;
+        let mut first_error = None;
+        for r in results {
+            match r {
+                Ok(true) => deleted += 1,
+                Ok(false) => {}
+                Err(e) => {
+                    first_error.get_or_insert(e);
+                }
+            }
+        }
+        match first_error {
+            Some(e) => Err(e),
+            None => Ok(deleted),
+        }
+    }
+
+    /// Best-effort cleanup after a failed `run_job`: whatever is left here
+    /// is found later by [`SwarmOrchestrator::prune_job_mounts`].
+    async fn discard_job_configs(&self, id: &str) {
+        if let Err(e) = self.remove_job_configs(id).await {
+            tracing::warn!(job = id, error = %e, "cannot remove the configs of a job that failed to start; the reaper will");
+        }
+    }
+
+    /// The job-mount configs whose job service no longer exists, and are
+    /// older than [`ORPHAN_GRACE`] (younger ones may belong to a job whose
+    /// service is being created right now).
+    async fn orphan_configs(&self) -> Result<Vec<spec::OrphanConfig>, SwarmError> {
+        let component = format!("{}={}", spec::LABEL_COMPONENT, spec::COMPONENT_JOB_MOUNT);
+        let opts = ListConfigsOptionsBuilder::new()
+            .filters(&filters(&[("label", &component)]))
+            .build();
+        let configs = self
+            .docker
+            .list_configs(Some(opts))
+            .await
+            .map_err(|e| SwarmError::docker("listing job-mount configs", e))?;
+        if configs.is_empty() {
+            return Ok(Vec::new());
+        }
+        let services = self
+            .services_labelled(&[(spec::LABEL_COMPONENT, spec::COMPONENT_JOB)])
+            .await?;
+        let live: HashSet<String> = services
+            .iter()
+            .filter_map(|s| s.spec.as_ref()?.labels.as_ref()?.get(spec::LABEL_JOB_ID))
+            .cloned()
+            .collect();
+        Ok(spec::orphaned_job_mounts(
+            &configs,
+            &live,
+            chrono::Utc::now(),
+            ORPHAN_GRACE,
+        ))
+    }
+
+    /// Names of the job-mount configs no job service uses any more (a
+    /// removal that failed half-way, or a broker killed between creating a
+    /// job's configs and its service).
+    pub async fn orphaned_job_mounts(&self) -> Result<Vec<String>, OrchestratorError> {
+        Ok(self
+            .orphan_configs()
+            .await?
+            .into_iter()
+            .map(|c| c.name)
+            .collect())
+    }
+
+    /// Deletes the configs [`orphaned_job_mounts`](Self::orphaned_job_mounts)
+    /// finds; returns how many were deleted.
+    pub async fn prune_job_mounts(&self) -> Result<usize, OrchestratorError> {
+        let orphans = self.orphan_configs().await?;
+        if orphans.is_empty() {
+            return Ok(0);
+        }
+        for o in &orphans {
+            tracing::info!(config = %o.name, job = %o.job_id, "removing orphaned job-mount config");
+        }
+        let ids: Vec<String> = orphans.into_iter().map(|o| o.id).collect();
+        Ok(self.delete_configs(&ids).await?)
+    }
+
     /// All services with the given labels.
     async fn services_labelled(&self, labels: &[(&str, &str)]) -> Result<Vec<Service>, SwarmError> {
         let values: Vec<String> = labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
@@ -621,24 +815,46 @@ impl Orchestrator for SwarmOrchestrator {
         Ok(out)
     }
 
-    /// Creates the replicated-job service; an existing job of the same id
-    /// is returned as it is (the call is idempotent).
+    /// Creates the job's mount configs, then its replicated-job service;
+    /// an existing job of the same id is returned as it is (the call is
+    /// idempotent). Everything is validated before anything is created, and
+    /// the configs are removed again if the service cannot be created.
     async fn run_job(&self, job: &JobSpec) -> Result<JobStatus, OrchestratorError> {
         let name = spec::job_service_name(&job.id)?;
-        let desired = spec::job_service(job)?;
+        let files = spec::job_mount_files(job)?;
+        let placeholders: HashMap<String, String> = files
+            .iter()
+            .map(|f| (f.name.clone(), String::new()))
+            .collect();
+        spec::job_service(job, &placeholders)?;
         if job.limits.network == crate::orchestrator::JobNetwork::None {
             self.networks_once().await?;
         }
+        if self.find_service(&name).await?.is_some() {
+            self.watcher.kick.notify_one();
+            return self.job_status(&job.id).await;
+        }
+        let config_ids = match self.create_job_configs(job, &files).await {
+            Ok(ids) => ids,
+            Err(e) => {
+                self.discard_job_configs(&job.id).await;
+                return Err(e.into());
+            }
+        };
+        let desired = spec::job_service(job, &config_ids)?;
         match self.docker.create_service(desired, None).await {
             Ok(created) => {
                 for w in created.warnings.iter().flatten() {
                     tracing::warn!(service = %name, warning = %w, "engine warning");
                 }
-                tracing::info!(job = %job.id, slug = %job.slug, gpus = ?job.limits.gpus, "created job service");
+                tracing::info!(job = %job.id, slug = %job.slug, gpus = ?job.limits.gpus, files = files.len(), "created job service");
             }
             Err(e) => {
                 let e = SwarmError::docker(format!("creating job service {name}"), e);
+                // 409: a concurrent run_job of the same id created it, with
+                // these same configs.
                 if !is_status(&e, 409) {
+                    self.discard_job_configs(&job.id).await;
                     return Err(e.into());
                 }
             }
@@ -724,23 +940,24 @@ impl Orchestrator for SwarmOrchestrator {
         })
     }
 
+    /// Deletes the service, then the configs of its mounted files (a
+    /// config in use by a service cannot be deleted, so the order matters).
     async fn remove_job(&self, id: &str) -> Result<(), OrchestratorError> {
         let name = spec::job_service_name(id)?;
         match self.docker.delete_service(&name).await {
             Ok(()) => {
                 tracing::info!(job = id, "removed job service");
                 self.watcher.kick.notify_one();
-                Ok(())
             }
             Err(e) => {
                 let e = SwarmError::docker(format!("removing job service {name}"), e);
-                if is_status(&e, 404) {
-                    Ok(())
-                } else {
-                    Err(e.into())
+                if !is_status(&e, 404) {
+                    return Err(e.into());
                 }
             }
         }
+        self.remove_job_configs(id).await?;
+        Ok(())
     }
 
     async fn list_jobs(&self, slug: Option<Slug>) -> Result<Vec<JobStatus>, OrchestratorError> {
@@ -781,6 +998,10 @@ impl Orchestrator for SwarmOrchestrator {
     /// Read from the nodes on every call (one request), so a GPU worker
     /// that joins, drains or goes down changes what the broker may lease
     /// without a restart; the rule is `nodes::gpu_capacity`.
+    async fn prune_job_leftovers(&self) -> Result<usize, OrchestratorError> {
+        self.prune_job_mounts().await
+    }
+
     async fn gpu_capacity(&self) -> Result<u32, OrchestratorError> {
         let nodes = self
             .docker

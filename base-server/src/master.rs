@@ -7,7 +7,7 @@ use std::time::Duration;
 use base_sdk::auth::AdminAuth;
 use base_sdk::broker::{Broker, BrokerConfig};
 use base_sdk::config::{ConfigError, OrchestratorKind, Settings};
-use base_sdk::metagraph::FileMetagraph;
+use base_sdk::metagraph::{FileMetagraph, Metagraph};
 use base_sdk::orchestrator::Orchestrator;
 use base_sdk::orchestrator::swarm::SwarmOrchestrator;
 use base_sdk::registry::{self, Policy, Registry, RegistryError};
@@ -104,6 +104,7 @@ pub async fn run(
     if let Some(o) = &orchestrator {
         state = state.with_orchestrator(o.clone());
     }
+    state = state.with_proxy(Arc::new(proxy(&settings)?));
     // A restart serves the last vector at once.
     if let Ok(Some(snapshot)) = registry.store().latest_snapshot().await {
         state.weights().publish(&snapshot);
@@ -124,6 +125,12 @@ pub async fn run(
             stopped(stop_rx.clone()),
         )));
     }
+    // Expired bridge nonces go in the background, never on a request.
+    tasks.push(tokio::spawn(base_sdk::proxy::bridge::purge_nonces_every(
+        registry.store().clone(),
+        Duration::from_secs(600),
+        stopped(stop_rx.clone()),
+    )));
     match settings.metagraph_file.clone() {
         Some(path) => {
             let runner = EpochRunner {
@@ -186,6 +193,22 @@ pub async fn run(
         context: "serving the API".into(),
         source,
     })
+}
+
+/// The public proxy from the operator's settings; the bridge checks
+/// hotkeys against the file metagraph when one is configured.
+pub fn proxy(settings: &Settings) -> Result<base_sdk::proxy::Proxy, MasterError> {
+    let metagraph = settings
+        .metagraph_file
+        .clone()
+        .map(|path| Arc::new(FileMetagraph::new(path)) as Arc<dyn Metagraph>);
+    if metagraph.is_none() {
+        tracing::warn!(
+            "upload bridge disabled: set BASE_METAGRAPH_FILE so miner hotkeys can be checked"
+        );
+    }
+    base_sdk::proxy::Proxy::new(settings.proxy_config(), metagraph)
+        .map_err(|e| MasterError::Unsupported(e.to_string()))
 }
 
 /// The broker's settings from the operator's.

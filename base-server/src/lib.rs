@@ -12,6 +12,7 @@ pub mod json;
 pub mod master;
 pub mod public;
 pub mod state;
+pub mod submitter;
 pub mod weights;
 
 use std::future::Future;

@@ -6,8 +6,9 @@ use std::time::Duration;
 
 use base_sdk::auth::AdminAuth;
 use base_sdk::broker::{Broker, BrokerConfig};
-use base_sdk::config::{ConfigError, OrchestratorKind, Settings};
-use base_sdk::metagraph::FileMetagraph;
+use base_sdk::chain::metagraph::{ChainMetagraph, LazySubtensor};
+use base_sdk::config::{ConfigError, MetagraphKind, OrchestratorKind, Settings};
+use base_sdk::metagraph::{FileMetagraph, Metagraph};
 use base_sdk::orchestrator::Orchestrator;
 use base_sdk::orchestrator::swarm::SwarmOrchestrator;
 use base_sdk::registry::{self, Policy, Registry, RegistryError};
@@ -124,13 +125,13 @@ pub async fn run(
             stopped(stop_rx.clone()),
         )));
     }
-    match settings.metagraph_file.clone() {
-        Some(path) => {
+    match metagraph(&settings) {
+        Some(metagraph) => {
             let runner = EpochRunner {
                 registry: registry.clone(),
                 orchestrator: orchestrator.clone(),
                 source: Arc::new(HttpWeightSource::new(Duration::from_secs(10), 2)?),
-                metagraph: Arc::new(FileMetagraph::new(path)),
+                metagraph,
                 config: EpochConfig {
                     netuid: settings.netuid,
                     chain_endpoint: settings.chain_endpoint.clone(),
@@ -145,7 +146,7 @@ pub async fn run(
             )));
         }
         None => tracing::warn!(
-            "weights disabled: set BASE_METAGRAPH_FILE (the chain metagraph comes with the chain submitter)"
+            "weights disabled: set BASE_METAGRAPH=chain (hotkeys from BASE_CHAIN_ENDPOINT) or BASE_METAGRAPH_FILE"
         ),
     }
 
@@ -186,6 +187,34 @@ pub async fn run(
         context: "serving the API".into(),
         source,
     })
+}
+
+/// The metagraph the epochs use: `BASE_METAGRAPH=chain` reads
+/// `SubtensorModule` storage at `BASE_CHAIN_ENDPOINT` (cached for
+/// `BASE_METAGRAPH_TTL_SECONDS`); `file` (the default whenever
+/// `BASE_METAGRAPH_FILE` is set) reads the file; otherwise none.
+pub fn metagraph(settings: &Settings) -> Option<Arc<dyn Metagraph>> {
+    let kind = settings.metagraph.or(settings
+        .metagraph_file
+        .as_ref()
+        .map(|_| MetagraphKind::File))?;
+    match kind {
+        MetagraphKind::File => match settings.metagraph_file.clone() {
+            Some(path) => Some(Arc::new(FileMetagraph::new(path))),
+            None => {
+                tracing::warn!("BASE_METAGRAPH=file needs BASE_METAGRAPH_FILE");
+                None
+            }
+        },
+        MetagraphKind::Chain => {
+            tracing::info!(endpoint = %settings.chain_endpoint, netuid = settings.netuid, "metagraph from the chain");
+            Some(Arc::new(ChainMetagraph::new(
+                LazySubtensor::new(settings.chain_endpoint.clone(), Duration::from_secs(60)),
+                settings.netuid,
+                Duration::from_secs(settings.metagraph_ttl_seconds),
+            )))
+        }
+    }
 }
 
 /// The broker's settings from the operator's.

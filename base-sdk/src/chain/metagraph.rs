@@ -35,6 +35,45 @@ impl UidSource for Subtensor {
     }
 }
 
+/// A [`UidSource`] that connects to subtensor on first use (and again
+/// after a failed connection), so a master starts even while the chain
+/// endpoint is unreachable, and each read is bounded by `timeout`.
+pub struct LazySubtensor {
+    endpoint: String,
+    timeout: Duration,
+    client: tokio::sync::OnceCell<Subtensor>,
+}
+
+impl LazySubtensor {
+    /// A source for `endpoint` (`ws://` or `wss://`).
+    pub fn new(endpoint: impl Into<String>, timeout: Duration) -> Self {
+        Self {
+            endpoint: endpoint.into(),
+            timeout,
+            client: tokio::sync::OnceCell::new(),
+        }
+    }
+}
+
+#[async_trait]
+impl UidSource for LazySubtensor {
+    async fn registered(&self, netuid: u16) -> Result<Registered, ChainError> {
+        let work = async {
+            let chain = self
+                .client
+                .get_or_try_init(|| Subtensor::connect(&self.endpoint))
+                .await?;
+            chain.registered(netuid).await
+        };
+        tokio::time::timeout(self.timeout, work)
+            .await
+            .map_err(|_| ChainError::Connection {
+                endpoint: self.endpoint.clone(),
+                reason: format!("no answer within {}s", self.timeout.as_secs()),
+            })?
+    }
+}
+
 /// A [`Metagraph`] over a [`UidSource`], re-read at most once per `ttl`.
 /// When a refresh fails and an older reading exists, the older reading is
 /// served (its `updated_at` shows its age) and the failure logged: the

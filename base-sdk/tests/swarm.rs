@@ -963,3 +963,66 @@ async fn a_job_reads_its_mounted_files_and_leaves_no_config_behind() {
     assert!(!exists("service", "base-job-swt-mount-rw"));
     assert!(job_configs("swt-mount-rw").is_empty());
 }
+
+/// Running containers of a service (on this node).
+fn running_containers(service: &str) -> Vec<String> {
+    let (_, out, _) = docker_cli(&[
+        "ps",
+        "-q",
+        "--filter",
+        &format!("label=com.docker.swarm.service.name={service}"),
+    ]);
+    out.split_whitespace().map(str::to_string).collect()
+}
+
+#[tokio::test]
+#[ignore = "needs docker swarm"]
+async fn removing_a_running_job_stops_its_task_and_leaves_no_config() {
+    let _serial = SERIAL.lock().await;
+    let mut cleanup = Cleanup::new();
+    let service = "base-job-swt-remove-running";
+    cleanup.services.push(service.into());
+    cleanup.job_configs.push("swt-remove-running".into());
+    let o = SwarmOrchestrator::connect().await.unwrap();
+    let mut j = job("swt-remove-running", &["sleep", "300"], None);
+    j.mounts = vec![JobMount {
+        target: "/work/in".into(),
+        read_only: true,
+        files: BTreeMap::from([("a.txt".to_string(), b"alpha".to_vec())]),
+    }];
+    o.run_job(&j).await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while o.job_status("swt-remove-running").await.unwrap().state != JobState::Running {
+        assert!(Instant::now() < deadline, "the job never ran");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    while running_containers(service).is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "no container for the running job"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    assert_eq!(job_configs("swt-remove-running").len(), 1);
+
+    o.remove_job("swt-remove-running").await.unwrap();
+    assert!(!exists("service", service));
+    assert!(job_configs("swt-remove-running").is_empty());
+    // The container stops (Docker 20.10 would leave it running after a
+    // plain service delete); within the stop grace period at worst.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !running_containers(service).is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "the removed job's container still runs: {:?}",
+            running_containers(service)
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    // Idempotent.
+    o.remove_job("swt-remove-running").await.unwrap();
+    assert!(matches!(
+        o.job_status("swt-remove-running").await,
+        Err(OrchestratorError::NotFound(_))
+    ));
+}

@@ -48,6 +48,10 @@ const NETWORK_SETTLE_TRIES: u32 = 20;
 /// (Docker 20.10 has no task events), so a multi-node cluster needs it.
 const WATCH_FALLBACK: Duration = Duration::from_secs(2);
 
+/// How long `remove_job` waits for the engine to tell a scaled-down job's
+/// tasks to go before deleting the service anyway.
+const STOP_SETTLE_TIMEOUT: Duration = Duration::from_secs(5);
+
 /// How many config requests of one job run at once.
 const CONFIG_CONCURRENCY: usize = 8;
 
@@ -636,6 +640,68 @@ impl SwarmOrchestrator {
         Ok(self.delete_configs(&ids).await?)
     }
 
+    /// Scales an unsettled job service to nothing and waits (at most
+    /// [`STOP_SETTLE_TIMEOUT`]) until the engine has told its tasks to go.
+    /// A job already settled is left as it is.
+    async fn stop_job_tasks(&self, name: &str, mut service: Service) -> Result<(), SwarmError> {
+        for attempt in 0..3 {
+            let tasks = self
+                .tasks_of(&service.id.iter().cloned().collect::<Vec<_>>())
+                .await?;
+            if spec::job_tasks_settled(&tasks) {
+                return Ok(());
+            }
+            let Some(current) = service.spec.clone() else {
+                return Ok(());
+            };
+            let index = service.version.as_ref().and_then(|v| v.index).unwrap_or(0);
+            let version = i32::try_from(index).map_err(|_| {
+                SwarmError::Spec(format!(
+                    "service {name} version {index} exceeds the API's range"
+                ))
+            })?;
+            let opts = UpdateServiceOptionsBuilder::new().version(version).build();
+            match self
+                .docker
+                .update_service(name, spec::stopped_job_spec(current), opts, None)
+                .await
+            {
+                Ok(_) => break,
+                Err(e) => {
+                    let e = SwarmError::docker(format!("stopping job service {name}"), e);
+                    if is_status(&e, 404) {
+                        return Ok(());
+                    }
+                    // Changed since read: read it again.
+                    if attempt == 2 || !e.to_string().contains("out of sequence") {
+                        return Err(e);
+                    }
+                    match self.find_service(name).await? {
+                        Some(fresh) => service = fresh,
+                        None => return Ok(()),
+                    }
+                }
+            }
+        }
+        let ids: Vec<String> = service.id.iter().cloned().collect();
+        let deadline = tokio::time::Instant::now() + STOP_SETTLE_TIMEOUT;
+        loop {
+            let tasks = self.tasks_of(&ids).await?;
+            // No task at all after the scale-down: none will come.
+            if tasks.is_empty() || spec::job_tasks_settled(&tasks) {
+                return Ok(());
+            }
+            if tokio::time::Instant::now() >= deadline {
+                tracing::warn!(
+                    service = name,
+                    "job tasks not told to stop in time; deleting anyway"
+                );
+                return Ok(());
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
     /// All services with the given labels.
     async fn services_labelled(&self, labels: &[(&str, &str)]) -> Result<Vec<Service>, SwarmError> {
         let values: Vec<String> = labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
@@ -940,10 +1006,20 @@ impl Orchestrator for SwarmOrchestrator {
         })
     }
 
-    /// Deletes the service, then the configs of its mounted files (a
-    /// config in use by a service cannot be deleted, so the order matters).
+    /// Stops the job's task if it may still run, deletes the service, then
+    /// the configs of its mounted files (a config in use by a service
+    /// cannot be deleted, so the order matters). Idempotent: a missing
+    /// service or config is fine.
+    ///
+    /// The stop is needed on Docker 20.10, which deletes a replicated-job
+    /// service without stopping its running task (moby/moby#44312): the
+    /// service is first scaled to nothing, which the engine answers by
+    /// telling the task to go; see `spec::job_tasks_settled`.
     async fn remove_job(&self, id: &str) -> Result<(), OrchestratorError> {
         let name = spec::job_service_name(id)?;
+        if let Some(service) = self.find_service(&name).await? {
+            self.stop_job_tasks(&name, service).await?;
+        }
         match self.docker.delete_service(&name).await {
             Ok(()) => {
                 tracing::info!(job = id, "removed job service");

@@ -51,6 +51,25 @@ fn job_services() -> Vec<String> {
         .collect()
 }
 
+/// Running containers of this test's jobs (on this single node).
+fn running_job_containers() -> Vec<String> {
+    let out = std::process::Command::new("docker")
+        .args([
+            "ps",
+            "-q",
+            "--filter",
+            "label=base.component=job",
+            "--filter",
+            "label=base.challenge=crashy",
+        ])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(str::to_string)
+        .collect()
+}
+
 fn start_broker(dir: &Path, db: &str, port: u16, run: u32) -> Child {
     let log = std::fs::File::create(dir.join(format!("broker-{run}.log"))).unwrap();
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_base-server"));
@@ -244,6 +263,19 @@ async fn kill_9_mid_job_leaks_nothing_after_restart() {
         store.gpu_leases().await.unwrap().is_empty(),
         "GPU lease leaked"
     );
+    // No job's container still runs either: Docker 20.10 deletes a
+    // replicated-job service without stopping its task (moby/moby#44312),
+    // so a removal that only deleted the service would leave the overdue
+    // job's `sleep 300` running here, invisible to `docker service ls`.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !running_job_containers().is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "job containers still run after their services were removed: {:?}",
+            running_job_containers()
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
     broker.start_kill().unwrap();
     let _ = broker.wait().await;
 }

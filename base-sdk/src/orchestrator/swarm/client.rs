@@ -1017,7 +1017,18 @@ impl Orchestrator for SwarmOrchestrator {
     /// telling the task to go; see `spec::job_tasks_settled`.
     async fn remove_job(&self, id: &str) -> Result<(), OrchestratorError> {
         let name = spec::job_service_name(id)?;
+        // Without a service to read (already deleted: a retry, or a crash
+        // half-way) the configs are looked for; a service with no mounts
+        // spares that request.
+        let mut has_configs = true;
         if let Some(service) = self.find_service(&name).await? {
+            has_configs = service
+                .spec
+                .as_ref()
+                .and_then(|s| s.task_template.as_ref())
+                .and_then(|t| t.container_spec.as_ref())
+                .and_then(|c| c.configs.as_ref())
+                .is_some_and(|c| !c.is_empty());
             self.stop_job_tasks(&name, service).await?;
         }
         match self.docker.delete_service(&name).await {
@@ -1032,7 +1043,9 @@ impl Orchestrator for SwarmOrchestrator {
                 }
             }
         }
-        self.remove_job_configs(id).await?;
+        if has_configs {
+            self.remove_job_configs(id).await?;
+        }
         Ok(())
     }
 

@@ -651,7 +651,13 @@ impl SwarmOrchestrator {
             if spec::job_tasks_settled(&tasks) {
                 return Ok(());
             }
-            let Some(current) = service.spec.clone() else {
+            // Only a replicated job has the bug (and the mode cannot be
+            // changed): anything else is deleted as it is.
+            let Some(current) = service
+                .spec
+                .clone()
+                .filter(|s| s.mode.as_ref().is_some_and(|m| m.replicated_job.is_some()))
+            else {
                 return Ok(());
             };
             let index = service.version.as_ref().and_then(|v| v.index).unwrap_or(0);

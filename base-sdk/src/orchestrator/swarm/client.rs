@@ -52,6 +52,10 @@ const WATCH_FALLBACK: Duration = Duration::from_secs(2);
 /// tasks to go before deleting the service anyway.
 const STOP_SETTLE_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// How often that wait looks: the engine reacts within milliseconds, and a
+/// cancelled or timed-out job's removal waits on it.
+const STOP_SETTLE_POLL: Duration = Duration::from_millis(25);
+
 /// How many config requests of one job run at once.
 const CONFIG_CONCURRENCY: usize = 8;
 
@@ -704,7 +708,7 @@ impl SwarmOrchestrator {
                 );
                 return Ok(());
             }
-            tokio::time::sleep(Duration::from_millis(100)).await;
+            tokio::time::sleep(STOP_SETTLE_POLL).await;
         }
     }
 

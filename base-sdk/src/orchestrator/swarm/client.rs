@@ -62,7 +62,7 @@ const CONFIG_CONCURRENCY: usize = 8;
 /// How old a job-mount config without a job service must be before it is
 /// pruned: `run_job` creates the configs, then the service, milliseconds
 /// apart; a minute leaves any such job alone.
-const ORPHAN_GRACE: chrono::Duration = chrono::Duration::seconds(60);
+const ORPHAN_GRACE: Duration = Duration::from_secs(60);
 
 /// Runs challenges and jobs on Docker Swarm through the Engine API.
 pub struct SwarmOrchestrator {
@@ -587,9 +587,9 @@ impl SwarmOrchestrator {
     }
 
     /// The job-mount configs whose job service no longer exists, and are
-    /// older than [`ORPHAN_GRACE`] (younger ones may belong to a job whose
-    /// service is being created right now).
-    async fn orphan_configs(&self) -> Result<Vec<spec::OrphanConfig>, SwarmError> {
+    /// older than `grace` (younger ones may belong to a job whose service
+    /// is being created right now).
+    async fn orphan_configs(&self, grace: Duration) -> Result<Vec<spec::OrphanConfig>, SwarmError> {
         let component = format!("{}={}", spec::LABEL_COMPONENT, spec::COMPONENT_JOB_MOUNT);
         let opts = ListConfigsOptionsBuilder::new()
             .filters(&filters(&[("label", &component)]))
@@ -614,7 +614,7 @@ impl SwarmOrchestrator {
             &configs,
             &live,
             chrono::Utc::now(),
-            ORPHAN_GRACE,
+            chrono::Duration::from_std(grace).unwrap_or(chrono::Duration::MAX),
         ))
     }
 
@@ -623,7 +623,7 @@ impl SwarmOrchestrator {
     /// job's configs and its service).
     pub async fn orphaned_job_mounts(&self) -> Result<Vec<String>, OrchestratorError> {
         Ok(self
-            .orphan_configs()
+            .orphan_configs(ORPHAN_GRACE)
             .await?
             .into_iter()
             .map(|c| c.name)
@@ -633,7 +633,18 @@ impl SwarmOrchestrator {
     /// Deletes the configs [`orphaned_job_mounts`](Self::orphaned_job_mounts)
     /// finds; returns how many were deleted.
     pub async fn prune_job_mounts(&self) -> Result<usize, OrchestratorError> {
-        let orphans = self.orphan_configs().await?;
+        self.prune_job_mounts_older_than(ORPHAN_GRACE).await
+    }
+
+    /// [`prune_job_mounts`](Self::prune_job_mounts) with another grace
+    /// period than its 60 s: only orphans at least `grace` old are deleted
+    /// (zero deletes every orphan, also of a job being created right now —
+    /// for when no broker runs, and for tests).
+    pub async fn prune_job_mounts_older_than(
+        &self,
+        grace: Duration,
+    ) -> Result<usize, OrchestratorError> {
+        let orphans = self.orphan_configs(grace).await?;
         if orphans.is_empty() {
             return Ok(0);
         }

@@ -963,3 +963,132 @@ async fn a_job_reads_its_mounted_files_and_leaves_no_config_behind() {
     assert!(!exists("service", "base-job-swt-mount-rw"));
     assert!(job_configs("swt-mount-rw").is_empty());
 }
+
+/// Running containers of a service (on this node).
+fn running_containers(service: &str) -> Vec<String> {
+    let (_, out, _) = docker_cli(&[
+        "ps",
+        "-q",
+        "--filter",
+        &format!("label=com.docker.swarm.service.name={service}"),
+    ]);
+    out.split_whitespace().map(str::to_string).collect()
+}
+
+#[tokio::test]
+#[ignore = "needs docker swarm"]
+async fn removing_a_running_job_stops_its_task_and_leaves_no_config() {
+    let _serial = SERIAL.lock().await;
+    let mut cleanup = Cleanup::new();
+    let service = "base-job-swt-remove-running";
+    cleanup.services.push(service.into());
+    cleanup.job_configs.push("swt-remove-running".into());
+    let o = SwarmOrchestrator::connect().await.unwrap();
+    let mut j = job("swt-remove-running", &["sleep", "300"], None);
+    j.mounts = vec![JobMount {
+        target: "/work/in".into(),
+        read_only: true,
+        files: BTreeMap::from([("a.txt".to_string(), b"alpha".to_vec())]),
+    }];
+    o.run_job(&j).await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while o.job_status("swt-remove-running").await.unwrap().state != JobState::Running {
+        assert!(Instant::now() < deadline, "the job never ran");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    while running_containers(service).is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "no container for the running job"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    assert_eq!(job_configs("swt-remove-running").len(), 1);
+
+    o.remove_job("swt-remove-running").await.unwrap();
+    assert!(!exists("service", service));
+    assert!(job_configs("swt-remove-running").is_empty());
+    // The container stops (Docker 20.10 would leave it running after a
+    // plain service delete); within the stop grace period at worst.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !running_containers(service).is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "the removed job's container still runs: {:?}",
+            running_containers(service)
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    // Idempotent.
+    o.remove_job("swt-remove-running").await.unwrap();
+    assert!(matches!(
+        o.job_status("swt-remove-running").await,
+        Err(OrchestratorError::NotFound(_))
+    ));
+}
+
+#[tokio::test]
+#[ignore = "needs docker swarm"]
+async fn orphaned_mount_configs_are_pruned_and_nothing_else() {
+    let _serial = SERIAL.lock().await;
+    let mut cleanup = Cleanup::new();
+    cleanup.services.push("base-job-swt-prune-live".into());
+    cleanup
+        .job_configs
+        .extend(["swt-prune-live".to_string(), "swt-prune-gone".to_string()]);
+    let o = SwarmOrchestrator::connect().await.unwrap();
+
+    // A live job with a mounted file.
+    let mut live = job("swt-prune-live", &["sleep", "300"], None);
+    live.mounts = vec![JobMount {
+        target: "/work/in".into(),
+        read_only: true,
+        files: BTreeMap::from([("a".to_string(), b"a".to_vec())]),
+    }];
+    o.run_job(&live).await.unwrap();
+    // What a broker killed between configs and service leaves: a job-mount
+    // config of a job with no service; and a config that is not BASE's.
+    let data = std::env::temp_dir().join("swt-prune-config");
+    std::fs::write(&data, b"x").unwrap();
+    let data = data.to_str().unwrap();
+    for (name, component, job_id) in [
+        ("base-job-swt-prune-gone-0", "job-mount", "swt-prune-gone"),
+        ("swt-prune-foreign", "other", "swt-prune-gone"),
+    ] {
+        let (ok, _, err) = docker_cli(&[
+            "config",
+            "create",
+            "--label",
+            &format!("base.component={component}"),
+            "--label",
+            &format!("base.job.id={job_id}"),
+            name,
+            data,
+        ]);
+        assert!(ok, "{err}");
+    }
+
+    // Young: the default grace keeps it (its job may be being created).
+    assert!(
+        !o.orphaned_job_mounts()
+            .await
+            .unwrap()
+            .contains(&"base-job-swt-prune-gone-0".to_string())
+    );
+    let pruned = o.prune_job_mounts_older_than(Duration::ZERO).await.unwrap();
+    assert!(pruned >= 1, "{pruned}");
+    assert!(
+        job_configs("swt-prune-gone").is_empty(),
+        "the orphan is gone"
+    );
+    assert_eq!(
+        job_configs("swt-prune-live").len(),
+        1,
+        "a live job's file stays"
+    );
+    assert!(exists("config", "swt-prune-foreign"), "not BASE's: kept");
+    let _ = docker_cli(&["config", "rm", "swt-prune-foreign"]);
+
+    o.remove_job("swt-prune-live").await.unwrap();
+    assert!(job_configs("swt-prune-live").is_empty());
+}

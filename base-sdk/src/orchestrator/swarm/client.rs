@@ -48,13 +48,21 @@ const NETWORK_SETTLE_TRIES: u32 = 20;
 /// (Docker 20.10 has no task events), so a multi-node cluster needs it.
 const WATCH_FALLBACK: Duration = Duration::from_secs(2);
 
+/// How long `remove_job` waits for the engine to tell a scaled-down job's
+/// tasks to go before deleting the service anyway.
+const STOP_SETTLE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// How often that wait looks: the engine reacts within milliseconds, and a
+/// cancelled or timed-out job's removal waits on it.
+const STOP_SETTLE_POLL: Duration = Duration::from_millis(25);
+
 /// How many config requests of one job run at once.
 const CONFIG_CONCURRENCY: usize = 8;
 
 /// How old a job-mount config without a job service must be before it is
 /// pruned: `run_job` creates the configs, then the service, milliseconds
 /// apart; a minute leaves any such job alone.
-const ORPHAN_GRACE: chrono::Duration = chrono::Duration::seconds(60);
+const ORPHAN_GRACE: Duration = Duration::from_secs(60);
 
 /// Runs challenges and jobs on Docker Swarm through the Engine API.
 pub struct SwarmOrchestrator {
@@ -579,9 +587,9 @@ impl SwarmOrchestrator {
     }
 
     /// The job-mount configs whose job service no longer exists, and are
-    /// older than [`ORPHAN_GRACE`] (younger ones may belong to a job whose
-    /// service is being created right now).
-    async fn orphan_configs(&self) -> Result<Vec<spec::OrphanConfig>, SwarmError> {
+    /// older than `grace` (younger ones may belong to a job whose service
+    /// is being created right now).
+    async fn orphan_configs(&self, grace: Duration) -> Result<Vec<spec::OrphanConfig>, SwarmError> {
         let component = format!("{}={}", spec::LABEL_COMPONENT, spec::COMPONENT_JOB_MOUNT);
         let opts = ListConfigsOptionsBuilder::new()
             .filters(&filters(&[("label", &component)]))
@@ -606,7 +614,7 @@ impl SwarmOrchestrator {
             &configs,
             &live,
             chrono::Utc::now(),
-            ORPHAN_GRACE,
+            chrono::Duration::from_std(grace).unwrap_or(chrono::Duration::MAX),
         ))
     }
 
@@ -615,7 +623,7 @@ impl SwarmOrchestrator {
     /// job's configs and its service).
     pub async fn orphaned_job_mounts(&self) -> Result<Vec<String>, OrchestratorError> {
         Ok(self
-            .orphan_configs()
+            .orphan_configs(ORPHAN_GRACE)
             .await?
             .into_iter()
             .map(|c| c.name)
@@ -625,7 +633,18 @@ impl SwarmOrchestrator {
     /// Deletes the configs [`orphaned_job_mounts`](Self::orphaned_job_mounts)
     /// finds; returns how many were deleted.
     pub async fn prune_job_mounts(&self) -> Result<usize, OrchestratorError> {
-        let orphans = self.orphan_configs().await?;
+        self.prune_job_mounts_older_than(ORPHAN_GRACE).await
+    }
+
+    /// [`prune_job_mounts`](Self::prune_job_mounts) with another grace
+    /// period than its 60 s: only orphans at least `grace` old are deleted
+    /// (zero deletes every orphan, also of a job being created right now —
+    /// for when no broker runs, and for tests).
+    pub async fn prune_job_mounts_older_than(
+        &self,
+        grace: Duration,
+    ) -> Result<usize, OrchestratorError> {
+        let orphans = self.orphan_configs(grace).await?;
         if orphans.is_empty() {
             return Ok(0);
         }
@@ -634,6 +653,74 @@ impl SwarmOrchestrator {
         }
         let ids: Vec<String> = orphans.into_iter().map(|o| o.id).collect();
         Ok(self.delete_configs(&ids).await?)
+    }
+
+    /// Scales an unsettled job service to nothing and waits (at most
+    /// [`STOP_SETTLE_TIMEOUT`]) until the engine has told its tasks to go.
+    /// A job already settled is left as it is.
+    async fn stop_job_tasks(&self, name: &str, mut service: Service) -> Result<(), SwarmError> {
+        for attempt in 0..3 {
+            let tasks = self
+                .tasks_of(&service.id.iter().cloned().collect::<Vec<_>>())
+                .await?;
+            if spec::job_tasks_settled(&tasks) {
+                return Ok(());
+            }
+            // Only a replicated job has the bug (and the mode cannot be
+            // changed): anything else is deleted as it is.
+            let Some(current) = service
+                .spec
+                .clone()
+                .filter(|s| s.mode.as_ref().is_some_and(|m| m.replicated_job.is_some()))
+            else {
+                return Ok(());
+            };
+            let index = service.version.as_ref().and_then(|v| v.index).unwrap_or(0);
+            let version = i32::try_from(index).map_err(|_| {
+                SwarmError::Spec(format!(
+                    "service {name} version {index} exceeds the API's range"
+                ))
+            })?;
+            let opts = UpdateServiceOptionsBuilder::new().version(version).build();
+            match self
+                .docker
+                .update_service(name, spec::stopped_job_spec(current), opts, None)
+                .await
+            {
+                Ok(_) => break,
+                Err(e) => {
+                    let e = SwarmError::docker(format!("stopping job service {name}"), e);
+                    if is_status(&e, 404) {
+                        return Ok(());
+                    }
+                    // Changed since read: read it again.
+                    if attempt == 2 || !e.to_string().contains("out of sequence") {
+                        return Err(e);
+                    }
+                    match self.find_service(name).await? {
+                        Some(fresh) => service = fresh,
+                        None => return Ok(()),
+                    }
+                }
+            }
+        }
+        let ids: Vec<String> = service.id.iter().cloned().collect();
+        let deadline = tokio::time::Instant::now() + STOP_SETTLE_TIMEOUT;
+        loop {
+            let tasks = self.tasks_of(&ids).await?;
+            // No task at all after the scale-down: none will come.
+            if tasks.is_empty() || spec::job_tasks_settled(&tasks) {
+                return Ok(());
+            }
+            if tokio::time::Instant::now() >= deadline {
+                tracing::warn!(
+                    service = name,
+                    "job tasks not told to stop in time; deleting anyway"
+                );
+                return Ok(());
+            }
+            tokio::time::sleep(STOP_SETTLE_POLL).await;
+        }
     }
 
     /// All services with the given labels.
@@ -940,10 +1027,31 @@ impl Orchestrator for SwarmOrchestrator {
         })
     }
 
-    /// Deletes the service, then the configs of its mounted files (a
-    /// config in use by a service cannot be deleted, so the order matters).
+    /// Stops the job's task if it may still run, deletes the service, then
+    /// the configs of its mounted files (a config in use by a service
+    /// cannot be deleted, so the order matters). Idempotent: a missing
+    /// service or config is fine.
+    ///
+    /// The stop is needed on Docker 20.10, which deletes a replicated-job
+    /// service without stopping its running task (moby/moby#44312): the
+    /// service is first scaled to nothing, which the engine answers by
+    /// telling the task to go; see `spec::job_tasks_settled`.
     async fn remove_job(&self, id: &str) -> Result<(), OrchestratorError> {
         let name = spec::job_service_name(id)?;
+        // Without a service to read (already deleted: a retry, or a crash
+        // half-way) the configs are looked for; a service with no mounts
+        // spares that request.
+        let mut has_configs = true;
+        if let Some(service) = self.find_service(&name).await? {
+            has_configs = service
+                .spec
+                .as_ref()
+                .and_then(|s| s.task_template.as_ref())
+                .and_then(|t| t.container_spec.as_ref())
+                .and_then(|c| c.configs.as_ref())
+                .is_some_and(|c| !c.is_empty());
+            self.stop_job_tasks(&name, service).await?;
+        }
         match self.docker.delete_service(&name).await {
             Ok(()) => {
                 tracing::info!(job = id, "removed job service");
@@ -956,7 +1064,9 @@ impl Orchestrator for SwarmOrchestrator {
                 }
             }
         }
-        self.remove_job_configs(id).await?;
+        if has_configs {
+            self.remove_job_configs(id).await?;
+        }
         Ok(())
     }
 

@@ -1223,6 +1223,55 @@ pub fn job_service(
     })
 }
 
+/// Whether a job's tasks are all done or on their way out, so deleting its
+/// service leaves nothing running: every task has ended, or is already
+/// told to shut down or go. A job with no task yet is not settled (one may
+/// be being created).
+///
+/// Docker 20.10 does not stop the running task of a replicated-job service
+/// that is deleted (moby/moby#44312, fixed in 24.0): the container keeps
+/// running with no service to see it by. `remove_job` therefore first
+/// scales an unsettled job to nothing ([`stopped_job_spec`]), which makes
+/// the engine set its tasks' desired state to `remove`, and deletes it then.
+pub fn job_tasks_settled(tasks: &[Task]) -> bool {
+    !tasks.is_empty()
+        && tasks.iter().all(|t| {
+            let ended = matches!(
+                t.status.as_ref().and_then(|s| s.state),
+                Some(
+                    TaskState::COMPLETE
+                        | TaskState::FAILED
+                        | TaskState::REJECTED
+                        | TaskState::SHUTDOWN
+                        | TaskState::REMOVE
+                        | TaskState::ORPHANED
+                )
+            );
+            let leaving = matches!(
+                t.desired_state,
+                Some(TaskState::SHUTDOWN | TaskState::REMOVE)
+            );
+            ended || leaving
+        })
+}
+
+/// A job service's spec scaled to nothing (`TotalCompletions: 0`,
+/// `MaxConcurrent: 0`), everything else kept. The engine refuses an update
+/// config on a job ("Jobs may not have an update config"), which some
+/// clients add, so both update and rollback configs are dropped.
+pub fn stopped_job_spec(mut spec: ServiceSpec) -> ServiceSpec {
+    spec.mode = Some(ServiceSpecMode {
+        replicated_job: Some(ServiceSpecModeReplicatedJob {
+            max_concurrent: Some(0),
+            total_completions: Some(0),
+        }),
+        ..Default::default()
+    });
+    spec.update_config = None;
+    spec.rollback_config = None;
+    spec
+}
+
 /// A job's status from its service's labels and tasks.
 ///
 /// Task states map as: none yet, `new`…`accepted` → `Queued` (with the
@@ -2188,5 +2237,50 @@ mod tests {
                 prop_assert_eq!(orphans.len(), expected);
             }
         }
+    }
+
+    #[test]
+    fn a_job_is_settled_once_every_task_ended_or_leaves() {
+        use TaskState as S;
+        let t = |state, desired| task(1, state, desired, None, None);
+        assert!(!job_tasks_settled(&[]), "no task yet: one may be coming");
+        // A running job task's desired state is `complete`.
+        assert!(!job_tasks_settled(&[t(S::RUNNING, S::COMPLETE)]));
+        assert!(!job_tasks_settled(&[t(S::PENDING, S::COMPLETE)]));
+        assert!(!job_tasks_settled(&[t(S::PREPARING, S::RUNNING)]));
+        assert!(job_tasks_settled(&[t(S::RUNNING, S::REMOVE)]));
+        assert!(job_tasks_settled(&[t(S::STARTING, S::SHUTDOWN)]));
+        for ended in [
+            S::COMPLETE,
+            S::FAILED,
+            S::REJECTED,
+            S::SHUTDOWN,
+            S::ORPHANED,
+        ] {
+            assert!(job_tasks_settled(&[t(ended, S::COMPLETE)]), "{ended:?}");
+        }
+        assert!(!job_tasks_settled(&[
+            t(S::FAILED, S::COMPLETE),
+            t(S::RUNNING, S::COMPLETE)
+        ]));
+        assert!(!job_tasks_settled(&[Task::default()]));
+    }
+
+    #[test]
+    fn a_stopped_job_spec_asks_for_nothing_and_keeps_the_rest() {
+        let mut spec = job_service(&job(), &HashMap::new()).unwrap();
+        spec.update_config = Some(ServiceSpecUpdateConfig {
+            parallelism: Some(1),
+            ..Default::default()
+        });
+        let stopped = stopped_job_spec(spec.clone());
+        assert_eq!(
+            serde_json::to_value(&stopped.mode).unwrap(),
+            json!({"ReplicatedJob": {"MaxConcurrent": 0, "TotalCompletions": 0}})
+        );
+        assert!(stopped.update_config.is_none() && stopped.rollback_config.is_none());
+        assert_eq!(stopped.task_template, spec.task_template);
+        assert_eq!(stopped.labels, spec.labels);
+        assert_eq!(stopped.name, spec.name);
     }
 }

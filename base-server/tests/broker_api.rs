@@ -619,6 +619,8 @@ async fn recovery_after_a_crash_leaks_nothing(store: Arc<dyn Store>) {
         )
         .await;
     assert_eq!(h.leases().await, 1);
+    // The broker dies: its drivers let go, jobs keep running.
+    h.broker.halt();
     // The service of `lost` disappears behind the broker's back, and an
     // unrecorded job service appears.
     fake.remove_job(lost["id"].as_str().unwrap()).await.unwrap();
@@ -633,7 +635,10 @@ async fn recovery_after_a_crash_leaks_nothing(store: Arc<dyn Store>) {
     );
     let report = restarted.recover().await.unwrap();
     assert_eq!(report.orphans_removed, 1, "{report:?}");
+    // The lost job is finished by recovery (its driver is dead); the GPU
+    // job is resumed, or finished if it ended meanwhile.
     assert!(report.finished >= 1, "{report:?}");
+    assert_eq!(report.finished + report.resumed, 2, "{report:?}");
     let lost_record = h
         .store
         .get_job(lost["id"].as_str().unwrap())

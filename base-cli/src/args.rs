@@ -131,6 +131,9 @@ pub enum Command {
     /// engine, which must be a swarm manager; no master API or token).
     #[command(subcommand)]
     Master(MasterCommand),
+    /// Miner tools: sign requests for the upload bridge (no master call).
+    #[command(subcommand)]
+    Miner(crate::miner::MinerCommand),
 }
 
 /// `base master …`.

@@ -55,6 +55,15 @@ pub async fn run(cli: Cli, out: &mut dyn Write) -> Result<(), Error> {
             }
         }
         Command::Master(MasterCommand::Worker(w)) => worker(w, json).await?,
+        Command::Miner(crate::miner::MinerCommand::Sign(args)) => {
+            let key = crate::miner::load_key(args.key_file.as_deref(), |k| std::env::var(k).ok())?;
+            let h = crate::miner::sign(&args, &key, chrono::Utc::now().timestamp())?;
+            if json {
+                output::json(&serde_json::to_value(&h).map_err(OutputError::from)?)?
+            } else {
+                crate::miner::header_lines(&h)
+            }
+        }
     };
     emit(out, &text)
 }

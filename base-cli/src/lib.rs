@@ -13,6 +13,7 @@ pub mod args;
 pub mod client;
 pub mod commands;
 pub mod db;
+pub mod miner;
 pub mod output;
 pub mod token;
 
@@ -41,4 +42,7 @@ pub enum Error {
     /// A swarm node operation (`base master worker …`) failed.
     #[error(transparent)]
     Nodes(#[from] base_sdk::orchestrator::swarm::nodes::NodeError),
+    /// `base miner sign` could not sign.
+    #[error(transparent)]
+    Miner(#[from] miner::MinerError),
 }

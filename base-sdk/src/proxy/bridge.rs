@@ -173,7 +173,7 @@ impl Proxy {
         let permit = self.permit(entry)?;
         let request = self
             .client
-            .post(format!("{}{BRIDGE_PATH}", entry.base_url))
+            .post(entry.url(BRIDGE_PATH, None))
             .headers(headers)
             .body(body);
         tracing::info!(slug = %entry.slug, hotkey = %miner.hotkey, uid = miner.uid, "bridged submission");

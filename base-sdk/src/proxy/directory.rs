@@ -30,12 +30,31 @@ pub struct Entry {
     pub slug_header: HeaderValue,
     /// Base URL without a trailing `/`.
     pub base_url: String,
+    /// The same, parsed once: each request only sets path and query on a
+    /// clone (no URL or IDNA parsing per request).
+    pub base: reqwest::Url,
     /// Concurrent upstream requests still allowed; shared across reloads
     /// so in-flight requests keep counting.
     pub permits: Arc<Semaphore>,
     /// The challenge token the bridge presents; `None` when it cannot be
     /// revealed (no sealing key), in which case the bridge answers 502.
     pub token: Option<SecretString>,
+}
+
+impl Entry {
+    /// The challenge URL for `path` (already encoded, starting with `/`)
+    /// and `query`, under the base URL's own path.
+    pub fn url(&self, path: &str, query: Option<&str>) -> reqwest::Url {
+        let mut url = self.base.clone();
+        let prefix = self.base.path().trim_end_matches('/');
+        if prefix.is_empty() {
+            url.set_path(path);
+        } else {
+            url.set_path(&format!("{prefix}{path}"));
+        }
+        url.set_query(query);
+        url
+    }
 }
 
 impl std::fmt::Debug for Entry {
@@ -195,6 +214,11 @@ impl Directory {
             let Ok(slug_header) = HeaderValue::from_str(c.slug.as_str()) else {
                 continue;
             };
+            let base_url = base_url.trim_end_matches('/').to_string();
+            let Ok(base) = reqwest::Url::parse(&base_url) else {
+                tracing::warn!(slug = %c.slug, url = %base_url, "unusable challenge URL; not proxied");
+                continue;
+            };
             let token = registry
                 .reveal(&c.slug)
                 .await
@@ -208,7 +232,8 @@ impl Directory {
                 c.slug.as_str().to_string(),
                 Arc::new(Entry {
                     slug_header,
-                    base_url: base_url.trim_end_matches('/').to_string(),
+                    base_url,
+                    base,
                     permits,
                     token,
                     slug: c.slug,
@@ -216,5 +241,44 @@ impl Directory {
             );
         }
         Ok(map)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry(base: &str) -> Entry {
+        Entry {
+            slug: Slug::parse("echo").unwrap(),
+            slug_header: HeaderValue::from_static("echo"),
+            base_url: base.trim_end_matches('/').to_string(),
+            base: reqwest::Url::parse(base).unwrap(),
+            permits: Arc::new(Semaphore::new(1)),
+            token: None,
+        }
+    }
+
+    #[test]
+    fn urls_keep_the_base_path_and_the_encoding() {
+        let e = entry("http://challenge-echo:8000");
+        assert_eq!(
+            e.url("/a%20b/c", Some("x=1&y=%2F")).as_str(),
+            "http://challenge-echo:8000/a%20b/c?x=1&y=%2F"
+        );
+        assert_eq!(e.url("/", None).as_str(), "http://challenge-echo:8000/");
+        let e = entry("http://10.0.0.5:8000/prefix/");
+        assert_eq!(
+            e.url("/tasks/", None).as_str(),
+            "http://10.0.0.5:8000/prefix/tasks/"
+        );
+        let dbg = format!(
+            "{:?}",
+            Entry {
+                token: Some(SecretString::from("s3cret".to_string())),
+                ..entry("http://x")
+            }
+        );
+        assert!(!dbg.contains("s3cret"), "{dbg}");
     }
 }

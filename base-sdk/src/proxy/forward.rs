@@ -147,15 +147,7 @@ impl Proxy {
             return Err(ProxyError::BodyTooLarge { limit });
         }
         let permit = self.permit(entry)?;
-        let mut url = String::with_capacity(
-            entry.base_url.len() + out.path.len() + out.query.as_ref().map_or(0, |q| q.len() + 1),
-        );
-        url.push_str(&entry.base_url);
-        url.push_str(&out.path);
-        if let Some(q) = &out.query {
-            url.push('?');
-            url.push_str(q);
-        }
+        let url = entry.url(&out.path, out.query.as_deref());
         let over = Arc::new(AtomicBool::new(false));
         let body = if out.has_body {
             limited(out.body, limit, over.clone())

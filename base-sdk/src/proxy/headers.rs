@@ -91,9 +91,16 @@ pub fn is_dropped_request_header(name: &HeaderName) -> bool {
 /// `X-Base-Proxy: true` and `X-Base-Challenge-Slug: <slug>`.
 pub fn request_headers(inbound: &HeaderMap, slug: &HeaderValue) -> HeaderMap {
     let connection = connection_names(inbound);
+    // With `transfer-encoding` the body is re-framed (chunked) upstream; a
+    // `content-length` sent beside it would disagree with the body and is
+    // the classic request-smuggling shape.
+    let chunked = inbound.contains_key(header::TRANSFER_ENCODING);
     let mut out = HeaderMap::with_capacity(inbound.len() + 2);
     for (name, value) in inbound {
-        if is_dropped_request_header(name) || named_by_connection(&connection, name) {
+        if is_dropped_request_header(name)
+            || named_by_connection(&connection, name)
+            || (chunked && name == header::CONTENT_LENGTH)
+        {
             continue;
         }
         out.append(name.clone(), value.clone());
@@ -181,6 +188,16 @@ mod tests {
         assert_eq!(out.get(X_BASE_PROXY).unwrap(), "true");
         assert_eq!(out.get(X_BASE_CHALLENGE_SLUG).unwrap(), "quiz");
         assert_eq!(out.get_all(X_BASE_CHALLENGE_SLUG).iter().count(), 1);
+    }
+
+    #[test]
+    fn content_length_never_travels_with_transfer_encoding() {
+        let inbound = map(&[("transfer-encoding", "chunked"), ("content-length", "5")]);
+        let out = request_headers(&inbound, &HeaderValue::from_static("s"));
+        assert!(out.get("content-length").is_none() && out.get("transfer-encoding").is_none());
+        let inbound = map(&[("content-length", "5")]);
+        let out = request_headers(&inbound, &HeaderValue::from_static("s"));
+        assert_eq!(out.get("content-length").unwrap(), "5");
     }
 
     #[test]

@@ -41,4 +41,7 @@ pub enum Error {
     /// A swarm node operation (`base master worker …`) failed.
     #[error(transparent)]
     Nodes(#[from] base_sdk::orchestrator::swarm::nodes::NodeError),
+    /// `base weights submit --dry-run` refused or could not fetch the vector.
+    #[error(transparent)]
+    Submit(#[from] base_sdk::chain::submitter::SubmitterError),
 }

@@ -68,6 +68,9 @@ pub fn reveal_weights_call(
     )
 }
 
+/// Blocks a submitted extrinsic stays valid (about 13 minutes at 12 s).
+pub const MORTALITY_BLOCKS: u64 = 64;
+
 /// When a submitted extrinsic counts as done.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum WaitFor {
@@ -320,7 +323,15 @@ impl SubtensorSubmitter {
             .await
             .map_err(|e| conn(endpoint, e))?;
         let mut progress = txs
-            .sign_and_submit_then_watch_default(call, self.hotkey.keypair())
+            .sign_and_submit_then_watch(
+                call,
+                self.hotkey.keypair(),
+                // Mortal: an extrinsic stuck in the pool expires instead of
+                // landing much later with an outdated vector.
+                subxt::config::SubstrateExtrinsicParamsBuilder::<SubtensorConfig>::new()
+                    .mortal(MORTALITY_BLOCKS)
+                    .build(),
+            )
             .await
             .map_err(|e| rejected(&e))?;
         let extrinsic_hash = format!("{:?}", progress.extrinsic_hash());

@@ -183,6 +183,30 @@ pub struct Settings {
     /// Seconds a job may wait to start on top of its timeout before the
     /// reaper removes it (`BASE_BROKER_START_GRACE_SECONDS`).
     pub broker_start_grace_seconds: u64,
+    /// Largest request body the public proxy and the upload bridge accept,
+    /// in bytes (`BASE_PROXY_MAX_BODY_BYTES`).
+    pub proxy_max_body_bytes: u64,
+    /// Seconds a challenge may take to start answering a proxied request
+    /// (`BASE_PROXY_UPSTREAM_TIMEOUT_SECONDS`); streaming bodies may last longer.
+    pub proxy_upstream_timeout_seconds: u64,
+    /// Concurrent proxied requests per challenge
+    /// (`BASE_PROXY_MAX_CONCURRENT_PER_CHALLENGE`); more get 503.
+    pub proxy_max_concurrent_per_challenge: usize,
+    /// Proxied requests per minute per client IP (`BASE_PROXY_RATE_LIMIT_PER_MINUTE`; 0 = off).
+    pub proxy_rate_limit_per_minute: u32,
+    /// Requests a client may send in a burst (`BASE_PROXY_RATE_LIMIT_BURST`).
+    pub proxy_rate_limit_burst: u32,
+    /// Whether loopback clients are rate limited too (`BASE_PROXY_RATE_LIMIT_LOOPBACK`).
+    pub proxy_rate_limit_loopback: bool,
+    /// Accepted clock difference of a miner signature, ± seconds
+    /// (`BASE_BRIDGE_SIGNATURE_WINDOW_SECONDS`).
+    pub bridge_signature_window_seconds: u32,
+    /// Uids that may not use the upload bridge (`BASE_BRIDGE_BLOCKED_UIDS`,
+    /// comma-separated; default the owner's uid 0).
+    #[serde(deserialize_with = "comma_uids")]
+    pub bridge_blocked_uids: Vec<u16>,
+    /// Hours a used miner nonce is remembered (`BASE_BRIDGE_NONCE_RETENTION_HOURS`).
+    pub bridge_nonce_retention_hours: u32,
     /// Where the master's metagraph comes from (`BASE_METAGRAPH`: `file`
     /// or `chain`); by default the file when `BASE_METAGRAPH_FILE` is set,
     /// else none (weights disabled).
@@ -260,6 +284,15 @@ struct Defaults {
     chain_endpoint: &'static str,
     broker_enabled: bool,
     broker_start_grace_seconds: u64,
+    proxy_max_body_bytes: u64,
+    proxy_upstream_timeout_seconds: u64,
+    proxy_max_concurrent_per_challenge: usize,
+    proxy_rate_limit_per_minute: u32,
+    proxy_rate_limit_burst: u32,
+    proxy_rate_limit_loopback: bool,
+    bridge_signature_window_seconds: u32,
+    bridge_blocked_uids: &'static str,
+    bridge_nonce_retention_hours: u32,
 }
 
 const DEFAULTS: Defaults = Defaults {
@@ -274,6 +307,15 @@ const DEFAULTS: Defaults = Defaults {
     chain_endpoint: "wss://entrypoint-finney.opentensor.ai:443",
     broker_enabled: true,
     broker_start_grace_seconds: 600,
+    proxy_max_body_bytes: 7_500_000,
+    proxy_upstream_timeout_seconds: 60,
+    proxy_max_concurrent_per_challenge: 256,
+    proxy_rate_limit_per_minute: 600,
+    proxy_rate_limit_burst: 120,
+    proxy_rate_limit_loopback: false,
+    bridge_signature_window_seconds: 300,
+    bridge_blocked_uids: "0",
+    bridge_nonce_retention_hours: 24,
 };
 
 /// Settings whose value may come from a file named by `<key>_file`.
@@ -297,7 +339,52 @@ fn comma_list<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> 
         .collect())
 }
 
+fn comma_uids<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u16>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Raw {
+        One(u16),
+        Text(String),
+        Many(Vec<u16>),
+    }
+    match Raw::deserialize(d)? {
+        Raw::One(u) => Ok(vec![u]),
+        Raw::Many(v) => Ok(v),
+        Raw::Text(s) => s
+            .split(',')
+            .map(str::trim)
+            .filter(|t| !t.is_empty())
+            .map(|t| {
+                t.parse::<u16>()
+                    .map_err(|_| serde::de::Error::custom(format!("'{t}' is not a uid (0-65535)")))
+            })
+            .collect(),
+    }
+}
+
 impl Settings {
+    /// The public proxy's settings.
+    pub fn proxy_config(&self) -> crate::proxy::ProxyConfig {
+        use std::time::Duration;
+        crate::proxy::ProxyConfig {
+            netuid: self.netuid,
+            max_body_bytes: self.proxy_max_body_bytes,
+            upstream_timeout: Duration::from_secs(self.proxy_upstream_timeout_seconds),
+            max_concurrent_per_challenge: self.proxy_max_concurrent_per_challenge,
+            rate_limit: crate::proxy::RateLimit {
+                per_minute: self.proxy_rate_limit_per_minute,
+                burst: self.proxy_rate_limit_burst,
+                include_loopback: self.proxy_rate_limit_loopback,
+            },
+            signature_window_seconds: i64::from(self.bridge_signature_window_seconds),
+            nonce_retention: Duration::from_secs(
+                u64::from(self.bridge_nonce_retention_hours) * 3600,
+            ),
+            blocked_uids: self.bridge_blocked_uids.clone(),
+            ..crate::proxy::ProxyConfig::default()
+        }
+    }
+
     /// Loads defaults, then `file` (if given), then the process environment.
     pub fn load(file: Option<&Path>) -> Result<Self, ConfigError> {
         Self::from_figment(Self::figment(file))
@@ -348,6 +435,24 @@ impl Settings {
             return Err(ConfigError::Invalid(
                 "BASE_RECONCILE_SECONDS must be at least 1".into(),
             ));
+        }
+        for (value, name) in [
+            (
+                s.proxy_upstream_timeout_seconds,
+                "BASE_PROXY_UPSTREAM_TIMEOUT_SECONDS",
+            ),
+            (
+                s.proxy_max_concurrent_per_challenge as u64,
+                "BASE_PROXY_MAX_CONCURRENT_PER_CHALLENGE",
+            ),
+            (
+                u64::from(s.bridge_nonce_retention_hours),
+                "BASE_BRIDGE_NONCE_RETENTION_HOURS",
+            ),
+        ] {
+            if value == 0 {
+                return Err(ConfigError::Invalid(format!("{name} must be at least 1")));
+            }
         }
         // An empty admin token would make every admin route open to "".
         if s.admin_token
@@ -469,6 +574,39 @@ mod tests {
             jail.set_env("BASE_METAGRAPH", "ledger");
             let e = Settings::load(None).unwrap_err().to_string();
             assert!(e.contains("BASE_METAGRAPH"), "{e}");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn proxy_settings_have_defaults_and_env_overrides() {
+        Jail::expect_with(|jail| {
+            let s = Settings::load(None).map_err(|e| e.to_string())?;
+            let p = s.proxy_config();
+            assert_eq!(p.max_body_bytes, 7_500_000);
+            assert_eq!(p.blocked_uids, vec![0]);
+            assert_eq!(p.signature_window_seconds, 300);
+            assert_eq!(p.nonce_retention.as_secs(), 24 * 3600);
+            assert!(!p.rate_limit.include_loopback);
+            jail.set_env("BASE_BRIDGE_BLOCKED_UIDS", "0, 7,9");
+            jail.set_env("BASE_PROXY_RATE_LIMIT_PER_MINUTE", "0");
+            jail.set_env("BASE_PROXY_MAX_BODY_BYTES", "1000");
+            let p = Settings::load(None)
+                .map_err(|e| e.to_string())?
+                .proxy_config();
+            assert_eq!(p.blocked_uids, vec![0, 7, 9]);
+            assert_eq!(p.rate_limit.per_minute, 0);
+            assert_eq!(p.max_body_bytes, 1000);
+            jail.set_env("BASE_BRIDGE_BLOCKED_UIDS", "0,alice");
+            let e = Settings::load(None).unwrap_err().to_string();
+            assert!(
+                e.contains("BASE_BRIDGE_BLOCKED_UIDS") && e.contains("alice"),
+                "{e}"
+            );
+            jail.set_env("BASE_BRIDGE_BLOCKED_UIDS", "0");
+            jail.set_env("BASE_PROXY_UPSTREAM_TIMEOUT_SECONDS", "0");
+            let e = Settings::load(None).unwrap_err().to_string();
+            assert!(e.contains("BASE_PROXY_UPSTREAM_TIMEOUT_SECONDS"), "{e}");
             Ok(())
         });
     }

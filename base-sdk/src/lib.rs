@@ -14,6 +14,7 @@ pub mod config;
 pub mod metagraph;
 pub mod model;
 pub mod orchestrator;
+pub mod proxy;
 pub mod registry;
 pub mod store;
 pub mod supervisor;

@@ -7,6 +7,7 @@ use axum::Json;
 use axum::extract::rejection::JsonRejection;
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
+use base_sdk::proxy::ProxyError;
 use base_sdk::registry::RegistryError;
 use base_sdk::store::StoreError;
 
@@ -34,6 +35,9 @@ pub enum ApiError {
     /// Anything else on our side.
     #[error("internal error")]
     Internal(String),
+    /// A proxied or bridged request refused or failed (its own status).
+    #[error(transparent)]
+    Proxy(#[from] ProxyError),
 }
 
 impl From<StoreError> for ApiError {
@@ -65,6 +69,7 @@ impl ApiError {
             Self::NotFound(_) => StatusCode::NOT_FOUND,
             Self::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            Self::Proxy(e) => e.status(),
             Self::Registry(e) => match e {
                 RegistryError::Invalid(_) => StatusCode::UNPROCESSABLE_ENTITY,
                 RegistryError::Policy(_) => StatusCode::BAD_REQUEST,
@@ -100,7 +105,9 @@ impl ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let status = self.status();
-        if status.is_server_error() {
+        // Proxy answers are the miners' business: a dead challenge is
+        // logged where it is found, not once per refused request.
+        if status.is_server_error() && !matches!(self, Self::Proxy(_)) {
             match &self {
                 Self::Registry(RegistryError::Store(e)) => {
                     tracing::error!(error = %e, source = ?std::error::Error::source(e), "store failure")
@@ -109,6 +116,17 @@ impl IntoResponse for ApiError {
                 other => tracing::error!(error = %other, "server error"),
             }
         }
-        (status, Json(serde_json::json!({ "detail": self.detail() }))).into_response()
+        let retry_after = match &self {
+            Self::Proxy(e) => e.retry_after(),
+            _ => None,
+        };
+        let mut response =
+            (status, Json(serde_json::json!({ "detail": self.detail() }))).into_response();
+        if let Some(seconds) = retry_after {
+            response
+                .headers_mut()
+                .insert(axum::http::header::RETRY_AFTER, seconds.into());
+        }
+        response
     }
 }

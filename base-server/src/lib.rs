@@ -10,6 +10,7 @@ pub mod dev;
 pub mod error;
 pub mod json;
 pub mod master;
+pub mod proxy;
 pub mod public;
 pub mod state;
 pub mod submitter;
@@ -21,7 +22,7 @@ use axum::Router;
 use axum::http::StatusCode;
 use axum::middleware;
 use axum::response::IntoResponse;
-use axum::routing::{get, post};
+use axum::routing::{any, get, post};
 
 pub use error::ApiError;
 pub use state::AppState;
@@ -47,6 +48,16 @@ pub fn app(state: AppState) -> Router {
         .route("/health", get(public::health))
         .route("/v1/registry", get(public::registry))
         .route("/v1/weights/latest", get(weights::latest))
+        // The public proxy (CONTRACTS.md §3.2) and the bridges (§3.3).
+        // The admin API's `/challenges/...` routes live under /v1/admin.
+        .route("/challenges/{slug}", any(proxy::passthrough))
+        .route("/challenges/{slug}/", any(proxy::passthrough))
+        .route("/challenges/{slug}/{*path}", any(proxy::passthrough))
+        .route("/v1/challenges/{slug}/submissions", post(proxy::upload))
+        .route(
+            "/v1/challenges/{slug}/submissions/{id}",
+            get(proxy::submission_status),
+        )
         .nest("/v1/admin", admin)
         .fallback(not_found)
         .with_state(state)
@@ -65,7 +76,11 @@ pub async fn serve(
     state: AppState,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    axum::serve(listener, app(state))
-        .with_graceful_shutdown(shutdown)
-        .await
+    // Connection info gives the proxy each client's address (rate limits).
+    axum::serve(
+        listener,
+        app(state).into_make_service_with_connect_info::<std::net::SocketAddr>(),
+    )
+    .with_graceful_shutdown(shutdown)
+    .await
 }

@@ -105,6 +105,7 @@ pub async fn run(
     if let Some(o) = &orchestrator {
         state = state.with_orchestrator(o.clone());
     }
+    state = state.with_proxy(Arc::new(proxy(&settings)?));
     // A restart serves the last vector at once.
     if let Ok(Some(snapshot)) = registry.store().latest_snapshot().await {
         state.weights().publish(&snapshot);
@@ -125,6 +126,12 @@ pub async fn run(
             stopped(stop_rx.clone()),
         )));
     }
+    // Expired bridge nonces go in the background, never on a request.
+    tasks.push(tokio::spawn(base_sdk::proxy::bridge::purge_nonces_every(
+        registry.store().clone(),
+        Duration::from_secs(600),
+        stopped(stop_rx.clone()),
+    )));
     match metagraph(&settings) {
         Some(metagraph) => {
             let runner = EpochRunner {
@@ -215,6 +222,20 @@ pub fn metagraph(settings: &Settings) -> Option<Arc<dyn Metagraph>> {
             )))
         }
     }
+}
+
+/// The public proxy from the operator's settings; the bridge checks
+/// hotkeys against the configured metagraph (chain or file), if any.
+pub fn proxy(settings: &Settings) -> Result<base_sdk::proxy::Proxy, MasterError> {
+    // The same source as the epochs' (chain or file), with its own cache.
+    let metagraph = metagraph(settings);
+    if metagraph.is_none() {
+        tracing::warn!(
+            "upload bridge disabled: set BASE_METAGRAPH=chain or BASE_METAGRAPH_FILE so miner hotkeys can be checked"
+        );
+    }
+    base_sdk::proxy::Proxy::new(settings.proxy_config(), metagraph)
+        .map_err(|e| MasterError::Unsupported(e.to_string()))
 }
 
 /// The broker's settings from the operator's.

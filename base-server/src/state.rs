@@ -5,6 +5,7 @@ use std::sync::Arc;
 
 use base_sdk::auth::AdminAuth;
 use base_sdk::orchestrator::Orchestrator;
+use base_sdk::proxy::{Proxy, ProxyConfig};
 use base_sdk::registry::Registry;
 use tokio::sync::Notify;
 
@@ -23,6 +24,8 @@ struct Inner {
     weights: Arc<WeightsCache>,
     orchestrator: Option<Arc<dyn Orchestrator>>,
     reconcile: Arc<Notify>,
+    /// The public proxy; `None` only if its HTTP client could not be built.
+    proxy: Option<Arc<Proxy>>,
 }
 
 impl AppState {
@@ -36,6 +39,16 @@ impl AppState {
                 weights: Arc::default(),
                 orchestrator: None,
                 reconcile: Arc::default(),
+                proxy: Proxy::new(
+                    ProxyConfig {
+                        netuid,
+                        ..ProxyConfig::default()
+                    },
+                    None,
+                )
+                .map(Arc::new)
+                .map_err(|e| tracing::error!(error = %e, "public proxy disabled"))
+                .ok(),
             }),
         }
     }
@@ -47,6 +60,20 @@ impl AppState {
             inner.orchestrator = Some(orchestrator);
         }
         self
+    }
+
+    /// Replaces the public proxy (its settings, the bridge's metagraph).
+    /// Call before cloning the state.
+    pub fn with_proxy(mut self, proxy: Arc<Proxy>) -> Self {
+        if let Some(inner) = Arc::get_mut(&mut self.inner) {
+            inner.proxy = Some(proxy);
+        }
+        self
+    }
+
+    /// The public proxy.
+    pub fn proxy(&self) -> Option<&Arc<Proxy>> {
+        self.inner.proxy.as_ref()
     }
 
     /// The orchestrator, when challenges run under this master.
@@ -83,5 +110,8 @@ impl AppState {
     /// views catch up at once instead of at their next tick.
     pub fn registry_changed(&self) {
         self.inner.reconcile.notify_one();
+        if let Some(p) = &self.inner.proxy {
+            p.directory().invalidate();
+        }
     }
 }

@@ -616,6 +616,13 @@ impl Broker {
                 }
             }
         }
+        // What removed jobs left (Swarm: their mount configs). Not counted
+        // in `acted`, which counts jobs.
+        match self.inner.orchestrator.prune_job_leftovers().await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(objects = n, "reaper pruned what removed jobs left behind"),
+            Err(e) => tracing::warn!(error = %e, "reaper could not prune job leftovers"),
+        }
         Ok(acted)
     }
 

@@ -1,0 +1,255 @@
+//! The public proxy: how miners reach challenges through the master's one
+//! public port (CONTRACTS.md §3.2, §3.3), and the limits that keep that
+//! port — the subnet's attack surface — fast and tight.
+//!
+//! The rules are pure functions in [`path`] (which paths may be
+//! forwarded), [`headers`] (which headers cross) and [`signature`] (miner
+//! signatures); [`Proxy`] holds the IO: one pooled HTTP client, the
+//! in-memory [`directory`] of challenges, the per-client [`limit`]er, and
+//! the [`forward`]ing and [`bridge`] code that stream bodies through.
+
+pub mod bridge;
+pub mod directory;
+pub mod forward;
+pub mod headers;
+pub mod limit;
+pub mod path;
+pub mod signature;
+
+use std::net::IpAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::http::StatusCode;
+
+use crate::metagraph::Metagraph;
+use crate::orchestrator::Orchestrator;
+use crate::registry::Registry;
+use crate::store::StoreError;
+pub use directory::{Directory, Entry};
+pub use limit::{ClientLimiter, RateLimit};
+pub use path::PathError;
+pub use signature::SignatureError;
+
+/// The proxy's settings (each an operator setting; see docs/proxy.md).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProxyConfig {
+    /// Subnet id, part of every signed message.
+    pub netuid: u16,
+    /// Largest request body forwarded (bytes); bigger is 413, decided
+    /// from `Content-Length` or while streaming.
+    pub max_body_bytes: u64,
+    /// How long a challenge may take to send its response headers. The
+    /// body may stream for longer (Server-Sent Events).
+    pub upstream_timeout: Duration,
+    /// Concurrent upstream requests per challenge (streams count until
+    /// they end); more is 503 with `Retry-After`.
+    pub max_concurrent_per_challenge: usize,
+    /// Per-client-IP rate.
+    pub rate_limit: RateLimit,
+    /// Background refresh of the challenge directory.
+    pub directory_refresh: Duration,
+    /// Accepted clock difference of a signed request (± seconds).
+    pub signature_window_seconds: i64,
+    /// How long a used nonce is remembered.
+    pub nonce_retention: Duration,
+    /// Uids whose hotkeys may not use the bridge (the owner's uid 0).
+    pub blocked_uids: Vec<u16>,
+}
+
+impl Default for ProxyConfig {
+    fn default() -> Self {
+        Self {
+            netuid: 100,
+            max_body_bytes: 7_500_000,
+            upstream_timeout: Duration::from_secs(60),
+            max_concurrent_per_challenge: 256,
+            rate_limit: RateLimit {
+                per_minute: 600,
+                burst: 120,
+                include_loopback: false,
+            },
+            directory_refresh: Duration::from_secs(10),
+            signature_window_seconds: 300,
+            nonce_retention: Duration::from_secs(24 * 3600),
+            blocked_uids: vec![0],
+        }
+    }
+}
+
+/// Why a proxied or bridged request was not forwarded (or failed upstream).
+/// [`ProxyError::status`] and the `Display` text are the HTTP answer.
+#[derive(Debug, thiserror::Error)]
+pub enum ProxyError {
+    /// The path resolves to a private route or is malformed (403).
+    #[error("Proxy path is not allowed")]
+    PathNotAllowed(PathError),
+    /// Unknown or inactive slug (404).
+    #[error("Challenge not found")]
+    NotFound,
+    /// Malformed request detail other than the path (400).
+    #[error("{0}")]
+    BadRequest(String),
+    /// The body is over the limit (413).
+    #[error("request body larger than {limit} bytes")]
+    BodyTooLarge {
+        /// The limit in force.
+        limit: u64,
+    },
+    /// The client is over its rate (429).
+    #[error("too many requests; retry after {retry_after} s")]
+    RateLimited {
+        /// Seconds until a request would be accepted.
+        retry_after: u64,
+    },
+    /// The challenge has its maximum of requests in flight (503).
+    #[error("Challenge '{slug}' is busy: {limit} requests in flight; retry shortly")]
+    Busy {
+        /// Which challenge.
+        slug: String,
+        /// Its cap.
+        limit: usize,
+    },
+    /// Could not reach the challenge (502).
+    #[error("Challenge unavailable")]
+    Unavailable,
+    /// The challenge did not answer in time (504).
+    #[error("Challenge timed out")]
+    Timeout,
+    /// A signature header is missing, malformed, stale or forged (401).
+    #[error(transparent)]
+    Signature(#[from] SignatureError),
+    /// The hotkey is not in the metagraph (401).
+    #[error("unknown hotkey")]
+    UnknownHotkey,
+    /// The hotkey's uid may not use the bridge (403).
+    #[error("uid {0} is not allowed to submit")]
+    BlockedUid(u16),
+    /// The nonce was used within the retention window (409).
+    #[error("nonce already used")]
+    NonceUsed,
+    /// The metagraph cannot be read or is not configured (503).
+    #[error("metagraph unavailable")]
+    MetagraphUnavailable(String),
+    /// The store failed (503).
+    #[error("database unavailable")]
+    Store(#[source] StoreError),
+}
+
+impl ProxyError {
+    /// The HTTP status of this refusal.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            Self::PathNotAllowed(_) | Self::BlockedUid(_) => StatusCode::FORBIDDEN,
+            Self::NotFound => StatusCode::NOT_FOUND,
+            Self::BadRequest(_) => StatusCode::BAD_REQUEST,
+            Self::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
+            Self::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
+            Self::Busy { .. } | Self::MetagraphUnavailable(_) | Self::Store(_) => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
+            Self::Unavailable => StatusCode::BAD_GATEWAY,
+            Self::Timeout => StatusCode::GATEWAY_TIMEOUT,
+            Self::Signature(_) | Self::UnknownHotkey => StatusCode::UNAUTHORIZED,
+            Self::NonceUsed => StatusCode::CONFLICT,
+        }
+    }
+
+    /// Seconds for a `Retry-After` header, when one applies.
+    pub fn retry_after(&self) -> Option<u64> {
+        match self {
+            Self::RateLimited { retry_after } => Some(*retry_after),
+            Self::Busy { .. } => Some(1),
+            _ => None,
+        }
+    }
+}
+
+/// The proxy service: settings, the pooled client, the directory and the
+/// limiter. One per master, shared by every handler.
+pub struct Proxy {
+    config: ProxyConfig,
+    client: reqwest::Client,
+    directory: Directory,
+    limiter: ClientLimiter,
+    metagraph: Option<Arc<dyn Metagraph>>,
+}
+
+impl std::fmt::Debug for Proxy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Proxy")
+            .field("config", &self.config)
+            .field("directory", &self.directory)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Why the proxy could not be built.
+#[derive(Debug, thiserror::Error)]
+#[error("building the proxy's HTTP client: {0}")]
+pub struct ClientBuildError(#[source] reqwest::Error);
+
+impl Proxy {
+    /// A proxy with `config`; `metagraph` is what the bridge checks
+    /// hotkeys against (without one the bridge answers 503).
+    pub fn new(
+        config: ProxyConfig,
+        metagraph: Option<Arc<dyn Metagraph>>,
+    ) -> Result<Self, ClientBuildError> {
+        let client = forward::client().map_err(ClientBuildError)?;
+        Ok(Self {
+            directory: Directory::new(
+                config.directory_refresh,
+                config.max_concurrent_per_challenge,
+            ),
+            limiter: ClientLimiter::new(config.rate_limit),
+            client,
+            config,
+            metagraph,
+        })
+    }
+
+    /// The settings.
+    pub fn config(&self) -> &ProxyConfig {
+        &self.config
+    }
+
+    /// The challenge directory.
+    pub fn directory(&self) -> &Directory {
+        &self.directory
+    }
+
+    /// Refuses a client over its rate with 429.
+    pub fn check_rate(&self, client: Option<IpAddr>) -> Result<(), ProxyError> {
+        self.limiter
+            .check(client)
+            .map_err(|wait| ProxyError::RateLimited {
+                retry_after: limit::retry_after_seconds(wait),
+            })
+    }
+
+    /// The active challenge `slug`, from memory. When the background
+    /// refresh is due, one is started without delaying this request.
+    pub async fn challenge(
+        self: &Arc<Self>,
+        slug: &str,
+        registry: &Registry,
+        orchestrator: Option<&Arc<dyn Orchestrator>>,
+    ) -> Result<Arc<Entry>, ProxyError> {
+        if !self.directory.is_dirty() && self.directory.claim_refresh() {
+            let me = self.clone();
+            let registry = registry.clone();
+            let orchestrator = orchestrator.cloned();
+            tokio::spawn(async move {
+                me.directory
+                    .reload(&registry, orchestrator.as_ref(), false)
+                    .await;
+                me.limiter.forget_idle();
+            });
+        }
+        self.directory
+            .lookup(slug, registry, orchestrator)
+            .await
+            .ok_or(ProxyError::NotFound)
+    }
+}

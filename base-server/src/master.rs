@@ -196,6 +196,20 @@ pub async fn run(
     })
 }
 
+/// The public proxy from the operator's settings; the bridge checks
+/// hotkeys against the master's metagraph (file or chain) when one is
+/// configured.
+pub fn proxy(settings: &Settings) -> Result<base_sdk::proxy::Proxy, MasterError> {
+    let metagraph = metagraph(settings);
+    if metagraph.is_none() {
+        tracing::warn!(
+            "upload bridge disabled: set BASE_METAGRAPH_FILE or BASE_METAGRAPH=chain so miner hotkeys can be checked"
+        );
+    }
+    base_sdk::proxy::Proxy::new(settings.proxy_config(), metagraph)
+        .map_err(|e| MasterError::Unsupported(e.to_string()))
+}
+
 /// The metagraph the epochs use: `BASE_METAGRAPH=chain` reads
 /// `SubtensorModule` storage at `BASE_CHAIN_ENDPOINT` (cached for
 /// `BASE_METAGRAPH_TTL_SECONDS`); `file` (the default whenever
@@ -222,20 +236,6 @@ pub fn metagraph(settings: &Settings) -> Option<Arc<dyn Metagraph>> {
             )))
         }
     }
-}
-
-/// The public proxy from the operator's settings; the bridge checks
-/// hotkeys against the configured metagraph (chain or file), if any.
-pub fn proxy(settings: &Settings) -> Result<base_sdk::proxy::Proxy, MasterError> {
-    // The same source as the epochs' (chain or file), with its own cache.
-    let metagraph = metagraph(settings);
-    if metagraph.is_none() {
-        tracing::warn!(
-            "upload bridge disabled: set BASE_METAGRAPH=chain or BASE_METAGRAPH_FILE so miner hotkeys can be checked"
-        );
-    }
-    base_sdk::proxy::Proxy::new(settings.proxy_config(), metagraph)
-        .map_err(|e| MasterError::Unsupported(e.to_string()))
 }
 
 /// The broker's settings from the operator's.

@@ -261,6 +261,11 @@ impl PendingStore {
             let _ = std::fs::remove_file(&tmp.0);
             self.err(e)
         })?;
+        // The rename itself is durable only once the directory is synced.
+        #[cfg(unix)]
+        std::fs::File::open(dir)
+            .and_then(|d| d.sync_all())
+            .map_err(|e| self.err(e))?;
         Ok(())
     }
 

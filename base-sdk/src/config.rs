@@ -553,6 +553,32 @@ mod tests {
     }
 
     #[test]
+    fn chain_and_submitter_settings() {
+        Jail::expect_with(|jail| {
+            let s = Settings::load(None).map_err(|e| e.to_string())?;
+            assert_eq!(s.metagraph, None);
+            assert_eq!(s.metagraph_ttl_seconds, 300);
+            assert_eq!(
+                (s.wallet_name.as_str(), s.wallet_hotkey.as_str()),
+                ("default", "default")
+            );
+            assert_eq!(s.submitter_master, "http://127.0.0.1:18080");
+            assert!(!s.submitter_in_block);
+            jail.set_env("BASE_METAGRAPH", "chain");
+            jail.set_env("BASE_WALLET_NAME", "validator");
+            jail.set_env("BASE_SUBMITTER_INTERVAL_SECONDS", "30");
+            let s = Settings::load(None).map_err(|e| e.to_string())?;
+            assert_eq!(s.metagraph, Some(MetagraphKind::Chain));
+            assert_eq!(s.wallet_name, "validator");
+            assert_eq!(s.submitter_interval_seconds, 30);
+            jail.set_env("BASE_METAGRAPH", "ledger");
+            let e = Settings::load(None).unwrap_err().to_string();
+            assert!(e.contains("BASE_METAGRAPH"), "{e}");
+            Ok(())
+        });
+    }
+
+    #[test]
     fn proxy_settings_have_defaults_and_env_overrides() {
         Jail::expect_with(|jail| {
             let s = Settings::load(None).map_err(|e| e.to_string())?;

@@ -9,8 +9,9 @@
 //! made): `regenerate_synthetic_metadata` below builds it with
 //! frame-metadata/scale-info, describing `SubtensorModule` at its real
 //! pallet index (7) with the real call indices and argument types of
-//! `set_weights` (0), `commit_weights` (96) and `reveal_weights` (97), and
-//! Finney's transaction extensions. See tests/data/README.md for how to
+//! `set_weights` (0), `commit_weights` (96) and `reveal_weights` (97),
+//! the storage items BASE reads with subtensor's key hashers, and Finney's
+//! transaction extensions. See tests/data/README.md for how to
 //! replace it with the live runtime's metadata.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
@@ -237,6 +238,56 @@ fn wrong_argument_shapes_are_refused_before_signing() {
     assert!(e.is_some(), "netuid 70000 must not encode as u16");
 }
 
+/// The storage keys the online reads use, built offline: netuid keys
+/// `Identity`-hashed as a little-endian u16 (the `NetUid` newtype encodes
+/// as its u16), hotkeys `Blake2_128Concat`.
+#[test]
+fn storage_keys_for_uids_keys_and_netuid_maps() {
+    use base_sdk::chain::subtensor::{keys_address, netuid_map_address, uids_address};
+    use blake2::digest::consts::U16;
+    use blake2::{Blake2b, Digest};
+    use subxt::utils::AccountId32;
+
+    let client = offline();
+    let at = client.at_block(0u64).unwrap();
+    let storage = at.storage();
+    let alice: [u8; 32] = hex::decode(ALICE_PUB).unwrap().try_into().unwrap();
+
+    let uids = storage.entry(uids_address()).unwrap();
+    let key = uids.fetch_key((100, AccountId32(alice))).unwrap();
+    let mut expected = uids.key_prefix().to_vec();
+    expected.extend_from_slice(&100u16.to_le_bytes());
+    expected.extend_from_slice(&Blake2b::<U16>::digest(alice));
+    expected.extend_from_slice(&alice);
+    assert_eq!(hex::encode(&key), hex::encode(&expected));
+
+    let keys = storage.entry(keys_address()).unwrap();
+    let mut expected = keys.key_prefix().to_vec();
+    expected.extend_from_slice(&7u16.to_le_bytes());
+    assert_eq!(
+        keys.iter_key((7u16,)).unwrap(),
+        expected,
+        "Keys iterated per netuid"
+    );
+
+    let tempo = storage.entry(netuid_map_address::<u16>("Tempo")).unwrap();
+    let mut expected = tempo.key_prefix().to_vec();
+    expected.extend_from_slice(&1u16.to_le_bytes());
+    assert_eq!(tempo.fetch_key((1,)).unwrap(), expected);
+    // The runtime's default comes back when a key has no value.
+    assert_eq!(tempo.default_value().unwrap().decode().unwrap(), 360);
+
+    // A netuid that does not fit the key type is refused, not truncated.
+    let wide = subxt::dynamic::storage::<(u32,), u16>("SubtensorModule", "Tempo");
+    assert!(
+        storage
+            .entry(wide)
+            .unwrap()
+            .fetch_key((70_000u32,))
+            .is_err()
+    );
+}
+
 #[test]
 fn metadata_without_subtensor_is_refused_by_name() {
     let md = Metadata::decode_from(&synthetic::build("NotSubtensor")).unwrap();
@@ -273,7 +324,8 @@ mod synthetic {
 
     use frame_metadata::v15::{
         CustomMetadata, ExtrinsicMetadata, OuterEnums, PalletCallMetadata, PalletMetadata,
-        RuntimeMetadataV15, SignedExtensionMetadata,
+        PalletStorageMetadata, RuntimeMetadataV15, SignedExtensionMetadata, StorageEntryMetadata,
+        StorageEntryModifier, StorageEntryType, StorageHasher,
     };
     use frame_metadata::{META_RESERVED, RuntimeMetadata, RuntimeMetadataPrefixed};
     use parity_scale_codec::{Compact, Encode};
@@ -434,6 +486,65 @@ mod synthetic {
         }
     }
 
+    fn map<K: TypeInfo + 'static, V: TypeInfo + 'static>(
+        name: &'static str,
+        hashers: Vec<StorageHasher>,
+        modifier: StorageEntryModifier,
+        default: Vec<u8>,
+    ) -> StorageEntryMetadata {
+        StorageEntryMetadata {
+            name,
+            modifier,
+            ty: StorageEntryType::Map {
+                hashers,
+                key: meta_type::<K>(),
+                value: meta_type::<V>(),
+            },
+            default,
+            docs: vec![],
+        }
+    }
+
+    /// The storage items BASE reads, with subtensor's hashers
+    /// (`pallets/subtensor/src/lib.rs`): netuid keys are `Identity`,
+    /// account keys `Blake2_128Concat`.
+    fn storage() -> PalletStorageMetadata {
+        use StorageEntryModifier::{Default as Dflt, Optional};
+        use StorageHasher::{Blake2_128Concat, Identity};
+        PalletStorageMetadata {
+            prefix: "SubtensorModule",
+            entries: vec![
+                map::<(NetUid, AccountId32), u16>(
+                    "Uids",
+                    vec![Identity, Blake2_128Concat],
+                    Optional,
+                    vec![0],
+                ),
+                map::<(NetUid, u16), AccountId32>(
+                    "Keys",
+                    vec![Identity, Identity],
+                    Dflt,
+                    vec![0; 32],
+                ),
+                map::<NetUid, bool>("CommitRevealWeightsEnabled", vec![Identity], Dflt, vec![1]),
+                map::<NetUid, u64>("RevealPeriodEpochs", vec![Identity], Dflt, 1u64.encode()),
+                map::<NetUid, u64>("WeightsVersionKey", vec![Identity], Dflt, 0u64.encode()),
+                map::<NetUid, u64>("WeightsSetRateLimit", vec![Identity], Dflt, 100u64.encode()),
+                map::<NetUid, u16>("Tempo", vec![Identity], Dflt, 360u16.encode()),
+                map::<NetUid, u16>("MinAllowedWeights", vec![Identity], Dflt, 1u16.encode()),
+                map::<NetUid, u16>("MaxWeightsLimit", vec![Identity], Dflt, u16::MAX.encode()),
+                map::<NetUid, Vec<u64>>("LastUpdate", vec![Identity], Dflt, vec![0]),
+                StorageEntryMetadata {
+                    name: "CommitRevealWeightsVersion",
+                    modifier: Dflt,
+                    ty: StorageEntryType::Plain(meta_type::<u16>()),
+                    default: 4u16.encode(),
+                    docs: vec![],
+                },
+            ],
+        }
+    }
+
     /// The metadata bytes (`RuntimeMetadataPrefixed`, V15) with the pallet
     /// at index 7 named `pallet_name`.
     pub fn build(pallet_name: &'static str) -> Vec<u8> {
@@ -452,7 +563,7 @@ mod synthetic {
             },
             PalletMetadata {
                 name: pallet_name,
-                storage: None,
+                storage: Some(storage()),
                 calls: Some(PalletCallMetadata {
                     ty: meta_type::<SubtensorCall>(),
                 }),

@@ -443,3 +443,34 @@ fn pending_store_survives_garbage_with_a_named_error() {
     let e = PendingStore::new(&path).load().unwrap_err();
     assert!(e.to_string().contains("pending.json"), "{e}");
 }
+
+#[test]
+fn pending_store_round_trips_and_leaves_no_temporary_files() {
+    use base_sdk::chain::submitter::PendingCommit;
+    let dir = tempfile::tempdir().unwrap();
+    let store = PendingStore::new(dir.path().join("state").join("pending.json"));
+    assert_eq!(store.load().unwrap(), None);
+    let mut p = PendingCommit {
+        netuid: 1,
+        hotkey: "5Grw".into(),
+        commit_hash: "0xab".into(),
+        uids: vec![1, 2],
+        values: vec![65535, 3],
+        salt: vec![1, 2, 3, 4, 5, 6, 7, 8],
+        version_key: 9,
+        commit_block: 1000,
+        commit_block_hash: "0x01".into(),
+    };
+    store.save(&p).unwrap();
+    p.commit_block = 2000;
+    store.save(&p).unwrap();
+    assert_eq!(store.load().unwrap(), Some(p));
+    let names: Vec<_> = std::fs::read_dir(dir.path().join("state"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().into_string().unwrap())
+        .collect();
+    assert_eq!(names, vec!["pending.json"]);
+    store.clear().unwrap();
+    store.clear().unwrap();
+    assert_eq!(store.load().unwrap(), None);
+}

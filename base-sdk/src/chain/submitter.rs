@@ -261,6 +261,11 @@ impl PendingStore {
             let _ = std::fs::remove_file(&tmp.0);
             self.err(e)
         })?;
+        // The rename itself is durable only once the directory is synced.
+        #[cfg(unix)]
+        std::fs::File::open(dir)
+            .and_then(|d| d.sync_all())
+            .map_err(|e| self.err(e))?;
         Ok(())
     }
 
@@ -618,4 +623,120 @@ pub fn render(outcome: &TickOutcome) -> String {
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn policy(cr: bool, current: u64, last: u64) -> WeightsPolicy {
+        WeightsPolicy {
+            netuid: 1,
+            current_block: current,
+            commit_reveal_enabled: cr,
+            commit_reveal_version: None,
+            reveal_period_epochs: 1,
+            version_key: 0,
+            weights_rate_limit: 100,
+            tempo: 99,
+            min_allowed_weights: 1,
+            max_weight_limit: u16::MAX,
+            uid: Some(1),
+            last_update: last,
+        }
+    }
+
+    fn pending(block: u64) -> PendingCommit {
+        PendingCommit {
+            netuid: 1,
+            hotkey: "5x".into(),
+            commit_hash: "0x00".into(),
+            uids: vec![1],
+            values: vec![65535],
+            salt: vec![1; 8],
+            version_key: 0,
+            commit_block: block,
+            commit_block_hash: "0x01".into(),
+        }
+    }
+
+    #[test]
+    fn plan_table() {
+        // Direct: rate limit decides.
+        assert_eq!(
+            plan(&policy(false, 1000, 0), None).unwrap(),
+            Action::SetWeights
+        );
+        assert_eq!(
+            plan(&policy(false, 1000, 950), None).unwrap(),
+            Action::RateLimited { blocks: 50 }
+        );
+        // A pending commit is ignored when commit-reveal is off.
+        assert_eq!(
+            plan(&policy(false, 1000, 0), Some(&pending(900))).unwrap(),
+            Action::SetWeights
+        );
+        // Commit-reveal: commit, then wait for the window, then reveal.
+        assert_eq!(plan(&policy(true, 1000, 0), None).unwrap(), Action::Commit);
+        // Block 1000 is epoch 10 (blocks 998..=1097); reveal in epoch 11.
+        assert_eq!(
+            plan(&policy(true, 1000, 1000), Some(&pending(1000))).unwrap(),
+            Action::WaitForReveal { first_block: 1098 }
+        );
+        assert_eq!(
+            plan(&policy(true, 1098, 1000), Some(&pending(1000))).unwrap(),
+            Action::Reveal
+        );
+        assert_eq!(
+            plan(&policy(true, 1197, 1000), Some(&pending(1000))).unwrap(),
+            Action::Reveal
+        );
+    }
+
+    fn snapshot(uids: Vec<u16>, weights: Vec<f64>) -> WeightsSnapshot {
+        let now = Utc::now();
+        WeightsSnapshot {
+            netuid: 1,
+            chain_endpoint: String::new(),
+            uids,
+            weights,
+            hotkey_weights: Default::default(),
+            computed_at: now,
+            expires_at: now + chrono::Duration::seconds(60),
+            source_challenges: vec![],
+            metagraph_updated_at: None,
+        }
+    }
+
+    #[test]
+    fn prepare_refuses_empty_and_all_zero_vectors() {
+        let now = Utc::now();
+        let max = Duration::from_secs(60);
+        let e = prepare(&snapshot(vec![], vec![]), 1, now, max).unwrap_err();
+        assert!(e.to_string().contains("no uids"), "{e}");
+        let e = prepare(&snapshot(vec![1, 2], vec![0.0, 0.0]), 1, now, max).unwrap_err();
+        assert!(e.to_string().contains("every weight is zero"), "{e}");
+    }
+
+    proptest! {
+        #[test]
+        fn prepared_values_are_a_subset_in_order(
+            pairs in proptest::collection::btree_map(0u16..4096, 0.0f64..1.0, 1..100)
+        ) {
+            let (uids, weights): (Vec<u16>, Vec<f64>) = pairs.into_iter().unzip();
+            let s = snapshot(uids.clone(), weights.clone());
+            match prepare(&s, 1, Utc::now(), Duration::from_secs(60)) {
+                Ok(p) => {
+                    prop_assert_eq!(p.chain_uids.len(), p.chain_values.len());
+                    let mut it = uids.iter();
+                    for u in &p.chain_uids {
+                        prop_assert!(it.any(|x| x == u), "order or membership broken");
+                    }
+                    prop_assert_eq!(p.chain_values.iter().max().copied(), Some(u16::MAX));
+                }
+                Err(e) => prop_assert!(weights.iter().all(|w| *w == 0.0), "{}", e),
+            }
+        }
+    }
 }

@@ -68,6 +68,26 @@ pub fn reveal_weights_call(
     )
 }
 
+/// Blocks a submitted extrinsic stays valid (about 13 minutes at 12 s).
+pub const MORTALITY_BLOCKS: u64 = 64;
+
+/// `SubtensorModule::Uids`: (netuid, hotkey) → uid.
+pub fn uids_address() -> subxt::storage::DynamicAddress<(u16, AccountId32), u16> {
+    dynamic::storage(PALLET, "Uids")
+}
+
+/// `SubtensorModule::Keys`: (netuid, uid) → hotkey.
+pub fn keys_address() -> subxt::storage::DynamicAddress<(u16, u16), AccountId32> {
+    dynamic::storage(PALLET, "Keys")
+}
+
+/// A `SubtensorModule` map keyed by netuid (`Tempo`, `LastUpdate`, …).
+pub fn netuid_map_address<V: subxt::ext::scale_decode::DecodeAsType>(
+    item: &str,
+) -> subxt::storage::DynamicAddress<(u16,), V> {
+    dynamic::storage(PALLET, item)
+}
+
 /// When a submitted extrinsic counts as done.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum WaitFor {
@@ -142,10 +162,9 @@ impl Subtensor {
     /// Every registered hotkey of `netuid` with its uid (`SubtensorModule::Keys`).
     pub async fn hotkeys(&self, netuid: u16) -> Result<Vec<(u16, [u8; 32])>, ChainError> {
         let at = self.at().await?;
-        let addr = dynamic::storage::<(u16, u16), AccountId32>(PALLET, "Keys");
         let mut entries = at
             .storage()
-            .iter(addr, (netuid,))
+            .iter(keys_address(), (netuid,))
             .await
             .map_err(|e| storage_err("Keys", e))?;
         let mut out = Vec::new();
@@ -185,9 +204,8 @@ impl Subtensor {
         let at = self.at().await?;
         let current_block = at.block_number();
         let uid = {
-            let addr = dynamic::storage::<(u16, AccountId32), u16>(PALLET, "Uids");
             at.storage()
-                .try_fetch(addr, (netuid, AccountId32(*account)))
+                .try_fetch(uids_address(), (netuid, AccountId32(*account)))
                 .await
                 .map_err(|e| storage_err("Uids", e))?
                 .map(|v| v.decode())
@@ -259,9 +277,8 @@ async fn read_map<V: subxt::ext::scale_decode::DecodeAsType>(
     item: &str,
     netuid: u16,
 ) -> Result<Option<V>, ChainError> {
-    let addr = dynamic::storage::<(u16,), V>(PALLET, item);
     at.storage()
-        .try_fetch(addr, (netuid,))
+        .try_fetch(netuid_map_address::<V>(item), (netuid,))
         .await
         .map_err(|e| storage_err(item, e))?
         .map(|v| v.decode())
@@ -320,7 +337,15 @@ impl SubtensorSubmitter {
             .await
             .map_err(|e| conn(endpoint, e))?;
         let mut progress = txs
-            .sign_and_submit_then_watch_default(call, self.hotkey.keypair())
+            .sign_and_submit_then_watch(
+                call,
+                self.hotkey.keypair(),
+                // Mortal: an extrinsic stuck in the pool expires instead of
+                // landing much later with an outdated vector.
+                subxt::config::SubstrateExtrinsicParamsBuilder::<SubtensorConfig>::new()
+                    .mortal(MORTALITY_BLOCKS)
+                    .build(),
+            )
             .await
             .map_err(|e| rejected(&e))?;
         let extrinsic_hash = format!("{:?}", progress.extrinsic_hash());

@@ -77,18 +77,30 @@ pub fn to_u16_weights(uids: &[u16], weights: &[f64]) -> Result<(Vec<u16>, Vec<u1
     let mut out_uids = Vec::with_capacity(uids.len());
     let mut out_values = Vec::with_capacity(uids.len());
     for (&uid, &w) in uids.iter().zip(weights) {
-        let scaled = (w / max) * f64::from(U16_MAX);
-        // `scaled` is in [0, 65535] because w ≤ max; the clamp only guards
-        // the conversion against a future change of that invariant.
-        let rounded = scaled.round_ties_even().clamp(0.0, f64::from(U16_MAX));
-        #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
-        let value = rounded as u16;
+        let value = upscale_to_u16(w, max);
         if value != 0 {
             out_uids.push(uid);
             out_values.push(value);
         }
     }
     Ok((out_uids, out_values))
+}
+
+/// One weight as Bittensor sets it, given the vector's largest weight
+/// `max` (> 0): `round(w / max * 65535)` with halves to even, computed in
+/// the same order as the Python SDK so the two agree bit for bit. Weights
+/// that are not finite or ≤ 0 give 0.
+pub fn upscale_to_u16(w: f64, max: f64) -> u16 {
+    if !w.is_finite() || w <= 0.0 || !max.is_finite() || max <= 0.0 {
+        return 0;
+    }
+    let scaled = (w / max) * f64::from(U16_MAX);
+    // `scaled` is in [0, 65535] when w ≤ max; the clamp keeps the cast
+    // lossless for any other input.
+    let rounded = scaled.round_ties_even().clamp(0.0, f64::from(U16_MAX));
+    #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+    let value = rounded as u16;
+    value
 }
 
 /// A fresh commit salt: [`SALT_LEN`] random bytes, each widened to `u16`,

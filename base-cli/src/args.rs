@@ -238,6 +238,21 @@ pub enum WeightsCommand {
     /// each uid's weight as a float and as the u16 Bittensor sets, and the
     /// challenges it came from. Fails while no epoch has completed.
     Latest,
+    /// Show what a validator's submitter would put on-chain now: the
+    /// checks of `base-server submitter` (netuid, expiry, freshness,
+    /// lengths) and the exact u16 values. Only `--dry-run` exists here: the
+    /// CLI never signs; `base-server submitter` does.
+    Submit {
+        /// Print, do not submit (required).
+        #[arg(long, required = true)]
+        dry_run: bool,
+        /// The subnet the vector must be for.
+        #[arg(long, env = "BASE_NETUID", default_value_t = 100)]
+        netuid: u16,
+        /// Oldest accepted vector, in seconds since it was computed.
+        #[arg(long, default_value_t = 1800)]
+        max_age_seconds: u64,
+    },
 }
 
 /// `base db …`.
@@ -756,6 +771,21 @@ mod tests {
             panic!("wrong command");
         };
         assert_eq!(kind.token_kind(), None);
+    }
+
+    #[test]
+    fn weights_submit_is_dry_run_only() {
+        let cli = parse(&["weights", "submit", "--dry-run", "--netuid", "7"]);
+        let Command::Weights(WeightsCommand::Submit {
+            netuid, dry_run, ..
+        }) = cli.command
+        else {
+            panic!("wrong command");
+        };
+        assert!(dry_run);
+        assert_eq!(netuid, 7);
+        let e = Cli::try_parse_from(["base", "weights", "submit"]).unwrap_err();
+        assert!(e.to_string().contains("--dry-run"), "{e}");
     }
 
     #[test]

@@ -39,6 +39,35 @@ pub async fn run(cli: Cli, out: &mut dyn Write) -> Result<(), Error> {
                 output::weights_latest(&f.body, chrono::Utc::now())
             }
         }
+        Command::Weights(WeightsCommand::Submit {
+            dry_run: _,
+            netuid,
+            max_age_seconds,
+        }) => {
+            use base_sdk::chain::submitter::{
+                HttpWeightsFeed, TickOutcome, WeightsFeed, prepare, render,
+            };
+            let feed = HttpWeightsFeed::new(
+                global.master.as_str(),
+                std::time::Duration::from_secs(10),
+                2,
+            )?;
+            let snapshot = feed.latest().await?;
+            let prepared = prepare(
+                &snapshot,
+                netuid,
+                chrono::Utc::now(),
+                std::time::Duration::from_secs(max_age_seconds),
+            )?;
+            if json {
+                output::json(&serde_json::to_value(&prepared).map_err(OutputError::from)?)?
+            } else {
+                render(&TickOutcome::DryRun {
+                    prepared,
+                    action: None,
+                })
+            }
+        }
         Command::Db(DbCommand::Migrate { config }) => {
             let m = crate::db::migrate(config.as_deref()).await?;
             if json {

@@ -45,4 +45,7 @@ pub enum Error {
     /// `base miner sign` could not sign.
     #[error(transparent)]
     Miner(#[from] miner::MinerError),
+    /// `base weights submit --dry-run` refused or could not fetch the vector.
+    #[error(transparent)]
+    Submit(#[from] base_sdk::chain::submitter::SubmitterError),
 }

@@ -313,22 +313,9 @@ pub fn to_u16_weights(weights: &[f64]) -> Vec<u16> {
         .copied()
         .filter(|w| w.is_finite())
         .fold(0.0_f64, f64::max);
-    if max <= 0.0 {
-        return vec![0; weights.len()];
-    }
-    let scale = f64::from(u16::MAX);
     weights
         .iter()
-        .map(|&w| {
-            if !w.is_finite() || w <= 0.0 {
-                return 0;
-            }
-            // Same order of operations as the SDK: normalize, then scale.
-            let v = ((w / max) * scale).round_ties_even();
-            // 0 < w ≤ max, so v is within 0..=65535; the clamp only makes
-            // the cast obviously lossless.
-            v.clamp(0.0, scale) as u16
-        })
+        .map(|&w| base_sdk::chain::commit::upscale_to_u16(w, max))
         .collect()
 }
 

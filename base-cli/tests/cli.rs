@@ -626,3 +626,31 @@ async fn weights_latest_shows_the_published_vector() {
     run.assert_ok();
     assert!(run.stdout.contains("(EXPIRED 1m 30s ago"), "{run:#?}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn weights_submit_dry_run_prints_the_u16_values_and_checks_the_netuid() {
+    let m = start_master().await;
+    let env = [("BASE_MASTER_URL", m.url.as_str())];
+    m.state.weights().publish(&snapshot(720));
+
+    let run = base(&["weights", "submit", "--dry-run"], &env).await;
+    run.assert_ok();
+    for needle in [
+        "dry run: netuid 100",
+        "0.650000",
+        "set_weights(netuid=100, dests=[1, 2, 3], weights=[15123, 65535, 20165])",
+    ] {
+        assert!(run.stdout.contains(needle), "{needle} missing: {run:#?}");
+    }
+
+    // A vector for another subnet is refused, by name.
+    base(&["weights", "submit", "--dry-run", "--netuid", "7"], &env)
+        .await
+        .assert_failed_with("it is for netuid 100, this submitter serves netuid 7");
+
+    // An expired vector is refused.
+    m.state.weights().publish(&snapshot(-5));
+    base(&["weights", "submit", "--dry-run"], &env)
+        .await
+        .assert_failed_with("expired");
+}

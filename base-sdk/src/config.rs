@@ -207,6 +207,68 @@ pub struct Settings {
     pub bridge_blocked_uids: Vec<u16>,
     /// Hours a used miner nonce is remembered (`BASE_BRIDGE_NONCE_RETENTION_HOURS`).
     pub bridge_nonce_retention_hours: u32,
+    /// Where the master's metagraph comes from (`BASE_METAGRAPH`: `file`
+    /// or `chain`); by default the file when `BASE_METAGRAPH_FILE` is set,
+    /// else none (weights disabled).
+    #[serde(default)]
+    pub metagraph: Option<MetagraphKind>,
+    /// How long the chain metagraph is cached (`BASE_METAGRAPH_TTL_SECONDS`).
+    #[serde(default = "default_metagraph_ttl")]
+    pub metagraph_ttl_seconds: u64,
+    /// Bittensor wallets directory (`BASE_WALLET_PATH`; default
+    /// `~/.bittensor/wallets`).
+    #[serde(default)]
+    pub wallet_path: Option<PathBuf>,
+    /// Wallet (coldkey) name (`BASE_WALLET_NAME`).
+    #[serde(default = "default_wallet")]
+    pub wallet_name: String,
+    /// Hotkey name (`BASE_WALLET_HOTKEY`).
+    #[serde(default = "default_wallet")]
+    pub wallet_hotkey: String,
+    /// The master the submitter reads (`BASE_SUBMITTER_MASTER`).
+    #[serde(default = "default_submitter_master")]
+    pub submitter_master: String,
+    /// Seconds between submitter rounds (`BASE_SUBMITTER_INTERVAL_SECONDS`).
+    #[serde(default = "default_submitter_interval")]
+    pub submitter_interval_seconds: u64,
+    /// Oldest vector the submitter accepts, by `computed_at`
+    /// (`BASE_SUBMITTER_MAX_AGE_SECONDS`).
+    #[serde(default = "default_submitter_max_age")]
+    pub submitter_max_age_seconds: u64,
+    /// The pending-commit file (`BASE_SUBMITTER_STATE_FILE`; default
+    /// `<data_dir>/submitter/pending-commit.json`).
+    #[serde(default)]
+    pub submitter_state_file: Option<PathBuf>,
+    /// Count an extrinsic as done once in a best block instead of finalized
+    /// (`BASE_SUBMITTER_IN_BLOCK`).
+    #[serde(default)]
+    pub submitter_in_block: bool,
+}
+
+/// Source of the master's hotkey → uid mapping.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MetagraphKind {
+    /// `BASE_METAGRAPH_FILE`.
+    File,
+    /// `SubtensorModule` storage at `BASE_CHAIN_ENDPOINT`.
+    Chain,
+}
+
+fn default_metagraph_ttl() -> u64 {
+    300
+}
+fn default_wallet() -> String {
+    "default".into()
+}
+fn default_submitter_master() -> String {
+    "http://127.0.0.1:18080".into()
+}
+fn default_submitter_interval() -> u64 {
+    120
+}
+fn default_submitter_max_age() -> u64 {
+    1800
 }
 
 #[derive(Serialize)]
@@ -486,6 +548,32 @@ mod tests {
             assert!(!dbg.contains("hunter2"), "{dbg}");
             assert!(!dbg.contains("from-file"), "{dbg}");
             assert!(dbg.contains("postgres://u:***@db/base"), "{dbg}");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn chain_and_submitter_settings() {
+        Jail::expect_with(|jail| {
+            let s = Settings::load(None).map_err(|e| e.to_string())?;
+            assert_eq!(s.metagraph, None);
+            assert_eq!(s.metagraph_ttl_seconds, 300);
+            assert_eq!(
+                (s.wallet_name.as_str(), s.wallet_hotkey.as_str()),
+                ("default", "default")
+            );
+            assert_eq!(s.submitter_master, "http://127.0.0.1:18080");
+            assert!(!s.submitter_in_block);
+            jail.set_env("BASE_METAGRAPH", "chain");
+            jail.set_env("BASE_WALLET_NAME", "validator");
+            jail.set_env("BASE_SUBMITTER_INTERVAL_SECONDS", "30");
+            let s = Settings::load(None).map_err(|e| e.to_string())?;
+            assert_eq!(s.metagraph, Some(MetagraphKind::Chain));
+            assert_eq!(s.wallet_name, "validator");
+            assert_eq!(s.submitter_interval_seconds, 30);
+            jail.set_env("BASE_METAGRAPH", "ledger");
+            let e = Settings::load(None).unwrap_err().to_string();
+            assert!(e.contains("BASE_METAGRAPH"), "{e}");
             Ok(())
         });
     }

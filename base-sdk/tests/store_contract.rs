@@ -496,6 +496,21 @@ async fn jobs_admission_quota_and_gpu_leases(store: Arc<dyn Store>) {
     store.update_job(&j2).await.unwrap();
     assert!(store.gpu_leases().await.unwrap().is_empty());
     assert_eq!(store.get_job("j2").await.unwrap().unwrap(), j2);
+    // A finished record is never rewritten: a second ending loses.
+    let mut late = j2.clone();
+    late.state = JobState::Failed;
+    late.error = Some("lost".into());
+    assert!(matches!(
+        store.update_job(&late).await,
+        Err(StoreError::JobFinished(id)) if id == "j2"
+    ));
+    assert_eq!(store.get_job("j2").await.unwrap().unwrap(), j2);
+    let mut ghost = j2.clone();
+    ghost.id = "nope".into();
+    assert!(matches!(
+        store.update_job(&ghost).await,
+        Err(StoreError::NotFound(_))
+    ));
 
     // Filters: slug, job id, active only, newest first, limit.
     let active = JobFilter {

@@ -27,8 +27,8 @@ use std::time::{Duration, Instant};
 use base_sdk::model::{ImageRef, Slug};
 use base_sdk::orchestrator::swarm::{CHALLENGES_NETWORK, JOBS_INTERNAL_NETWORK, SwarmOrchestrator};
 use base_sdk::orchestrator::{
-    ChallengeSecrets, ChallengeSpec, JobLimits, JobNetwork, JobSpec, JobState, Orchestrator,
-    OrchestratorError, ServiceState,
+    ChallengeSecrets, ChallengeSpec, JobLimits, JobMount, JobNetwork, JobSpec, JobState,
+    LogStreamKind, Orchestrator, OrchestratorError, ServiceState,
 };
 use bollard::Docker;
 use bollard::models::{
@@ -60,6 +60,23 @@ fn docker_cli(args: &[&str]) -> (bool, String, String) {
     )
 }
 
+/// Names of the mount configs of a job.
+fn job_configs(id: &str) -> Vec<String> {
+    let (_, out, _) = docker_cli(&[
+        "config",
+        "ls",
+        "--format",
+        "{{.Name}}",
+        "--filter",
+        "label=base.component=job-mount",
+        "--filter",
+        &format!("label=base.job.id={id}"),
+    ]);
+    let mut v: Vec<String> = out.split_whitespace().map(str::to_string).collect();
+    v.sort();
+    v
+}
+
 fn exists(kind: &str, name: &str) -> bool {
     docker_cli(&[kind, "inspect", name]).0
 }
@@ -85,6 +102,8 @@ fn challenge(slug_: &str, image: &str, token: &str) -> ChallengeSpec {
 struct Cleanup {
     slugs: Vec<String>,
     services: Vec<String>,
+    /// Job ids whose mount configs are removed (after the services).
+    job_configs: Vec<String>,
     networks_created: Vec<String>,
 }
 
@@ -99,6 +118,7 @@ impl Cleanup {
         Self {
             slugs: Vec::new(),
             services: Vec::new(),
+            job_configs: Vec::new(),
             networks_created,
         }
     }
@@ -111,6 +131,11 @@ impl Drop for Cleanup {
         }
         for s in &self.slugs {
             let _ = docker_cli(&["service", "rm", &format!("challenge-{s}")]);
+        }
+        for id in &self.job_configs {
+            for name in job_configs(id) {
+                let _ = docker_cli(&["config", "rm", &name]);
+            }
         }
         for s in &self.slugs {
             let (_, ids, _) = docker_cli(&[
@@ -716,4 +741,354 @@ async fn a_gpu_job_on_a_gpu_less_node_is_reported_unscheduled() {
         serde_json::json!({"Kind": "NVIDIA-GPU", "Value": 1})
     );
     o.remove_job("swt-gpu").await.unwrap();
+}
+
+#[tokio::test]
+#[ignore = "needs docker swarm"]
+async fn gpu_capacity_is_read_from_the_nodes() {
+    let _serial = SERIAL.lock().await;
+    let o = SwarmOrchestrator::connect().await.unwrap();
+    // This node is labelled `base.workload=cpu` and advertises no generic
+    // resources (checked, so the assertion below means something).
+    let (ok, out, err) = docker_cli(&[
+        "node",
+        "inspect",
+        "self",
+        "--format",
+        "{{index .Spec.Labels \"base.workload\"}} {{json .Description.Resources.GenericResources}}",
+    ]);
+    assert!(ok, "{err}");
+    assert_eq!(out.trim(), "cpu null", "this test expects a CPU-only node");
+    assert_eq!(o.gpu_capacity().await.unwrap(), 0);
+}
+
+/// Everything a follow stream yields until it ends by itself (a minute at
+/// most, else the test fails: the stream must not hang), split by stream.
+async fn follow_to_end(o: &SwarmOrchestrator, id: &str) -> (String, String) {
+    use futures::StreamExt;
+    let mut stream = o.follow_job_logs(id).await.unwrap();
+    let collect = async {
+        let (mut out, mut err) = (Vec::new(), Vec::new());
+        while let Some(chunk) = stream.next().await {
+            let chunk = chunk.unwrap();
+            match chunk.stream {
+                LogStreamKind::Stdout => out.extend_from_slice(&chunk.data),
+                LogStreamKind::Stderr => err.extend_from_slice(&chunk.data),
+            }
+        }
+        (
+            String::from_utf8_lossy(&out).into_owned(),
+            String::from_utf8_lossy(&err).into_owned(),
+        )
+    };
+    tokio::time::timeout(Duration::from_secs(60), collect)
+        .await
+        .expect("the follow stream did not end by itself")
+}
+
+#[tokio::test]
+#[ignore = "needs docker swarm"]
+async fn following_a_job_keeps_streams_apart_and_ends_by_itself() {
+    let _serial = SERIAL.lock().await;
+    let mut cleanup = Cleanup::new();
+    cleanup.services.extend([
+        "base-job-swt-follow-exit".to_string(),
+        "base-job-swt-follow-sleep".to_string(),
+    ]);
+    let o = SwarmOrchestrator::connect().await.unwrap();
+    assert!(matches!(
+        o.follow_job_logs("swt-follow-nothing").await,
+        Err(OrchestratorError::NotFound(_))
+    ));
+
+    // Followed from creation, while it runs: both lines, then the end.
+    o.run_job(&job("swt-follow-sleep", &["sleep", "3"], None))
+        .await
+        .unwrap();
+    let (stdout, stderr) = follow_to_end(&o, "swt-follow-sleep").await;
+    assert!(stdout.contains("sleep mode: sleeping 3 s"), "{stdout}");
+    assert!(stdout.contains("sleep mode: done"), "{stdout}");
+    assert!(stderr.is_empty(), "{stderr}");
+    let status = o.job_status("swt-follow-sleep").await.unwrap();
+    assert_eq!(status.state, JobState::Succeeded, "{status:?}");
+
+    // Both streams, each on its own side; followed after the job ended too.
+    o.run_job(&job("swt-follow-exit", &["exit", "3"], None))
+        .await
+        .unwrap();
+    let (stdout, stderr) = follow_to_end(&o, "swt-follow-exit").await;
+    assert!(stdout.contains("exit mode: stdout, code 3"), "{stdout}");
+    assert!(stderr.contains("exit mode: stderr, code 3"), "{stderr}");
+    assert!(!stdout.contains("stderr"), "{stdout}");
+    assert!(!stderr.contains("stdout"), "{stderr}");
+    let done = o
+        .wait_job("swt-follow-exit", Duration::from_secs(60))
+        .await
+        .unwrap();
+    assert_eq!((done.state, done.exit_code), (JobState::Failed, Some(3)));
+    let (again, _) = follow_to_end(&o, "swt-follow-exit").await;
+    assert_eq!(again, stdout, "a finished job's output, once");
+
+    // A follower of a job that is removed meanwhile ends too.
+    o.run_job(&job("swt-follow-sleep-2", &["sleep", "300"], None))
+        .await
+        .unwrap();
+    cleanup.services.push("base-job-swt-follow-sleep-2".into());
+    let follower = {
+        let o = SwarmOrchestrator::connect().await.unwrap();
+        tokio::spawn(async move { follow_to_end(&o, "swt-follow-sleep-2").await })
+    };
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    o.remove_job("swt-follow-sleep-2").await.unwrap();
+    follower.await.unwrap();
+
+    for id in ["swt-follow-exit", "swt-follow-sleep"] {
+        o.remove_job(id).await.unwrap();
+    }
+}
+
+#[tokio::test]
+#[ignore = "needs docker swarm"]
+async fn a_job_reads_its_mounted_files_and_leaves_no_config_behind() {
+    let _serial = SERIAL.lock().await;
+    let mut cleanup = Cleanup::new();
+    cleanup.services.push("base-job-swt-mount".into());
+    cleanup
+        .job_configs
+        .extend(["swt-mount".to_string(), "swt-mount-rw".to_string()]);
+    let o = SwarmOrchestrator::connect().await.unwrap();
+
+    let big = "x".repeat(400_000);
+    let mut j = job(
+        "swt-mount",
+        &[
+            "cat",
+            "/work/in/a.txt",
+            "/work/in/deep/er/b.txt",
+            "/work/in/empty",
+            "/work/in/big",
+            "/etc/task.json",
+        ],
+        None,
+    );
+    j.mounts = vec![
+        JobMount {
+            target: "/work/in".into(),
+            read_only: true,
+            files: BTreeMap::from([
+                ("a.txt".to_string(), b"alpha\n".to_vec()),
+                ("deep/er/b.txt".to_string(), b"beta\n".to_vec()),
+                ("empty".to_string(), Vec::new()),
+                ("big".to_string(), big.clone().into_bytes()),
+            ]),
+        },
+        // A single-file mount: the name "" is the target itself.
+        JobMount {
+            target: "/etc/task.json".into(),
+            read_only: true,
+            files: BTreeMap::from([(String::new(), b"{\"task\":7}\n".to_vec())]),
+        },
+    ];
+    o.run_job(&j).await.unwrap();
+    assert_eq!(
+        job_configs("swt-mount"),
+        (0..5)
+            .map(|n| format!("base-job-swt-mount-{n}"))
+            .collect::<Vec<_>>()
+    );
+    let (_, labels, _) = docker_cli(&[
+        "config",
+        "inspect",
+        "--format",
+        "{{json .Spec.Labels}}",
+        "base-job-swt-mount-0",
+    ]);
+    let labels: serde_json::Value = serde_json::from_str(labels.trim()).unwrap();
+    assert_eq!(
+        labels,
+        serde_json::json!({"base.component": "job-mount", "base.job.id": "swt-mount", "base.challenge": "swt-jobs"})
+    );
+    let done = o
+        .wait_job("swt-mount", Duration::from_secs(120))
+        .await
+        .unwrap();
+    let logs = o.job_logs("swt-mount", 1 << 20).await.unwrap();
+    assert_eq!(
+        (done.state, done.exit_code),
+        (JobState::Succeeded, Some(0)),
+        "{done:?} {}",
+        logs.stderr
+    );
+    assert_eq!(
+        logs.stdout,
+        format!("alpha\nbeta\n{big}{{\"task\":7}}\n"),
+        "every file, byte for byte (the empty one empty)"
+    );
+    // Nothing to prune while the job exists.
+    assert!(
+        !o.orphaned_job_mounts()
+            .await
+            .unwrap()
+            .iter()
+            .any(|n| n.starts_with("base-job-swt-mount-"))
+    );
+
+    o.remove_job("swt-mount").await.unwrap();
+    assert!(
+        job_configs("swt-mount").is_empty(),
+        "configs removed with the job"
+    );
+    o.remove_job("swt-mount").await.unwrap();
+
+    // Refused before anything exists: a writable mount, and a file over
+    // Docker's config limit.
+    let mut rw = job("swt-mount-rw", &["cat", "/out/x"], None);
+    rw.mounts = vec![JobMount {
+        target: "/out".into(),
+        read_only: false,
+        files: BTreeMap::from([("x".to_string(), b"x".to_vec())]),
+    }];
+    let e = o.run_job(&rw).await.unwrap_err();
+    assert!(
+        matches!(&e, OrchestratorError::InvalidSpec(m) if m.contains("writable mounts are not supported")),
+        "{e}"
+    );
+    rw.mounts[0].read_only = true;
+    rw.mounts[0].files.insert("huge".into(), vec![0u8; 512_000]);
+    let e = o.run_job(&rw).await.unwrap_err();
+    assert!(
+        matches!(&e, OrchestratorError::InvalidSpec(m) if m.contains("/out/huge")),
+        "{e}"
+    );
+    assert!(!exists("service", "base-job-swt-mount-rw"));
+    assert!(job_configs("swt-mount-rw").is_empty());
+}
+
+/// Running containers of a service (on this node).
+fn running_containers(service: &str) -> Vec<String> {
+    let (_, out, _) = docker_cli(&[
+        "ps",
+        "-q",
+        "--filter",
+        &format!("label=com.docker.swarm.service.name={service}"),
+    ]);
+    out.split_whitespace().map(str::to_string).collect()
+}
+
+#[tokio::test]
+#[ignore = "needs docker swarm"]
+async fn removing_a_running_job_stops_its_task_and_leaves_no_config() {
+    let _serial = SERIAL.lock().await;
+    let mut cleanup = Cleanup::new();
+    let service = "base-job-swt-remove-running";
+    cleanup.services.push(service.into());
+    cleanup.job_configs.push("swt-remove-running".into());
+    let o = SwarmOrchestrator::connect().await.unwrap();
+    let mut j = job("swt-remove-running", &["sleep", "300"], None);
+    j.mounts = vec![JobMount {
+        target: "/work/in".into(),
+        read_only: true,
+        files: BTreeMap::from([("a.txt".to_string(), b"alpha".to_vec())]),
+    }];
+    o.run_job(&j).await.unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while o.job_status("swt-remove-running").await.unwrap().state != JobState::Running {
+        assert!(Instant::now() < deadline, "the job never ran");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    while running_containers(service).is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "no container for the running job"
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    assert_eq!(job_configs("swt-remove-running").len(), 1);
+
+    o.remove_job("swt-remove-running").await.unwrap();
+    assert!(!exists("service", service));
+    assert!(job_configs("swt-remove-running").is_empty());
+    // The container stops (Docker 20.10 would leave it running after a
+    // plain service delete); within the stop grace period at worst.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !running_containers(service).is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "the removed job's container still runs: {:?}",
+            running_containers(service)
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+    // Idempotent.
+    o.remove_job("swt-remove-running").await.unwrap();
+    assert!(matches!(
+        o.job_status("swt-remove-running").await,
+        Err(OrchestratorError::NotFound(_))
+    ));
+}
+
+#[tokio::test]
+#[ignore = "needs docker swarm"]
+async fn orphaned_mount_configs_are_pruned_and_nothing_else() {
+    let _serial = SERIAL.lock().await;
+    let mut cleanup = Cleanup::new();
+    cleanup.services.push("base-job-swt-prune-live".into());
+    cleanup
+        .job_configs
+        .extend(["swt-prune-live".to_string(), "swt-prune-gone".to_string()]);
+    let o = SwarmOrchestrator::connect().await.unwrap();
+
+    // A live job with a mounted file.
+    let mut live = job("swt-prune-live", &["sleep", "300"], None);
+    live.mounts = vec![JobMount {
+        target: "/work/in".into(),
+        read_only: true,
+        files: BTreeMap::from([("a".to_string(), b"a".to_vec())]),
+    }];
+    o.run_job(&live).await.unwrap();
+    // What a broker killed between configs and service leaves: a job-mount
+    // config of a job with no service; and a config that is not BASE's.
+    let data = std::env::temp_dir().join("swt-prune-config");
+    std::fs::write(&data, b"x").unwrap();
+    let data = data.to_str().unwrap();
+    for (name, component, job_id) in [
+        ("base-job-swt-prune-gone-0", "job-mount", "swt-prune-gone"),
+        ("swt-prune-foreign", "other", "swt-prune-gone"),
+    ] {
+        let (ok, _, err) = docker_cli(&[
+            "config",
+            "create",
+            "--label",
+            &format!("base.component={component}"),
+            "--label",
+            &format!("base.job.id={job_id}"),
+            name,
+            data,
+        ]);
+        assert!(ok, "{err}");
+    }
+
+    // Young: the default grace keeps it (its job may be being created).
+    assert!(
+        !o.orphaned_job_mounts()
+            .await
+            .unwrap()
+            .contains(&"base-job-swt-prune-gone-0".to_string())
+    );
+    let pruned = o.prune_job_mounts_older_than(Duration::ZERO).await.unwrap();
+    assert!(pruned >= 1, "{pruned}");
+    assert!(
+        job_configs("swt-prune-gone").is_empty(),
+        "the orphan is gone"
+    );
+    assert_eq!(
+        job_configs("swt-prune-live").len(),
+        1,
+        "a live job's file stays"
+    );
+    assert!(exists("config", "swt-prune-foreign"), "not BASE's: kept");
+    let _ = docker_cli(&["config", "rm", "swt-prune-foreign"]);
+
+    o.remove_job("swt-prune-live").await.unwrap();
+    assert!(job_configs("swt-prune-live").is_empty());
 }

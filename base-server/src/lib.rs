@@ -13,6 +13,7 @@ pub mod master;
 pub mod proxy;
 pub mod public;
 pub mod state;
+pub mod submitter;
 pub mod weights;
 
 use std::future::Future;

@@ -41,6 +41,26 @@ enum Command {
         #[arg(long)]
         listen: Option<String>,
     },
+    /// Put the master's weight vector on-chain every interval (validator
+    /// side): fetch /v1/weights/latest, check it, then set_weights or
+    /// commit/reveal with the wallet hotkey. See docs/chain.md.
+    Submitter {
+        /// Master URL (overrides BASE_SUBMITTER_MASTER; default http://127.0.0.1:18080).
+        #[arg(long)]
+        master: Option<String>,
+        /// Print what would be submitted (uids, floats, u16 values); submit nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// With --dry-run, also read the subnet's policy with the hotkey to show the decision.
+        #[arg(long, requires = "dry_run")]
+        check_chain: bool,
+        /// One round, then exit.
+        #[arg(long)]
+        once: bool,
+        /// Seconds between rounds (overrides BASE_SUBMITTER_INTERVAL_SECONDS).
+        #[arg(long)]
+        interval: Option<u64>,
+    },
     /// Run the example quiz challenge (what `dev` starts for each challenge).
     #[command(hide = true, name = "example-challenge")]
     ExampleChallenge,
@@ -84,6 +104,24 @@ async fn main() -> anyhow::Result<()> {
             let settings = base_server::dev::settings(cli.config.as_deref(), listen)?;
             let exe = std::env::current_exe().context("locating the base-server binary")?;
             base_server::dev::run(settings, exe, shutdown_signal()).await?;
+            Ok(())
+        }
+        Command::Submitter {
+            master,
+            dry_run,
+            check_chain,
+            once,
+            interval,
+        } => {
+            let settings = Settings::load(cli.config.as_deref())?;
+            let opts = base_server::submitter::SubmitterOptions {
+                master,
+                dry_run,
+                check_chain,
+                once,
+                interval,
+            };
+            base_server::submitter::run(settings, opts, shutdown_signal()).await?;
             Ok(())
         }
         Command::ExampleChallenge => {

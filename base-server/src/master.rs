@@ -6,7 +6,8 @@ use std::time::Duration;
 
 use base_sdk::auth::AdminAuth;
 use base_sdk::broker::{Broker, BrokerConfig};
-use base_sdk::config::{ConfigError, OrchestratorKind, Settings};
+use base_sdk::chain::metagraph::{ChainMetagraph, LazySubtensor};
+use base_sdk::config::{ConfigError, MetagraphKind, OrchestratorKind, Settings};
 use base_sdk::metagraph::{FileMetagraph, Metagraph};
 use base_sdk::orchestrator::Orchestrator;
 use base_sdk::orchestrator::swarm::SwarmOrchestrator;
@@ -131,13 +132,13 @@ pub async fn run(
         Duration::from_secs(600),
         stopped(stop_rx.clone()),
     )));
-    match settings.metagraph_file.clone() {
-        Some(path) => {
+    match metagraph(&settings) {
+        Some(metagraph) => {
             let runner = EpochRunner {
                 registry: registry.clone(),
                 orchestrator: orchestrator.clone(),
                 source: Arc::new(HttpWeightSource::new(Duration::from_secs(10), 2)?),
-                metagraph: Arc::new(FileMetagraph::new(path)),
+                metagraph,
                 config: EpochConfig {
                     netuid: settings.netuid,
                     chain_endpoint: settings.chain_endpoint.clone(),
@@ -152,7 +153,7 @@ pub async fn run(
             )));
         }
         None => tracing::warn!(
-            "weights disabled: set BASE_METAGRAPH_FILE (the chain metagraph comes with the chain submitter)"
+            "weights disabled: set BASE_METAGRAPH=chain (hotkeys from BASE_CHAIN_ENDPOINT) or BASE_METAGRAPH_FILE"
         ),
     }
 
@@ -196,18 +197,44 @@ pub async fn run(
 }
 
 /// The public proxy from the operator's settings; the bridge checks
-/// hotkeys against the file metagraph when one is configured.
+/// hotkeys against the master's metagraph (file or chain) when one is
+/// configured.
 pub fn proxy(settings: &Settings) -> base_sdk::proxy::Proxy {
-    let metagraph = settings
-        .metagraph_file
-        .clone()
-        .map(|path| Arc::new(FileMetagraph::new(path)) as Arc<dyn Metagraph>);
+    let metagraph = metagraph(settings);
     if metagraph.is_none() {
         tracing::warn!(
-            "upload bridge disabled: set BASE_METAGRAPH_FILE so miner hotkeys can be checked"
+            "upload bridge disabled: set BASE_METAGRAPH_FILE or BASE_METAGRAPH=chain so miner hotkeys can be checked"
         );
     }
     base_sdk::proxy::Proxy::new(settings.proxy_config(), metagraph)
+}
+
+/// The metagraph the epochs use: `BASE_METAGRAPH=chain` reads
+/// `SubtensorModule` storage at `BASE_CHAIN_ENDPOINT` (cached for
+/// `BASE_METAGRAPH_TTL_SECONDS`); `file` (the default whenever
+/// `BASE_METAGRAPH_FILE` is set) reads the file; otherwise none.
+pub fn metagraph(settings: &Settings) -> Option<Arc<dyn Metagraph>> {
+    let kind = settings.metagraph.or(settings
+        .metagraph_file
+        .as_ref()
+        .map(|_| MetagraphKind::File))?;
+    match kind {
+        MetagraphKind::File => match settings.metagraph_file.clone() {
+            Some(path) => Some(Arc::new(FileMetagraph::new(path))),
+            None => {
+                tracing::warn!("BASE_METAGRAPH=file needs BASE_METAGRAPH_FILE");
+                None
+            }
+        },
+        MetagraphKind::Chain => {
+            tracing::info!(endpoint = %settings.chain_endpoint, netuid = settings.netuid, "metagraph from the chain");
+            Some(Arc::new(ChainMetagraph::new(
+                LazySubtensor::new(settings.chain_endpoint.clone(), Duration::from_secs(60)),
+                settings.netuid,
+                Duration::from_secs(settings.metagraph_ttl_seconds),
+            )))
+        }
+    }
 }
 
 /// The broker's settings from the operator's.

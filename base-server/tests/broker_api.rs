@@ -619,6 +619,8 @@ async fn recovery_after_a_crash_leaks_nothing(store: Arc<dyn Store>) {
         )
         .await;
     assert_eq!(h.leases().await, 1);
+    // The broker dies: its drivers let go, jobs keep running.
+    h.broker.halt();
     // The service of `lost` disappears behind the broker's back, and an
     // unrecorded job service appears.
     fake.remove_job(lost["id"].as_str().unwrap()).await.unwrap();
@@ -633,7 +635,10 @@ async fn recovery_after_a_crash_leaks_nothing(store: Arc<dyn Store>) {
     );
     let report = restarted.recover().await.unwrap();
     assert_eq!(report.orphans_removed, 1, "{report:?}");
+    // The lost job is finished by recovery (its driver is dead); the GPU
+    // job is resumed, or finished if it ended meanwhile.
     assert!(report.finished >= 1, "{report:?}");
+    assert_eq!(report.finished + report.resumed, 2, "{report:?}");
     let lost_record = h
         .store
         .get_job(lost["id"].as_str().unwrap())
@@ -659,7 +664,8 @@ async fn reaper_times_out_from_cluster_labels(store: Arc<dyn Store>) {
     let fake = FakeOrchestrator::new();
     let h = harness(store, fake.clone(), BrokerPolicy::default()).await;
     let mut req = run_request("r", &["sleep", "30"]);
-    req["timeout_seconds"] = json!(1);
+    req["timeout_seconds"] = json!(2);
+    let submitted = std::time::Instant::now();
     let (_, job) = h.call("POST", "/v1/jobs", Some(req)).await;
     let id = job["id"].as_str().unwrap().to_string();
     let other = Broker::new(
@@ -667,8 +673,13 @@ async fn reaper_times_out_from_cluster_labels(store: Arc<dyn Store>) {
         Arc::new(fake.clone()) as Arc<dyn Orchestrator>,
         BrokerConfig::default(),
     );
-    assert_eq!(other.reap_once().await.unwrap(), 0, "not overdue yet");
-    tokio::time::sleep(Duration::from_millis(1300)).await;
+    let acted = other.reap_once().await.unwrap();
+    // Only meaningful while the job is surely not overdue (a loaded
+    // machine may take seconds to get here).
+    if submitted.elapsed() < Duration::from_millis(1500) {
+        assert_eq!(acted, 0, "not overdue yet");
+    }
+    tokio::time::sleep(Duration::from_millis(2300)).await;
     // Either broker may act first; the job ends timed out exactly once.
     let _ = other.reap_once().await.unwrap();
     eventually(async || h.store.get_job(&id).await.unwrap().unwrap().state == JobState::TimedOut)

@@ -1,8 +1,8 @@
 //! The broker on a real single-node Swarm, as a separate process: jobs run
 //! as replicated-job services, and a `kill -9` of the broker in the middle
 //! of them leaks nothing — after a restart every job ends (finished, timed
-//! out from its labels, or reaped at its deadline), no job service is left
-//! and no GPU stays leased.
+//! out from its labels, or reaped at its deadline), no job service, job
+//! container or job-mount config is left and no GPU stays leased.
 //!
 //! Needs what `scripts/test.sh` sets up (an active swarm, the node labelled
 //! `base.workload=cpu`, the image `base.local/quiz-challenge:0.1.0`).
@@ -51,6 +51,25 @@ fn job_services() -> Vec<String> {
         .collect()
 }
 
+/// Running containers of this test's jobs (on this single node).
+fn running_job_containers() -> Vec<String> {
+    let out = std::process::Command::new("docker")
+        .args([
+            "ps",
+            "-q",
+            "--filter",
+            "label=base.component=job",
+            "--filter",
+            "label=base.challenge=crashy",
+        ])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(str::to_string)
+        .collect()
+}
+
 fn start_broker(dir: &Path, db: &str, port: u16, run: u32) -> Child {
     let log = std::fs::File::create(dir.join(format!("broker-{run}.log"))).unwrap();
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_base-server"));
@@ -89,6 +108,43 @@ async fn wait_healthy(port: u16) {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     panic!("the broker did not come up on {port}");
+}
+
+/// `files` as the base64 gzip tar a mount carries.
+fn archive(files: &[(&str, &[u8])]) -> String {
+    use base64::Engine;
+    let mut tar = tar::Builder::new(flate2::write::GzEncoder::new(
+        Vec::new(),
+        flate2::Compression::default(),
+    ));
+    for (name, data) in files {
+        let mut header = tar::Header::new_gnu();
+        header.set_size(data.len() as u64);
+        header.set_mode(0o644);
+        tar.append_data(&mut header, name, *data).unwrap();
+    }
+    let gz = tar.into_inner().unwrap().finish().unwrap();
+    base64::engine::general_purpose::STANDARD.encode(gz)
+}
+
+/// This test's job-mount configs.
+fn mount_configs() -> Vec<String> {
+    let out = std::process::Command::new("docker")
+        .args([
+            "config",
+            "ls",
+            "-q",
+            "--filter",
+            "label=base.component=job-mount",
+            "--filter",
+            "label=base.challenge=crashy",
+        ])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .map(str::to_string)
+        .collect()
 }
 
 fn request(job_id: &str, command: &[&str], timeout: i64, gpus: Option<u32>) -> BrokerRunRequest {
@@ -156,6 +212,27 @@ async fn kill_9_mid_job_leaks_nothing_after_restart() {
         "{sync:?}"
     );
 
+    // Mounted files reach the job on the real engine (as Swarm configs),
+    // a directory mount and a single-file mount, and go with the job.
+    let mut mounted = request(
+        "mounted",
+        &["cat", "/work/in/input.txt", "/etc/task.txt"],
+        60,
+        None,
+    );
+    mounted.mounts = serde_json::from_value(json!([
+        {"target": "/work/in", "archive_b64": archive(&[("input.txt", b"payload\n")])},
+        {"target": "/etc/task.txt", "source_type": "file", "source_name": "t.txt",
+         "archive_b64": archive(&[("t.txt", b"task\n")])},
+    ]))
+    .unwrap();
+    let run = client.run(&mounted).await.unwrap();
+    assert_eq!(
+        (run.returncode, run.stdout.as_str()),
+        (0, "payload\ntask\n"),
+        "{run:?}"
+    );
+
     let finishing = [
         client
             .submit(&request("fin-1", &["sleep", "6"], 120, None))
@@ -166,10 +243,14 @@ async fn kill_9_mid_job_leaks_nothing_after_restart() {
             .await
             .unwrap(),
     ];
-    let overdue = client
-        .submit(&request("overdue", &["sleep", "300"], 4, None))
-        .await
-        .unwrap();
+    // The overdue job carries a mount: its config must go when the
+    // restarted broker's reaper removes it.
+    let mut overdue = request("overdue", &["sleep", "300"], 4, None);
+    overdue.mounts = serde_json::from_value(json!([
+        {"target": "/work/in", "archive_b64": archive(&[("input.txt", b"x")])},
+    ]))
+    .unwrap();
+    let overdue = client.submit(&overdue).await.unwrap();
     let gpu = client
         .submit(&request("gpu", &["exit", "0"], 2, Some(1)))
         .await
@@ -244,6 +325,24 @@ async fn kill_9_mid_job_leaks_nothing_after_restart() {
         store.gpu_leases().await.unwrap().is_empty(),
         "GPU lease leaked"
     );
+    assert!(
+        mount_configs().is_empty(),
+        "job-mount configs leaked: {:?}",
+        mount_configs()
+    );
+    // No job's container still runs either: Docker 20.10 deletes a
+    // replicated-job service without stopping its task (moby/moby#44312),
+    // so a removal that only deleted the service would leave the overdue
+    // job's `sleep 300` running here, invisible to `docker service ls`.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while !running_job_containers().is_empty() {
+        assert!(
+            Instant::now() < deadline,
+            "job containers still run after their services were removed: {:?}",
+            running_job_containers()
+        );
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
     broker.start_kill().unwrap();
     let _ = broker.wait().await;
 }

@@ -48,7 +48,7 @@ use crate::orchestrator::{
     OrchestratorError,
 };
 use crate::registry::token;
-use crate::store::Store;
+use crate::store::{Store, StoreError};
 use futures::StreamExt;
 
 /// Return code reported for a job that never produced an exit code of its
@@ -131,6 +131,8 @@ struct Inner {
     finishing: Mutex<HashSet<String>>,
     /// Completion signal of every job with a live driver.
     done: Mutex<HashMap<String, watch::Sender<Option<JobRecord>>>>,
+    /// Set by [`Broker::halt`]: every driver lets go of its job.
+    halted: watch::Sender<bool>,
 }
 
 impl std::fmt::Debug for Broker {
@@ -161,6 +163,7 @@ impl Broker {
                 admission: tokio::sync::Mutex::new(()),
                 finishing: Mutex::new(HashSet::new()),
                 done: Mutex::new(HashMap::new()),
+                halted: watch::Sender::new(false),
             }),
         }
     }
@@ -616,6 +619,13 @@ impl Broker {
                 }
             }
         }
+        // What removed jobs left (Swarm: their mount configs). Not counted
+        // in `acted`, which counts jobs.
+        match self.inner.orchestrator.prune_job_leftovers().await {
+            Ok(0) => {}
+            Ok(n) => tracing::info!(objects = n, "reaper pruned what removed jobs left behind"),
+            Err(e) => tracing::warn!(error = %e, "reaper could not prune job leftovers"),
+        }
         Ok(acted)
     }
 
@@ -677,9 +687,30 @@ impl Broker {
             .collect()
     }
 
-    /// Follows one job to its end: waits on the cluster, records its start,
-    /// and times it out `timeout_seconds` after that start.
+    /// Stops following jobs without ending them, as a crash or a shutdown
+    /// would: records stay unfinished and jobs keep running on the
+    /// cluster, for the next start's [`Broker::recover`] (or the reaper of
+    /// another broker over the same store) to take over. For embedders that
+    /// hand jobs over without exiting the process, and for crash tests;
+    /// later submissions are still admitted but not driven.
+    pub fn halt(&self) {
+        self.inner.halted.send_replace(true);
+    }
+
+    /// Follows one job to its end unless the broker is halted first.
     async fn drive(self, id: String) {
+        let mut halted = self.inner.halted.subscribe();
+        tokio::select! {
+            _ = halted.wait_for(|h| *h) => {
+                tracing::debug!(job = %id, "broker halted; leaving the job to recovery");
+            }
+            () = self.drive_until_done(id.clone()) => {}
+        }
+    }
+
+    /// Waits on the cluster, records the job's start, and times it out
+    /// `timeout_seconds` after that start.
+    async fn drive_until_done(self, id: String) {
         let orchestrator = Arc::clone(&self.inner.orchestrator);
         loop {
             let record = match self.inner.store.get_job(&id).await {
@@ -836,6 +867,13 @@ impl Broker {
         for attempt in 0..5u32 {
             match inner.store.update_job(&record).await {
                 Ok(()) => break,
+                // Someone else recorded the ending first: theirs stands.
+                Err(StoreError::JobFinished(_)) => {
+                    return match inner.store.get_job(id).await {
+                        Ok(Some(stored)) => Some(stored),
+                        _ => Some(record),
+                    };
+                }
                 Err(e) => {
                     tracing::error!(job = %id, attempt, error = %e, "could not record the job's end");
                     tokio::time::sleep(Duration::from_millis(200 << attempt)).await;

@@ -405,6 +405,15 @@ pub trait Orchestrator: Send + Sync {
     /// Output of a job from its start, following it until the job ends.
     async fn follow_job_logs(&self, id: &str) -> Result<LogStream, OrchestratorError>;
 
+    /// Removes what finished jobs left behind that
+    /// [`remove_job`](Orchestrator::remove_job) could not (Swarm: the
+    /// configs of mounted files whose job service is gone, after a crash or
+    /// a failed removal); returns how many objects it removed. The broker's
+    /// reaper calls it on every pass. Nothing to do by default.
+    async fn prune_job_leftovers(&self) -> Result<usize, OrchestratorError> {
+        Ok(0)
+    }
+
     /// How many GPUs jobs can use in all, as the cluster advertises them
     /// (Swarm: the `NVIDIA-GPU` generic resources of ready GPU workers).
     /// The broker's lease ledger never hands out more than this.

@@ -40,6 +40,10 @@ pub enum StoreError {
     /// Applying migrations failed.
     #[error("database migration failed: {0}")]
     Migration(#[source] sqlx::migrate::MigrateError),
+    /// The job has already reached a terminal state; finished records are
+    /// never rewritten (the first ending recorded wins).
+    #[error("job '{0}' has already finished")]
+    JobFinished(String),
     /// Any other database error.
     #[error("database error: {0}")]
     Database(#[source] sqlx::Error),
@@ -149,7 +153,9 @@ pub trait Store: Send + Sync {
 
     /// Writes a job's state, timings, outcome and output tails. When the
     /// new state is terminal its GPU lease is released in the same
-    /// transaction, so no path that ends a job can keep GPUs leased.
+    /// transaction, so no path that ends a job can keep GPUs leased. A
+    /// record that is already terminal is left as it is and the call fails
+    /// with [`StoreError::JobFinished`].
     async fn update_job(&self, job: &JobRecord) -> Result<(), StoreError>;
 
     /// One job record.

@@ -698,11 +698,14 @@ macro_rules! sql_store {
 
             async fn update_job(&self, job: &JobRecord) -> Result<(), StoreError> {
                 let mut tx = self.pool.begin().await.map_err(db_err)?;
-                let done = sqlx::query(
+                // Only an unfinished record may change: two writers racing
+                // to end a job (a driver and the reaper, or a broker that
+                // was thought dead) cannot overwrite each other's ending.
+                let done = sqlx::query(&format!(
                     "UPDATE jobs SET state = $2, node_id = $3, exit_code = $4, error = $5, \
                      stdout_tail = $6, stderr_tail = $7, started_at = $8, finished_at = $9, \
-                     deadline_at = $10 WHERE id = $1",
-                )
+                     deadline_at = $10 WHERE id = $1 AND state IN {ACTIVE_STATES}",
+                ))
                 .bind(&job.id)
                 .bind(job.state.as_str())
                 .bind(&job.node_id)
@@ -717,7 +720,16 @@ macro_rules! sql_store {
                 .await
                 .map_err(db_err)?;
                 if done.rows_affected() == 0 {
-                    return Err(StoreError::NotFound(format!("job '{}'", job.id)));
+                    let exists: Option<(String,)> =
+                        sqlx::query_as("SELECT state FROM jobs WHERE id = $1")
+                            .bind(&job.id)
+                            .fetch_optional(&mut *tx)
+                            .await
+                            .map_err(db_err)?;
+                    return Err(match exists {
+                        Some(_) => StoreError::JobFinished(job.id.clone()),
+                        None => StoreError::NotFound(format!("job '{}'", job.id)),
+                    });
                 }
                 if job.state.is_terminal() {
                     sqlx::query("DELETE FROM gpu_leases WHERE job_ref = $1")

@@ -264,6 +264,11 @@ impl Orchestrator for FakeOrchestrator {
     async fn wait_job(&self, id: &str, timeout: Duration) -> Result<JobStatus, OrchestratorError> {
         let mut rx = self.status_of(id)?;
         let _ = tokio::time::timeout(timeout, rx.wait_for(|s| s.state.is_terminal())).await;
+        // Like Swarm: a job removed while waited on is gone, not finished
+        // (the broker must not mistake someone else's removal for an exit).
+        if !lock(&self.jobs).contains_key(id) {
+            return Err(OrchestratorError::NotFound(format!("job '{id}'")));
+        }
         let status = rx.borrow().clone();
         Ok(status)
     }

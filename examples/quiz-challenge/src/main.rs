@@ -14,6 +14,8 @@
 //!   prints one line of JSON and exits 0 when both succeed, 1 otherwise.
 //! - `quiz-challenge exit <code>` writes a line to stdout and one to stderr
 //!   and exits with `<code>`: a job with a known outcome.
+//! - `quiz-challenge cat <path>…` copies files to stdout (exit 1 naming the
+//!   path when one cannot be read): how a test sees what a job's mounts hold.
 
 use std::io::IsTerminal;
 use std::time::Duration;
@@ -27,6 +29,7 @@ async fn main() -> anyhow::Result<()> {
         Some("exit") => exit_mode(&args[1..]),
         Some("probe") => probe_mode(&args[1..]).await,
         Some("sleep") => sleep_mode(&args[1..]).await,
+        Some("cat") => cat_mode(&args[1..]),
         _ => serve().await,
     }
 }
@@ -53,6 +56,28 @@ fn exit_mode(args: &[String]) -> anyhow::Result<()> {
     println!("quiz-challenge exit mode: stdout, code {code}");
     eprintln!("quiz-challenge exit mode: stderr, code {code}");
     std::process::exit(code);
+}
+
+/// `cat <path>…`: each file's bytes to stdout, in order; a file that
+/// cannot be read is named on stderr and the exit code is 1.
+fn cat_mode(paths: &[String]) -> anyhow::Result<()> {
+    use std::io::Write;
+    if paths.is_empty() {
+        anyhow::bail!("usage: quiz-challenge cat <path>...");
+    }
+    let mut out = std::io::stdout().lock();
+    let mut failed = false;
+    for path in paths {
+        match std::fs::read(path) {
+            Ok(bytes) => out.write_all(&bytes)?,
+            Err(e) => {
+                eprintln!("cat mode: {path}: {e}");
+                failed = true;
+            }
+        }
+    }
+    out.flush()?;
+    std::process::exit(i32::from(failed));
 }
 
 /// `probe <base-url> <slug> <version> <token-file>`: readiness plus one

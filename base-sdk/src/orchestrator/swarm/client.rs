@@ -7,7 +7,7 @@
 //! refreshes all jobs' task states at once, woken by the engine's event
 //! stream, rather than by a polling loop per waiting caller.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeSet, HashMap, HashSet};
 use std::fmt;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -18,9 +18,9 @@ use bollard::Docker;
 use bollard::container::LogOutput;
 use bollard::models::{Service, ServiceSpec, Task};
 use bollard::query_parameters::{
-    EventsOptionsBuilder, InspectNetworkOptionsBuilder, ListSecretsOptionsBuilder,
-    ListServicesOptionsBuilder, ListTasksOptionsBuilder, LogsOptionsBuilder,
-    RemoveVolumeOptionsBuilder, UpdateServiceOptionsBuilder,
+    EventsOptionsBuilder, InspectNetworkOptionsBuilder, ListConfigsOptionsBuilder,
+    ListSecretsOptionsBuilder, ListServicesOptionsBuilder, ListTasksOptionsBuilder,
+    LogsOptionsBuilder, RemoveVolumeOptionsBuilder, UpdateServiceOptionsBuilder,
 };
 use futures::StreamExt;
 use secrecy::SecretString;
@@ -31,8 +31,8 @@ use super::SwarmError;
 use super::spec::{self, BaseNetwork, ChallengeSecretRefs, SecretKind, SecretRef};
 use crate::model::Slug;
 use crate::orchestrator::{
-    ChallengeSpec, JobLogs, JobSpec, JobStatus, LogStream, Orchestrator, OrchestratorError,
-    ServiceStatus,
+    ChallengeSpec, JobLogs, JobSpec, JobStatus, LogChunk, LogStream, LogStreamKind, Orchestrator,
+    OrchestratorError, ServiceStatus,
 };
 
 /// How long a purge waits for the removed service's container to release
@@ -47,6 +47,22 @@ const NETWORK_SETTLE_TRIES: u32 = 20;
 /// task state changes on *other* nodes produce no event on this manager
 /// (Docker 20.10 has no task events), so a multi-node cluster needs it.
 const WATCH_FALLBACK: Duration = Duration::from_secs(2);
+
+/// How long `remove_job` waits for the engine to tell a scaled-down job's
+/// tasks to go before deleting the service anyway.
+const STOP_SETTLE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// How often that wait looks: the engine reacts within milliseconds, and a
+/// cancelled or timed-out job's removal waits on it.
+const STOP_SETTLE_POLL: Duration = Duration::from_millis(25);
+
+/// How many config requests of one job run at once.
+const CONFIG_CONCURRENCY: usize = 8;
+
+/// How old a job-mount config without a job service must be before it is
+/// pruned: `run_job` creates the configs, then the service, milliseconds
+/// apart; a minute leaves any such job alone.
+const ORPHAN_GRACE: Duration = Duration::from_secs(60);
 
 /// Runs challenges and jobs on Docker Swarm through the Engine API.
 pub struct SwarmOrchestrator {
@@ -89,6 +105,49 @@ fn filters(pairs: &[(&str, &str)]) -> HashMap<String, Vec<String>> {
 /// Whether an engine error is "not found".
 fn is_status(e: &SwarmError, code: u16) -> bool {
     e.status() == Some(code)
+}
+
+/// A service by name; `None` when absent.
+async fn find_service(docker: &Docker, name: &str) -> Result<Option<Service>, SwarmError> {
+    match docker.inspect_service(name, None).await {
+        Ok(s) => Ok(Some(s)),
+        Err(e) => {
+            let e = SwarmError::docker(format!("inspecting service {name}"), e);
+            if is_status(&e, 404) { Ok(None) } else { Err(e) }
+        }
+    }
+}
+
+/// The tasks of the given services (all of them in one request).
+async fn tasks_of(docker: &Docker, service_ids: &[String]) -> Result<Vec<Task>, SwarmError> {
+    if service_ids.is_empty() {
+        return Ok(Vec::new());
+    }
+    let pairs: Vec<(&str, &str)> = service_ids
+        .iter()
+        .map(|id| ("service", id.as_str()))
+        .collect();
+    let opts = ListTasksOptionsBuilder::new()
+        .filters(&filters(&pairs))
+        .build();
+    docker
+        .list_tasks(Some(opts))
+        .await
+        .map_err(|e| SwarmError::docker("listing tasks", e))
+}
+
+/// One job's status, read from its service and tasks (`NotFound` once the
+/// service is gone).
+async fn job_status_of(docker: &Docker, id: &str) -> Result<JobStatus, OrchestratorError> {
+    let name = spec::job_service_name(id)?;
+    let service = find_service(docker, &name)
+        .await?
+        .ok_or_else(|| OrchestratorError::NotFound(format!("job '{id}'")))?;
+    let tasks = tasks_of(docker, &service.id.iter().cloned().collect::<Vec<_>>()).await?;
+    let labels = service.spec.and_then(|s| s.labels).unwrap_or_default();
+    spec::job_status(id, &labels, &tasks).ok_or_else(|| {
+        OrchestratorError::NotFound(format!("job '{id}' (service has no BASE labels)"))
+    })
 }
 
 impl SwarmOrchestrator {
@@ -330,31 +389,12 @@ impl SwarmOrchestrator {
 
     /// A service by name; `None` when absent.
     async fn find_service(&self, name: &str) -> Result<Option<Service>, SwarmError> {
-        match self.docker.inspect_service(name, None).await {
-            Ok(s) => Ok(Some(s)),
-            Err(e) => {
-                let e = SwarmError::docker(format!("inspecting service {name}"), e);
-                if is_status(&e, 404) { Ok(None) } else { Err(e) }
-            }
-        }
+        find_service(&self.docker, name).await
     }
 
     /// The tasks of the given services (all of them in one request).
     async fn tasks_of(&self, service_ids: &[String]) -> Result<Vec<Task>, SwarmError> {
-        if service_ids.is_empty() {
-            return Ok(Vec::new());
-        }
-        let pairs: Vec<(&str, &str)> = service_ids
-            .iter()
-            .map(|id| ("service", id.as_str()))
-            .collect();
-        let opts = ListTasksOptionsBuilder::new()
-            .filters(&filters(&pairs))
-            .build();
-        self.docker
-            .list_tasks(Some(opts))
-            .await
-            .map_err(|e| SwarmError::docker("listing tasks", e))
+        tasks_of(&self.docker, service_ids).await
     }
 
     /// Creates the service, or updates it when the desired spec's digest
@@ -416,6 +456,271 @@ impl SwarmOrchestrator {
         Err(SwarmError::Spec(format!(
             "service {name} kept changing while being applied"
         )))
+    }
+
+    /// Creates one config per mounted file (a few at a time) and returns
+    /// their ids by name. A config that exists already — a retried call —
+    /// is looked up and used: configs are immutable, and the name holds the
+    /// job id, so it holds this job's file.
+    async fn create_job_configs(
+        &self,
+        job: &JobSpec,
+        files: &[spec::MountFile<'_>],
+    ) -> Result<HashMap<String, String>, SwarmError> {
+        // Boxed one by one in a loop: a closure returning these futures
+        // trips the compiler's higher-ranked lifetime check under
+        // `async_trait`'s `Send` bound.
+        let mut creations: Vec<
+            futures::future::BoxFuture<'_, Result<(String, String), SwarmError>>,
+        > = Vec::with_capacity(files.len());
+        for file in files {
+            creations.push(Box::pin(self.create_job_config(job, file)));
+        }
+        futures::stream::iter(creations)
+            .buffer_unordered(CONFIG_CONCURRENCY)
+            .collect::<Vec<_>>()
+            .await
+            .into_iter()
+            .collect()
+    }
+
+    /// One config of a mounted file; its id by name.
+    async fn create_job_config(
+        &self,
+        job: &JobSpec,
+        file: &spec::MountFile<'_>,
+    ) -> Result<(String, String), SwarmError> {
+        let name = file.name.clone();
+        match self
+            .docker
+            .create_config(spec::job_config_spec(job, file))
+            .await
+        {
+            Ok(created) => Ok((name, created.id)),
+            Err(e) => {
+                let e = SwarmError::docker(format!("creating config {name}"), e);
+                if !is_status(&e, 409) {
+                    return Err(e);
+                }
+                let opts = ListConfigsOptionsBuilder::new()
+                    .filters(&filters(&[("name", &name)]))
+                    .build();
+                let found = self
+                    .docker
+                    .list_configs(Some(opts))
+                    .await
+                    .map_err(|e| SwarmError::docker(format!("looking up config {name}"), e))?
+                    .into_iter()
+                    .find(|c| c.spec.as_ref().and_then(|s| s.name.as_deref()) == Some(&name))
+                    .and_then(|c| c.id);
+                found.map(|id| (name.clone(), id)).ok_or_else(|| {
+                    SwarmError::Spec(format!("config {name} could neither be created nor found"))
+                })
+            }
+        }
+    }
+
+    /// Deletes every config of a job's mounted files (404s ignored: the call
+    /// is idempotent); the first other failure is returned after trying all.
+    async fn remove_job_configs(&self, id: &str) -> Result<usize, SwarmError> {
+        let job_label = format!("{}={id}", spec::LABEL_JOB_ID);
+        let component = format!("{}={}", spec::LABEL_COMPONENT, spec::COMPONENT_JOB_MOUNT);
+        let opts = ListConfigsOptionsBuilder::new()
+            .filters(&filters(&[("label", &component), ("label", &job_label)]))
+            .build();
+        let configs = self
+            .docker
+            .list_configs(Some(opts))
+            .await
+            .map_err(|e| SwarmError::docker(format!("listing the configs of job {id}"), e))?;
+        let ids: Vec<String> = configs.into_iter().filter_map(|c| c.id).collect();
+        self.delete_configs(&ids).await
+    }
+
+    /// Deletes configs by id, 404s counted as done; returns how many were
+    /// deleted, or the first failure after trying them all.
+    async fn delete_configs(&self, ids: &[String]) -> Result<usize, SwarmError> {
+        let mut deletions: Vec<futures::future::BoxFuture<'_, Result<bool, SwarmError>>> =
+            Vec::with_capacity(ids.len());
+        for cid in ids {
+            deletions.push(Box::pin(async move {
+                match self.docker.delete_config(cid).await {
+                    Ok(()) => Ok(true),
+                    Err(e) => {
+                        let e = SwarmError::docker(format!("removing config {cid}"), e);
+                        if is_status(&e, 404) {
+                            Ok(false)
+                        } else {
+                            Err(e)
+                        }
+                    }
+                }
+            }));
+        }
+        let results: Vec<Result<bool, SwarmError>> = futures::stream::iter(deletions)
+            .buffer_unordered(CONFIG_CONCURRENCY)
+            .collect()
+            .await;
+        let mut deleted = 0;
+        let mut first_error = None;
+        for r in results {
+            match r {
+                Ok(true) => deleted += 1,
+                Ok(false) => {}
+                Err(e) => {
+                    first_error.get_or_insert(e);
+                }
+            }
+        }
+        match first_error {
+            Some(e) => Err(e),
+            None => Ok(deleted),
+        }
+    }
+
+    /// Best-effort cleanup after a failed `run_job`: whatever is left here
+    /// is found later by [`SwarmOrchestrator::prune_job_mounts`].
+    async fn discard_job_configs(&self, id: &str) {
+        if let Err(e) = self.remove_job_configs(id).await {
+            tracing::warn!(job = id, error = %e, "cannot remove the configs of a job that failed to start; the reaper will");
+        }
+    }
+
+    /// The job-mount configs whose job service no longer exists, and are
+    /// older than `grace` (younger ones may belong to a job whose service
+    /// is being created right now).
+    async fn orphan_configs(&self, grace: Duration) -> Result<Vec<spec::OrphanConfig>, SwarmError> {
+        let component = format!("{}={}", spec::LABEL_COMPONENT, spec::COMPONENT_JOB_MOUNT);
+        let opts = ListConfigsOptionsBuilder::new()
+            .filters(&filters(&[("label", &component)]))
+            .build();
+        let configs = self
+            .docker
+            .list_configs(Some(opts))
+            .await
+            .map_err(|e| SwarmError::docker("listing job-mount configs", e))?;
+        if configs.is_empty() {
+            return Ok(Vec::new());
+        }
+        let services = self
+            .services_labelled(&[(spec::LABEL_COMPONENT, spec::COMPONENT_JOB)])
+            .await?;
+        let live: HashSet<String> = services
+            .iter()
+            .filter_map(|s| s.spec.as_ref()?.labels.as_ref()?.get(spec::LABEL_JOB_ID))
+            .cloned()
+            .collect();
+        Ok(spec::orphaned_job_mounts(
+            &configs,
+            &live,
+            chrono::Utc::now(),
+            chrono::Duration::from_std(grace).unwrap_or(chrono::Duration::MAX),
+        ))
+    }
+
+    /// Names of the job-mount configs no job service uses any more (a
+    /// removal that failed half-way, or a broker killed between creating a
+    /// job's configs and its service).
+    pub async fn orphaned_job_mounts(&self) -> Result<Vec<String>, OrchestratorError> {
+        Ok(self
+            .orphan_configs(ORPHAN_GRACE)
+            .await?
+            .into_iter()
+            .map(|c| c.name)
+            .collect())
+    }
+
+    /// Deletes the configs [`orphaned_job_mounts`](Self::orphaned_job_mounts)
+    /// finds; returns how many were deleted.
+    pub async fn prune_job_mounts(&self) -> Result<usize, OrchestratorError> {
+        self.prune_job_mounts_older_than(ORPHAN_GRACE).await
+    }
+
+    /// [`prune_job_mounts`](Self::prune_job_mounts) with another grace
+    /// period than its 60 s: only orphans at least `grace` old are deleted
+    /// (zero deletes every orphan, also of a job being created right now —
+    /// for when no broker runs, and for tests).
+    pub async fn prune_job_mounts_older_than(
+        &self,
+        grace: Duration,
+    ) -> Result<usize, OrchestratorError> {
+        let orphans = self.orphan_configs(grace).await?;
+        if orphans.is_empty() {
+            return Ok(0);
+        }
+        for o in &orphans {
+            tracing::info!(config = %o.name, job = %o.job_id, "removing orphaned job-mount config");
+        }
+        let ids: Vec<String> = orphans.into_iter().map(|o| o.id).collect();
+        Ok(self.delete_configs(&ids).await?)
+    }
+
+    /// Scales an unsettled job service to nothing and waits (at most
+    /// [`STOP_SETTLE_TIMEOUT`]) until the engine has told its tasks to go.
+    /// A job already settled is left as it is.
+    async fn stop_job_tasks(&self, name: &str, mut service: Service) -> Result<(), SwarmError> {
+        for attempt in 0..3 {
+            let tasks = self
+                .tasks_of(&service.id.iter().cloned().collect::<Vec<_>>())
+                .await?;
+            if spec::job_tasks_settled(&tasks) {
+                return Ok(());
+            }
+            // Only a replicated job has the bug (and the mode cannot be
+            // changed): anything else is deleted as it is.
+            let Some(current) = service
+                .spec
+                .clone()
+                .filter(|s| s.mode.as_ref().is_some_and(|m| m.replicated_job.is_some()))
+            else {
+                return Ok(());
+            };
+            let index = service.version.as_ref().and_then(|v| v.index).unwrap_or(0);
+            let version = i32::try_from(index).map_err(|_| {
+                SwarmError::Spec(format!(
+                    "service {name} version {index} exceeds the API's range"
+                ))
+            })?;
+            let opts = UpdateServiceOptionsBuilder::new().version(version).build();
+            match self
+                .docker
+                .update_service(name, spec::stopped_job_spec(current), opts, None)
+                .await
+            {
+                Ok(_) => break,
+                Err(e) => {
+                    let e = SwarmError::docker(format!("stopping job service {name}"), e);
+                    if is_status(&e, 404) {
+                        return Ok(());
+                    }
+                    // Changed since read: read it again.
+                    if attempt == 2 || !e.to_string().contains("out of sequence") {
+                        return Err(e);
+                    }
+                    match self.find_service(name).await? {
+                        Some(fresh) => service = fresh,
+                        None => return Ok(()),
+                    }
+                }
+            }
+        }
+        let ids: Vec<String> = service.id.iter().cloned().collect();
+        let deadline = tokio::time::Instant::now() + STOP_SETTLE_TIMEOUT;
+        loop {
+            let tasks = self.tasks_of(&ids).await?;
+            // No task at all after the scale-down: none will come.
+            if tasks.is_empty() || spec::job_tasks_settled(&tasks) {
+                return Ok(());
+            }
+            if tokio::time::Instant::now() >= deadline {
+                tracing::warn!(
+                    service = name,
+                    "job tasks not told to stop in time; deleting anyway"
+                );
+                return Ok(());
+            }
+            tokio::time::sleep(STOP_SETTLE_POLL).await;
+        }
     }
 
     /// All services with the given labels.
@@ -597,24 +902,46 @@ impl Orchestrator for SwarmOrchestrator {
         Ok(out)
     }
 
-    /// Creates the replicated-job service; an existing job of the same id
-    /// is returned as it is (the call is idempotent).
+    /// Creates the job's mount configs, then its replicated-job service;
+    /// an existing job of the same id is returned as it is (the call is
+    /// idempotent). Everything is validated before anything is created, and
+    /// the configs are removed again if the service cannot be created.
     async fn run_job(&self, job: &JobSpec) -> Result<JobStatus, OrchestratorError> {
         let name = spec::job_service_name(&job.id)?;
-        let desired = spec::job_service(job)?;
+        let files = spec::job_mount_files(job)?;
+        let placeholders: HashMap<String, String> = files
+            .iter()
+            .map(|f| (f.name.clone(), String::new()))
+            .collect();
+        spec::job_service(job, &placeholders)?;
         if job.limits.network == crate::orchestrator::JobNetwork::None {
             self.networks_once().await?;
         }
+        if self.find_service(&name).await?.is_some() {
+            self.watcher.kick.notify_one();
+            return self.job_status(&job.id).await;
+        }
+        let config_ids = match self.create_job_configs(job, &files).await {
+            Ok(ids) => ids,
+            Err(e) => {
+                self.discard_job_configs(&job.id).await;
+                return Err(e.into());
+            }
+        };
+        let desired = spec::job_service(job, &config_ids)?;
         match self.docker.create_service(desired, None).await {
             Ok(created) => {
                 for w in created.warnings.iter().flatten() {
                     tracing::warn!(service = %name, warning = %w, "engine warning");
                 }
-                tracing::info!(job = %job.id, slug = %job.slug, gpus = ?job.limits.gpus, "created job service");
+                tracing::info!(job = %job.id, slug = %job.slug, gpus = ?job.limits.gpus, files = files.len(), "created job service");
             }
             Err(e) => {
                 let e = SwarmError::docker(format!("creating job service {name}"), e);
+                // 409: a concurrent run_job of the same id created it, with
+                // these same configs.
                 if !is_status(&e, 409) {
+                    self.discard_job_configs(&job.id).await;
                     return Err(e.into());
                 }
             }
@@ -624,18 +951,7 @@ impl Orchestrator for SwarmOrchestrator {
     }
 
     async fn job_status(&self, id: &str) -> Result<JobStatus, OrchestratorError> {
-        let name = spec::job_service_name(id)?;
-        let service = self
-            .find_service(&name)
-            .await?
-            .ok_or_else(|| OrchestratorError::NotFound(format!("job '{id}'")))?;
-        let tasks = self
-            .tasks_of(&service.id.iter().cloned().collect::<Vec<_>>())
-            .await?;
-        let labels = service.spec.and_then(|s| s.labels).unwrap_or_default();
-        spec::job_status(id, &labels, &tasks).ok_or_else(|| {
-            OrchestratorError::NotFound(format!("job '{id}' (service has no BASE labels)"))
-        })
+        job_status_of(&self.docker, id).await
     }
 
     /// Subscribes to the shared watcher and returns as soon as a refresh
@@ -711,39 +1027,98 @@ impl Orchestrator for SwarmOrchestrator {
         })
     }
 
+    /// Stops the job's task if it may still run, deletes the service, then
+    /// the configs of its mounted files (a config in use by a service
+    /// cannot be deleted, so the order matters). Idempotent: a missing
+    /// service or config is fine.
+    ///
+    /// The stop is needed on Docker 20.10, which deletes a replicated-job
+    /// service without stopping its running task (moby/moby#44312): the
+    /// service is first scaled to nothing, which the engine answers by
+    /// telling the task to go; see `spec::job_tasks_settled`.
     async fn remove_job(&self, id: &str) -> Result<(), OrchestratorError> {
         let name = spec::job_service_name(id)?;
+        // Without a service to read (already deleted: a retry, or a crash
+        // half-way) the configs are looked for; a service with no mounts
+        // spares that request.
+        let mut has_configs = true;
+        if let Some(service) = self.find_service(&name).await? {
+            has_configs = service
+                .spec
+                .as_ref()
+                .and_then(|s| s.task_template.as_ref())
+                .and_then(|t| t.container_spec.as_ref())
+                .and_then(|c| c.configs.as_ref())
+                .is_some_and(|c| !c.is_empty());
+            self.stop_job_tasks(&name, service).await?;
+        }
         match self.docker.delete_service(&name).await {
             Ok(()) => {
                 tracing::info!(job = id, "removed job service");
                 self.watcher.kick.notify_one();
-                Ok(())
             }
             Err(e) => {
                 let e = SwarmError::docker(format!("removing job service {name}"), e);
-                if is_status(&e, 404) {
-                    Ok(())
-                } else {
-                    Err(e.into())
+                if !is_status(&e, 404) {
+                    return Err(e.into());
                 }
             }
         }
+        if has_configs {
+            self.remove_job_configs(id).await?;
+        }
+        Ok(())
     }
 
     async fn list_jobs(&self, slug: Option<Slug>) -> Result<Vec<JobStatus>, OrchestratorError> {
         Ok(self.job_statuses(slug.as_ref()).await?)
     }
 
+    /// The service logs endpoint with `follow=true`, stdout and stderr
+    /// kept apart as the engine frames them. The engine's follow stream of
+    /// a job may stay open after its task exited (Docker 20.10 does), so
+    /// the stream also ends by itself once the service is gone, or once the
+    /// job is terminal and nothing arrived for [`FOLLOW_QUIET`].
     async fn follow_job_logs(&self, id: &str) -> Result<LogStream, OrchestratorError> {
-        Err(OrchestratorError::Backend(format!(
-            "following the logs of job '{id}' is not implemented for swarm yet"
-        )))
+        let name = spec::job_service_name(id)?;
+        if self.find_service(&name).await?.is_none() {
+            return Err(OrchestratorError::NotFound(format!("job '{id}'")));
+        }
+        let opts = LogsOptionsBuilder::new()
+            .stdout(true)
+            .stderr(true)
+            .follow(true)
+            .timestamps(false)
+            .build();
+        let mut check = tokio::time::interval(FOLLOW_CHECK);
+        check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let state = Follow {
+            logs: Box::pin(self.docker.service_logs(&name, Some(opts))),
+            docker: self.docker.clone(),
+            id: id.to_string(),
+            name,
+            last_output: tokio::time::Instant::now(),
+            check,
+            check_failures: 0,
+            done: false,
+        };
+        Ok(Box::pin(futures::stream::unfold(state, follow_step)))
+    }
+
+    /// Read from the nodes on every call (one request), so a GPU worker
+    /// that joins, drains or goes down changes what the broker may lease
+    /// without a restart; the rule is `nodes::gpu_capacity`.
+    async fn prune_job_leftovers(&self) -> Result<usize, OrchestratorError> {
+        self.prune_job_mounts().await
     }
 
     async fn gpu_capacity(&self) -> Result<u32, OrchestratorError> {
-        Err(OrchestratorError::Backend(
-            "gpu capacity is not implemented for swarm yet".to_string(),
-        ))
+        let nodes = self
+            .docker
+            .list_nodes(None)
+            .await
+            .map_err(|e| SwarmError::docker("listing swarm nodes", e))?;
+        Ok(super::nodes::gpu_capacity(&nodes))
     }
 }
 
@@ -786,6 +1161,105 @@ impl TailBuffer {
             String::from_utf8_lossy(&self.buf).into_owned(),
             self.truncated,
         )
+    }
+}
+
+/// A follower that has seen the job terminal ends after this long without
+/// output: long enough for the engine to deliver the last lines it still
+/// holds, short enough that a caller is not left hanging on a stream
+/// Docker 20.10 never closes.
+const FOLLOW_QUIET: Duration = Duration::from_secs(2);
+
+/// How often a follower looks at its job's state (two small requests).
+const FOLLOW_CHECK: Duration = Duration::from_millis(500);
+
+/// Consecutive failed state checks after which a follower gives up with an
+/// error (the engine is unreachable, not just slow).
+const FOLLOW_MAX_CHECK_FAILURES: u32 = 10;
+
+/// Where a [`SwarmOrchestrator::follow_job_logs`] stream is.
+struct Follow {
+    /// The engine's follow stream.
+    logs: futures::stream::BoxStream<'static, Result<LogOutput, bollard::errors::Error>>,
+    /// For the state checks.
+    docker: Docker,
+    /// The job.
+    id: String,
+    /// Its service.
+    name: String,
+    /// When the last bytes arrived (or following began).
+    last_output: tokio::time::Instant,
+    /// Ticks the state checks.
+    check: tokio::time::Interval,
+    /// State checks failed in a row.
+    check_failures: u32,
+    /// Set when nothing more is to be yielded.
+    done: bool,
+}
+
+/// What woke a follower.
+enum FollowEvent {
+    /// The engine sent a frame, failed, or ended the stream.
+    Output(Option<Result<LogOutput, bollard::errors::Error>>),
+    /// Time to look at the job's state.
+    Check,
+}
+
+/// One step of following: the next chunk of output, or the end.
+async fn follow_step(mut f: Follow) -> Option<(Result<LogChunk, OrchestratorError>, Follow)> {
+    loop {
+        if f.done {
+            return None;
+        }
+        let event = tokio::select! {
+            item = f.logs.next() => FollowEvent::Output(item),
+            _ = f.check.tick() => FollowEvent::Check,
+        };
+        match event {
+            // The engine closed the stream: all output was delivered.
+            FollowEvent::Output(None) => return None,
+            FollowEvent::Output(Some(Ok(out))) => {
+                let (stream, data) = match out {
+                    LogOutput::StdOut { message } | LogOutput::Console { message } => {
+                        (LogStreamKind::Stdout, message)
+                    }
+                    LogOutput::StdErr { message } => (LogStreamKind::Stderr, message),
+                    LogOutput::StdIn { .. } => continue,
+                };
+                if data.is_empty() {
+                    continue;
+                }
+                f.last_output = tokio::time::Instant::now();
+                return Some((Ok(LogChunk { stream, data }), f));
+            }
+            FollowEvent::Output(Some(Err(e))) => {
+                f.done = true;
+                // The service was removed under the stream: that is the
+                // end of the job's output, not a failure.
+                if let Ok(None) = find_service(&f.docker, &f.name).await {
+                    return None;
+                }
+                let e = SwarmError::docker(format!("following the logs of {}", f.name), e);
+                return Some((Err(e.into()), f));
+            }
+            FollowEvent::Check => match job_status_of(&f.docker, &f.id).await {
+                Err(OrchestratorError::NotFound(_)) => return None,
+                Ok(status) => {
+                    f.check_failures = 0;
+                    if status.state.is_terminal() && f.last_output.elapsed() >= FOLLOW_QUIET {
+                        return None;
+                    }
+                }
+                Err(e) => {
+                    f.check_failures += 1;
+                    if f.check_failures >= FOLLOW_MAX_CHECK_FAILURES {
+                        f.done = true;
+                        return Some((Err(e), f));
+                    }
+                    tracing::debug!(job = %f.id, error = %e, "follower could not read the job's state");
+                }
+            },
+        }
     }
 }
 

@@ -350,6 +350,41 @@ fn gpus_in(r: &GenericResourcesInner) -> u32 {
     discrete.saturating_add(named)
 }
 
+/// How many GPUs jobs can use across the cluster: the sum of the
+/// `NVIDIA-GPU` generic resources (discrete values, and one per named
+/// resource) of the nodes a GPU job can be placed on right now — `ready`,
+/// availability `active` (Docker's default when unset) and labelled
+/// `base.workload=gpu`.
+///
+/// A drained, paused, down or CPU-labelled node is left out even if it
+/// advertises GPUs: the broker's lease ledger must not promise a GPU the
+/// scheduler cannot place a job on, or the job would wait as "no suitable
+/// node" while holding its lease. The label is compared case-insensitively
+/// because Swarm's constraint matching is (`base.workload==gpu` places
+/// jobs on a node labelled `GPU`).
+pub(crate) fn gpu_capacity(nodes: &[Node]) -> u32 {
+    nodes
+        .iter()
+        .filter(|n| takes_gpu_jobs(n))
+        .map(|n| gpu_count(n.description.as_ref()))
+        .fold(0, u32::saturating_add)
+}
+
+/// Whether the scheduler may place a GPU job on `node` now.
+fn takes_gpu_jobs(node: &Node) -> bool {
+    let ready = node.status.as_ref().and_then(|s| s.state) == Some(DockerNodeState::READY);
+    let spec = node.spec.as_ref();
+    let active = matches!(
+        spec.and_then(|s| s.availability),
+        None | Some(NodeSpecAvailabilityEnum::ACTIVE | NodeSpecAvailabilityEnum::EMPTY)
+    );
+    let gpu_label = spec
+        .and_then(|s| s.labels.as_ref())
+        .and_then(|l| l.get(WORKLOAD_LABEL))
+        .is_some_and(|v| v.eq_ignore_ascii_case(Workload::Gpu.as_str()));
+    ready && active && gpu_label
+}
+
 /// BASE's view of a Docker node.
 fn node_info(node: Node) -> Result<NodeInfo, NodeError> {
     let id = node.id.ok_or(NodeError::Incomplete("node id"))?;
@@ -990,6 +1025,220 @@ mod tests {
         for r in resources {
             let r = r.as_str().unwrap();
             assert!(r.starts_with("NVIDIA-GPU=GPU-"), "{r}");
+        }
+    }
+
+    /// `GPU_NODE` with its state, availability and workload label replaced
+    /// (`None` leaves the field unset, as sparse engine answers do).
+    fn gpu_node_with(
+        state: Option<DockerNodeState>,
+        availability: Option<NodeSpecAvailabilityEnum>,
+        workload: Option<&str>,
+    ) -> Node {
+        let mut n = node(GPU_NODE);
+        n.status.as_mut().unwrap().state = state;
+        let spec = n.spec.as_mut().unwrap();
+        spec.availability = availability;
+        let labels = spec.labels.as_mut().unwrap();
+        match workload {
+            Some(w) => labels.insert(WORKLOAD_LABEL.into(), w.into()),
+            None => labels.remove(WORKLOAD_LABEL),
+        };
+        n
+    }
+
+    #[test]
+    fn gpu_capacity_counts_only_nodes_a_gpu_job_can_land_on() {
+        use DockerNodeState as S;
+        use NodeSpecAvailabilityEnum as A;
+        let ready_gpu = || gpu_node_with(Some(S::READY), Some(A::ACTIVE), Some("gpu"));
+        // GPU_NODE advertises 4 (two named, a discrete 2).
+        assert_eq!(gpu_capacity(&[ready_gpu()]), 4);
+        assert_eq!(gpu_capacity(&[ready_gpu(), ready_gpu()]), 8);
+        assert_eq!(gpu_capacity(&[]), 0);
+        // Unset or empty availability is Docker's default, active; the
+        // label matches case-insensitively, like Swarm's constraints.
+        for n in [
+            gpu_node_with(Some(S::READY), None, Some("gpu")),
+            gpu_node_with(Some(S::READY), Some(A::EMPTY), Some("gpu")),
+            gpu_node_with(Some(S::READY), Some(A::ACTIVE), Some("GPU")),
+        ] {
+            assert_eq!(gpu_capacity(&[n]), 4);
+        }
+        // Drained, paused, down, disconnected, unknown, CPU, unlabelled,
+        // foreign label: none of their GPUs can be leased.
+        for n in [
+            node(GPU_NODE),
+            gpu_node_with(Some(S::READY), Some(A::DRAIN), Some("gpu")),
+            gpu_node_with(Some(S::READY), Some(A::PAUSE), Some("gpu")),
+            gpu_node_with(Some(S::DOWN), Some(A::ACTIVE), Some("gpu")),
+            gpu_node_with(Some(S::DISCONNECTED), Some(A::ACTIVE), Some("gpu")),
+            gpu_node_with(None, Some(A::ACTIVE), Some("gpu")),
+            gpu_node_with(Some(S::READY), Some(A::ACTIVE), Some("cpu")),
+            gpu_node_with(Some(S::READY), Some(A::ACTIVE), None),
+            gpu_node_with(Some(S::READY), Some(A::ACTIVE), Some(" gpu")),
+        ] {
+            assert_eq!(gpu_capacity(&[n.clone(), ready_gpu()]), 4, "{n:?}");
+        }
+        // A ready GPU node that advertises nothing offers nothing.
+        let mut bare = ready_gpu();
+        bare.description = None;
+        assert_eq!(gpu_capacity(&[bare]), 0);
+        assert_eq!(gpu_capacity(&[node(MANAGER_NODE)]), 0);
+    }
+
+    mod props {
+        use super::*;
+        use bollard::models::{
+            GenericResourcesInnerDiscreteResourceSpec, GenericResourcesInnerNamedResourceSpec,
+            NodeStatus, ResourceObject,
+        };
+        use proptest::prelude::*;
+
+        /// A node with arbitrary state, availability, label and resources,
+        /// and the GPUs it advertises, counted independently of the code
+        /// under test.
+        fn arb_node() -> impl Strategy<Value = (Node, u32, bool)> {
+            let state = prop_oneof![
+                Just(None),
+                Just(Some(DockerNodeState::READY)),
+                Just(Some(DockerNodeState::DOWN)),
+                Just(Some(DockerNodeState::DISCONNECTED)),
+                Just(Some(DockerNodeState::UNKNOWN)),
+            ];
+            let availability = prop_oneof![
+                Just(None),
+                Just(Some(NodeSpecAvailabilityEnum::ACTIVE)),
+                Just(Some(NodeSpecAvailabilityEnum::EMPTY)),
+                Just(Some(NodeSpecAvailabilityEnum::PAUSE)),
+                Just(Some(NodeSpecAvailabilityEnum::DRAIN)),
+            ];
+            let label = prop_oneof![
+                Just(None),
+                Just(Some("gpu")),
+                Just(Some("Gpu")),
+                Just(Some("cpu")),
+                Just(Some("tpu")),
+            ];
+            // (kind is NVIDIA-GPU, discrete value or named)
+            let resource = (
+                any::<bool>(),
+                prop_oneof![(-5i64..20).prop_map(Some), Just(None)],
+            );
+            (
+                state,
+                availability,
+                label,
+                proptest::collection::vec(resource, 0..6),
+            )
+                .prop_map(|(state, availability, label, resources)| {
+                    let mut gpus = 0u32;
+                    let generic = resources
+                        .into_iter()
+                        .map(|(is_gpu, discrete)| {
+                            let kind = Some(if is_gpu { "NVIDIA-GPU" } else { "SSD" }.to_string());
+                            match discrete {
+                                Some(v) => {
+                                    if is_gpu {
+                                        gpus += u32::try_from(v.max(0)).unwrap();
+                                    }
+                                    GenericResourcesInner {
+                                        discrete_resource_spec: Some(
+                                            GenericResourcesInnerDiscreteResourceSpec {
+                                                kind,
+                                                value: Some(v),
+                                            },
+                                        ),
+                                        ..Default::default()
+                                    }
+                                }
+                                None => {
+                                    if is_gpu {
+                                        gpus += 1;
+                                    }
+                                    GenericResourcesInner {
+                                        named_resource_spec: Some(
+                                            GenericResourcesInnerNamedResourceSpec {
+                                                kind,
+                                                value: Some("GPU-x".into()),
+                                            },
+                                        ),
+                                        ..Default::default()
+                                    }
+                                }
+                            }
+                        })
+                        .collect();
+                    let eligible = state == Some(DockerNodeState::READY)
+                        && matches!(
+                            availability,
+                            None | Some(
+                                NodeSpecAvailabilityEnum::ACTIVE | NodeSpecAvailabilityEnum::EMPTY
+                            )
+                        )
+                        && matches!(label, Some("gpu" | "Gpu"));
+                    let node = Node {
+                        id: Some("n".into()),
+                        spec: Some(NodeSpec {
+                            availability,
+                            labels: label.map(|l| {
+                                HashMap::from([(WORKLOAD_LABEL.to_string(), l.to_string())])
+                            }),
+                            ..Default::default()
+                        }),
+                        description: Some(NodeDescription {
+                            resources: Some(ResourceObject {
+                                generic_resources: Some(generic),
+                                ..Default::default()
+                            }),
+                            ..Default::default()
+                        }),
+                        status: Some(NodeStatus {
+                            state,
+                            ..Default::default()
+                        }),
+                        ..Default::default()
+                    };
+                    (node, gpus, eligible)
+                })
+        }
+
+        proptest! {
+            #[test]
+            fn capacity_is_the_sum_over_eligible_nodes(
+                nodes in proptest::collection::vec(arb_node(), 0..8)
+            ) {
+                let expected: u32 = nodes
+                    .iter()
+                    .filter(|(_, _, eligible)| *eligible)
+                    .map(|(_, gpus, _)| *gpus)
+                    .sum();
+                let plain: Vec<Node> = nodes.iter().map(|(n, _, _)| n.clone()).collect();
+                prop_assert_eq!(gpu_capacity(&plain), expected);
+            }
+
+            #[test]
+            fn drained_down_and_cpu_nodes_never_add_capacity(
+                nodes in proptest::collection::vec(arb_node(), 0..6),
+                extra in arb_node(),
+            ) {
+                let (extra, _, _) = extra;
+                let mut plain: Vec<Node> = nodes.into_iter().map(|(n, _, _)| n).collect();
+                let before = gpu_capacity(&plain);
+                let mut spoiled = [extra.clone(), extra.clone(), extra];
+                spoiled[0].spec.as_mut().unwrap().availability =
+                    Some(NodeSpecAvailabilityEnum::DRAIN);
+                spoiled[1].status.as_mut().unwrap().state = Some(DockerNodeState::DOWN);
+                spoiled[2]
+                    .spec
+                    .as_mut()
+                    .unwrap()
+                    .labels
+                    .get_or_insert_with(HashMap::new)
+                    .insert(WORKLOAD_LABEL.into(), "cpu".into());
+                plain.extend(spoiled);
+                prop_assert_eq!(gpu_capacity(&plain), before);
+            }
         }
     }
 }

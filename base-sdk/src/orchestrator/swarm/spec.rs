@@ -8,18 +8,19 @@
 //! `client.rs` only fetches, applies and compares. Bollard types appear in
 //! signatures here, which is why this module is private to `swarm`.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 
 use base64::Engine as _;
 use bollard::models::{
-    EndpointSpec, EndpointSpecModeEnum, GenericResourcesInner,
+    Config, ConfigSpec, Driver, EndpointSpec, EndpointSpecModeEnum, GenericResourcesInner,
     GenericResourcesInnerDiscreteResourceSpec, Limit, Mount, MountTmpfsOptions, MountType,
     MountVolumeOptions, NetworkAttachmentConfig, NetworkCreateRequest, ResourceObject,
     ResourcesUlimits, SecretSpec, Service, ServiceSpec, ServiceSpecMode, ServiceSpecModeReplicated,
     ServiceSpecModeReplicatedJob, ServiceSpecUpdateConfig,
     ServiceSpecUpdateConfigFailureActionEnum, ServiceSpecUpdateConfigOrderEnum, Task, TaskSpec,
-    TaskSpecContainerSpec, TaskSpecContainerSpecFile, TaskSpecContainerSpecPrivileges,
-    TaskSpecContainerSpecSecrets, TaskSpecPlacement, TaskSpecResources, TaskSpecRestartPolicy,
+    TaskSpecContainerSpec, TaskSpecContainerSpecConfigs, TaskSpecContainerSpecFile,
+    TaskSpecContainerSpecFile1, TaskSpecContainerSpecPrivileges, TaskSpecContainerSpecSecrets,
+    TaskSpecPlacement, TaskSpecResources, TaskSpecRestartPolicy,
     TaskSpecRestartPolicyConditionEnum, TaskState, VolumeCreateRequest,
 };
 use chrono::{DateTime, SecondsFormat, Utc};
@@ -84,11 +85,30 @@ pub const COMPONENT_DATA: &str = "challenge-data";
 pub const COMPONENT_JOB: &str = "job";
 /// `base.component` of the overlays BASE creates.
 pub const COMPONENT_NETWORK: &str = "network";
+/// `base.component` of the configs that carry a job's mounted files.
+pub const COMPONENT_JOB_MOUNT: &str = "job-mount";
+
+/// Largest file a job mount may hold: one Swarm config each, and Docker's
+/// documented config limit is 500 KiB, checked as `size < 512000` (newer
+/// engines allow 1000 KiB; BASE holds every engine to the smaller one).
+pub const MAX_MOUNT_FILE_BYTES: usize = 511_999;
+/// Most files across all mounts of one job (each is a config object in
+/// the raft store, created and removed per job).
+pub const MAX_MOUNT_FILES: usize = 256;
+/// Most bytes across all mounts of one job: everything is replicated to
+/// every manager through raft, so a job may not put more there than this.
+pub const MAX_MOUNT_BYTES: usize = 16 << 20;
+/// The Go template a config of an empty file holds: the engine refuses a
+/// config with no data ("config data must be larger than 0"), and this
+/// renders to nothing when the task starts.
+pub const EMPTY_FILE_TEMPLATE: &str = "{{/* empty file */}}";
 
 /// Swarm's limit on service names (a DNS label).
 const MAX_SERVICE_NAME: usize = 63;
 /// Swarm's limit on secret names.
 const MAX_SECRET_NAME: usize = 64;
+/// Swarm's limit on config names (the same rule as secrets').
+const MAX_CONFIG_NAME: usize = 64;
 /// Prefix of job service names.
 const JOB_PREFIX: &str = "base-job-";
 /// Prefix of challenge service names (and their DNS names on the overlay).
@@ -762,14 +782,283 @@ fn ulimit(raw: &str) -> Result<ResourcesUlimits, SwarmError> {
     })
 }
 
-/// The replicated-job service of one evaluation job.
-pub fn job_service(spec: &JobSpec) -> Result<ServiceSpec, SwarmError> {
-    let name = job_service_name(&spec.id)?;
-    if !spec.mounts.is_empty() {
-        return Err(SwarmError::Spec(
-            "job mounts are not supported by the swarm orchestrator yet".to_string(),
-        ));
+/// One file of a job's mounts, shipped to the job's node as one Swarm
+/// config (a bind path on the manager does not exist on a worker; configs
+/// travel with the task to whichever node runs it).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MountFile<'a> {
+    /// The config's name ([`job_config_name`]).
+    pub name: String,
+    /// The absolute path of the file inside the job.
+    pub target: String,
+    /// Its contents.
+    pub data: &'a [u8],
+}
+
+/// `base-job-<id>-<n>`, the name of the config of a job's `n`-th mounted
+/// file. Config names are capped at 64 characters: an id too long for
+/// that is cut and followed by 6 hex digits of its hash, so two long ids
+/// sharing a prefix still get different names (the full id is in the
+/// config's `base.job.id` label, which is what pruning reads).
+pub fn job_config_name(id: &str, n: usize) -> String {
+    let tail = format!("-{n}");
+    let budget = MAX_CONFIG_NAME - JOB_PREFIX.len() - tail.len();
+    let id_part = if id.len() <= budget {
+        id.to_string()
+    } else {
+        let digest = hex::encode(Sha256::digest(id.as_bytes()));
+        // Job ids are ASCII (job_service_name checks), so this cut is on a
+        // character boundary.
+        let keep = id.get(..budget - 7).unwrap_or(id);
+        format!("{keep}-{}", &digest[..6])
+    };
+    format!("{JOB_PREFIX}{id_part}{tail}")
+}
+
+/// Whether `path` is a clean relative path: non-empty components, none of
+/// them `.` or `..`, no leading or doubled `/` (the broker's archive check
+/// already guarantees this; the mapping refuses rather than repairs).
+fn clean_relative(path: &str) -> bool {
+    !path.is_empty()
+        && path
+            .split('/')
+            .all(|c| !c.is_empty() && c != "." && c != ".." && !c.contains('\0'))
+}
+
+/// The files of a job's mounts, one config each, in a stable order (mounts
+/// as given, files by name), with every limit checked before anything is
+/// created.
+///
+/// Refused with a message naming the mount (and file): a writable mount
+/// (configs are read-only and nothing comes back from a worker), a mount
+/// with no files (a config cannot make an empty directory), a target that
+/// is not a clean absolute path, a file larger than
+/// [`MAX_MOUNT_FILE_BYTES`], more than [`MAX_MOUNT_FILES`] files or
+/// [`MAX_MOUNT_BYTES`] bytes in all, and two files landing on the same
+/// path or one inside the other. The file name `""` places the file at the
+/// mount's target itself (a single-file mount).
+pub fn job_mount_files(spec: &JobSpec) -> Result<Vec<MountFile<'_>>, SwarmError> {
+    let mut files = Vec::new();
+    let mut total: usize = 0;
+    for mount in &spec.mounts {
+        // `/in/` is `/in` (the broker accepts either spelling).
+        let target = mount.target.trim_end_matches('/');
+        let bad =
+            |why: String| SwarmError::Spec(format!("mount '{}': {why}", target.escape_debug()));
+        if !target.strip_prefix('/').is_some_and(clean_relative) {
+            return Err(bad(
+                "the target must be a clean absolute path other than / (no ., .. or empty parts)"
+                    .to_string(),
+            ));
+        }
+        if !mount.read_only {
+            return Err(bad(
+                "writable mounts are not supported by the swarm orchestrator: mounted files \
+                 travel as Swarm configs, which are read-only (mount it read-only and write \
+                 results to a tmpfs or stdout)"
+                    .to_string(),
+            ));
+        }
+        if mount.files.is_empty() {
+            return Err(bad(
+                "the mount has no files, and the swarm orchestrator ships files as Swarm \
+                 configs, which cannot create an empty directory"
+                    .to_string(),
+            ));
+        }
+        if mount.files.contains_key("") && mount.files.len() > 1 {
+            return Err(bad(
+                "the target is given both as a file (the name \"\") and as a directory".to_string(),
+            ));
+        }
+        for (rel, data) in &mount.files {
+            let path = if rel.is_empty() {
+                target.to_string()
+            } else if clean_relative(rel) {
+                format!("{target}/{rel}")
+            } else {
+                return Err(bad(format!(
+                    "file '{}' is not a clean relative path",
+                    rel.escape_debug()
+                )));
+            };
+            if data.len() > MAX_MOUNT_FILE_BYTES {
+                return Err(bad(format!(
+                    "file '{}' is {} bytes; a mounted file may have at most {MAX_MOUNT_FILE_BYTES} \
+                     bytes on Swarm (Docker's 500 KiB config limit)",
+                    path.escape_debug(),
+                    data.len()
+                )));
+            }
+            total = total.saturating_add(data.len());
+            if total > MAX_MOUNT_BYTES {
+                return Err(bad(format!(
+                    "the job's mounted files exceed {MAX_MOUNT_BYTES} bytes in all (at file '{}')",
+                    path.escape_debug()
+                )));
+            }
+            if files.len() == MAX_MOUNT_FILES {
+                return Err(bad(format!(
+                    "a job may mount at most {MAX_MOUNT_FILES} files on Swarm (one config each)"
+                )));
+            }
+            files.push(MountFile {
+                name: job_config_name(&spec.id, files.len()),
+                target: path,
+                data: data.as_slice(),
+            });
+        }
     }
+    // No file may land on another, or inside another (a path cannot be a
+    // file and a directory at once); sorted, a clash is with a neighbour.
+    let targets: BTreeSet<&str> = files.iter().map(|f| f.target.as_str()).collect();
+    if targets.len() != files.len() {
+        let mut seen = HashSet::new();
+        let dup = files
+            .iter()
+            .find(|f| !seen.insert(f.target.as_str()))
+            .map_or("", |f| f.target.as_str());
+        return Err(SwarmError::Spec(format!(
+            "two mounted files would land on '{}'",
+            dup.escape_debug()
+        )));
+    }
+    let sorted: Vec<&str> = targets.into_iter().collect();
+    for pair in sorted.windows(2) {
+        if let [a, b] = pair
+            && b.strip_prefix(a).is_some_and(|rest| rest.starts_with('/'))
+        {
+            return Err(SwarmError::Spec(format!(
+                "mounted file '{}' would be a directory for '{}'",
+                a.escape_debug(),
+                b.escape_debug()
+            )));
+        }
+    }
+    Ok(files)
+}
+
+/// The config carrying one mounted file, labelled so that it is found by
+/// job and pruned once its job is gone. Empty files become a template that
+/// renders to nothing (the engine refuses empty config data).
+pub fn job_config_spec(spec: &JobSpec, file: &MountFile<'_>) -> ConfigSpec {
+    let labels = HashMap::from([
+        (LABEL_COMPONENT.to_string(), COMPONENT_JOB_MOUNT.to_string()),
+        (LABEL_JOB_ID.to_string(), spec.id.clone()),
+        (LABEL_CHALLENGE.to_string(), spec.slug.to_string()),
+    ]);
+    let (data, templating) = if file.data.is_empty() {
+        (
+            EMPTY_FILE_TEMPLATE.as_bytes(),
+            Some(Driver {
+                name: "golang".to_string(),
+                options: None,
+            }),
+        )
+    } else {
+        (file.data, None)
+    };
+    ConfigSpec {
+        name: Some(file.name.clone()),
+        labels: Some(labels),
+        data: Some(base64::engine::general_purpose::STANDARD.encode(data)),
+        templating,
+    }
+}
+
+/// A config of a job mount that no job service uses any more, found by
+/// [`orphaned_job_mounts`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OrphanConfig {
+    /// Engine id.
+    pub id: String,
+    /// Name.
+    pub name: String,
+    /// The job it was made for.
+    pub job_id: String,
+}
+
+/// The job-mount configs whose job has no service any more (a removal
+/// that failed half-way, or a broker killed between creating the configs
+/// and the service). Only configs labelled by BASE as job mounts, with a
+/// job id, count; and only those older than `grace`, so a job being
+/// created right now (configs first, then its service) keeps its files.
+pub fn orphaned_job_mounts(
+    configs: &[Config],
+    live_jobs: &HashSet<String>,
+    now: DateTime<Utc>,
+    grace: chrono::Duration,
+) -> Vec<OrphanConfig> {
+    let mut out: Vec<OrphanConfig> = configs
+        .iter()
+        .filter_map(|c| {
+            let spec = c.spec.as_ref()?;
+            let labels = spec.labels.as_ref()?;
+            if labels.get(LABEL_COMPONENT).map(String::as_str) != Some(COMPONENT_JOB_MOUNT) {
+                return None;
+            }
+            let job_id = labels.get(LABEL_JOB_ID)?;
+            if live_jobs.contains(job_id) {
+                return None;
+            }
+            // An unreadable creation time is taken as old: the config is
+            // BASE's and its job is gone either way.
+            let young = parse_time(c.created_at.as_ref()).is_some_and(|t| now - t < grace);
+            if young {
+                return None;
+            }
+            Some(OrphanConfig {
+                id: c.id.clone()?,
+                name: spec.name.clone().unwrap_or_default(),
+                job_id: job_id.clone(),
+            })
+        })
+        .collect();
+    out.sort_by(|a, b| a.name.cmp(&b.name));
+    out
+}
+
+/// Attaches each mounted file's config (`ids`: config name → engine id).
+fn config_mounts(
+    files: &[MountFile<'_>],
+    ids: &HashMap<String, String>,
+) -> Result<Vec<TaskSpecContainerSpecConfigs>, SwarmError> {
+    files
+        .iter()
+        .map(|f| {
+            let id = ids.get(&f.name).ok_or_else(|| {
+                SwarmError::Spec(format!(
+                    "config {} of a mounted file was not created",
+                    f.name
+                ))
+            })?;
+            Ok(TaskSpecContainerSpecConfigs {
+                file: Some(TaskSpecContainerSpecFile1 {
+                    name: Some(f.target.clone()),
+                    uid: Some("0".to_string()),
+                    gid: Some("0".to_string()),
+                    // Readable by whatever user the job runs as, writable
+                    // by none.
+                    mode: Some(0o444),
+                }),
+                runtime: None,
+                config_id: Some(id.clone()),
+                config_name: Some(f.name.clone()),
+            })
+        })
+        .collect()
+}
+
+/// The replicated-job service of one evaluation job. Its mounted files are
+/// the configs named by [`job_mount_files`], whose engine ids `config_ids`
+/// maps from their names (every file needs one).
+pub fn job_service(
+    spec: &JobSpec,
+    config_ids: &HashMap<String, String>,
+) -> Result<ServiceSpec, SwarmError> {
+    let name = job_service_name(&spec.id)?;
+    let files = job_mount_files(spec)?;
+    let configs = config_mounts(&files, config_ids)?;
     if spec.command.is_empty() {
         return Err(SwarmError::Spec("a job needs a command".to_string()));
     }
@@ -850,6 +1139,7 @@ pub fn job_service(spec: &JobSpec) -> Result<ServiceSpec, SwarmError> {
             no_new_privileges: Some(true),
             ..Default::default()
         }),
+        configs: (!configs.is_empty()).then_some(configs),
         mounts: if limits.tmpfs.is_empty() {
             None
         } else {
@@ -933,6 +1223,55 @@ pub fn job_service(spec: &JobSpec) -> Result<ServiceSpec, SwarmError> {
     })
 }
 
+/// Whether a job's tasks are all done or on their way out, so deleting its
+/// service leaves nothing running: every task has ended, or is already
+/// told to shut down or go. A job with no task yet is not settled (one may
+/// be being created).
+///
+/// Docker 20.10 does not stop the running task of a replicated-job service
+/// that is deleted (moby/moby#44312, fixed in 24.0): the container keeps
+/// running with no service to see it by. `remove_job` therefore first
+/// scales an unsettled job to nothing ([`stopped_job_spec`]), which makes
+/// the engine set its tasks' desired state to `remove`, and deletes it then.
+pub fn job_tasks_settled(tasks: &[Task]) -> bool {
+    !tasks.is_empty()
+        && tasks.iter().all(|t| {
+            let ended = matches!(
+                t.status.as_ref().and_then(|s| s.state),
+                Some(
+                    TaskState::COMPLETE
+                        | TaskState::FAILED
+                        | TaskState::REJECTED
+                        | TaskState::SHUTDOWN
+                        | TaskState::REMOVE
+                        | TaskState::ORPHANED
+                )
+            );
+            let leaving = matches!(
+                t.desired_state,
+                Some(TaskState::SHUTDOWN | TaskState::REMOVE)
+            );
+            ended || leaving
+        })
+}
+
+/// A job service's spec scaled to nothing (`TotalCompletions: 0`,
+/// `MaxConcurrent: 0`), everything else kept. The engine refuses an update
+/// config on a job ("Jobs may not have an update config"), which some
+/// clients add, so both update and rollback configs are dropped.
+pub fn stopped_job_spec(mut spec: ServiceSpec) -> ServiceSpec {
+    spec.mode = Some(ServiceSpecMode {
+        replicated_job: Some(ServiceSpecModeReplicatedJob {
+            max_concurrent: Some(0),
+            total_completions: Some(0),
+        }),
+        ..Default::default()
+    });
+    spec.update_config = None;
+    spec.rollback_config = None;
+    spec
+}
+
 /// A job's status from its service's labels and tasks.
 ///
 /// Task states map as: none yet, `new`…`accepted` → `Queued` (with the
@@ -1003,7 +1342,7 @@ mod tests {
 
     use super::*;
     use crate::model::ImageRef;
-    use crate::orchestrator::{ChallengeSecrets, JobLimits};
+    use crate::orchestrator::{ChallengeSecrets, JobLimits, JobMount};
     use bollard::models::{ContainerStatus, ObjectVersion, TaskStatus};
     use serde_json::json;
 
@@ -1268,7 +1607,7 @@ mod tests {
 
     #[test]
     fn job_service_snapshot_cpu() {
-        let s = job_service(&job()).unwrap();
+        let s = job_service(&job(), &HashMap::new()).unwrap();
         assert_snapshot("job_cpu.json", serde_json::to_value(&s).unwrap());
     }
 
@@ -1277,7 +1616,7 @@ mod tests {
         let mut j = job();
         j.limits.gpus = Some(2);
         j.limits.network = JobNetwork::Default;
-        let v = serde_json::to_value(job_service(&j).unwrap()).unwrap();
+        let v = serde_json::to_value(job_service(&j, &HashMap::new()).unwrap()).unwrap();
         assert_eq!(
             v["TaskTemplate"]["Placement"]["Constraints"],
             json!(["node.labels.base.workload==gpu"])
@@ -1289,14 +1628,14 @@ mod tests {
         assert!(v["TaskTemplate"].get("Networks").is_none());
 
         j.limits.network = JobNetwork::Named("base_eval_net".into());
-        let v = serde_json::to_value(job_service(&j).unwrap()).unwrap();
+        let v = serde_json::to_value(job_service(&j, &HashMap::new()).unwrap()).unwrap();
         assert_eq!(
             v["TaskTemplate"]["Networks"],
             json!([{"Target": "base_eval_net"}])
         );
         for bad in ["base_challenges", "host", "bridge"] {
             j.limits.network = JobNetwork::Named(bad.into());
-            assert!(job_service(&j).is_err(), "{bad}");
+            assert!(job_service(&j, &HashMap::new()).is_err(), "{bad}");
         }
     }
 
@@ -1328,7 +1667,7 @@ mod tests {
         for (i, change) in cases.iter().enumerate() {
             let mut j = job();
             change(&mut j);
-            assert!(job_service(&j).is_err(), "case {i}");
+            assert!(job_service(&j, &HashMap::new()).is_err(), "case {i}");
         }
     }
 
@@ -1375,7 +1714,10 @@ mod tests {
 
     #[test]
     fn job_states_from_tasks() {
-        let labels = job_service(&job()).unwrap().labels.unwrap();
+        let labels = job_service(&job(), &HashMap::new())
+            .unwrap()
+            .labels
+            .unwrap();
         let s = job_status("j-0001", &labels, &[]).unwrap();
         assert!(job_status("x", &HashMap::new(), &[]).is_none());
         assert_eq!((s.state, s.slug.as_str()), (JobState::Queued, "quiz"));
@@ -1487,5 +1829,458 @@ mod tests {
             (s.state, s.message.as_deref()),
             (ServiceState::Failed, Some("exit 1"))
         );
+    }
+
+    fn mount(target: &str, files: &[(&str, &[u8])]) -> JobMount {
+        JobMount {
+            target: target.into(),
+            read_only: true,
+            files: files
+                .iter()
+                .map(|(k, v)| ((*k).to_string(), v.to_vec()))
+                .collect(),
+        }
+    }
+
+    /// A job with a directory mount (nested, and an empty file) and a
+    /// single-file mount.
+    fn job_with_mounts() -> JobSpec {
+        let mut j = job();
+        j.mounts = vec![
+            mount(
+                "/work/in/",
+                &[
+                    ("answer.txt", b"42\n"),
+                    ("data/rows.json", b"[1,2,3]"),
+                    ("empty", b""),
+                ],
+            ),
+            mount("/etc/task.json", &[("", b"{\"task\":7}")]),
+        ];
+        j
+    }
+
+    fn ids_for(files: &[MountFile<'_>]) -> HashMap<String, String> {
+        files
+            .iter()
+            .enumerate()
+            .map(|(i, f)| (f.name.clone(), format!("cfg-{i}")))
+            .collect()
+    }
+
+    #[test]
+    fn job_mounts_snapshot() {
+        let j = job_with_mounts();
+        let files = job_mount_files(&j).unwrap();
+        let configs: Vec<ConfigSpec> = files.iter().map(|f| job_config_spec(&j, f)).collect();
+        let service = job_service(&j, &ids_for(&files)).unwrap();
+        assert_snapshot(
+            "job_mounts.json",
+            json!({"configs": configs, "service": service}),
+        );
+    }
+
+    #[test]
+    fn mounted_files_become_configs_at_their_paths() {
+        let j = job_with_mounts();
+        let files = job_mount_files(&j).unwrap();
+        let seen: Vec<(&str, &str, &[u8])> = files
+            .iter()
+            .map(|f| (f.name.as_str(), f.target.as_str(), f.data))
+            .collect();
+        assert_eq!(
+            seen,
+            vec![
+                ("base-job-j-0001-0", "/work/in/answer.txt", &b"42\n"[..]),
+                (
+                    "base-job-j-0001-1",
+                    "/work/in/data/rows.json",
+                    &b"[1,2,3]"[..]
+                ),
+                ("base-job-j-0001-2", "/work/in/empty", &b""[..]),
+                // "" is the mount's target itself.
+                ("base-job-j-0001-3", "/etc/task.json", &b"{\"task\":7}"[..]),
+            ]
+        );
+        let spec = job_config_spec(&j, &files[0]);
+        assert_eq!(spec.data.as_deref(), Some("NDIK"));
+        assert_eq!(spec.templating, None);
+        let labels = spec.labels.unwrap();
+        assert_eq!(labels["base.component"], "job-mount");
+        assert_eq!(labels["base.job.id"], "j-0001");
+        assert_eq!(labels["base.challenge"], "quiz");
+        // The engine refuses empty data: an empty file is a template that
+        // renders to nothing.
+        let empty = job_config_spec(&j, &files[2]);
+        assert_eq!(
+            empty.templating.as_ref().map(|d| d.name.as_str()),
+            Some("golang")
+        );
+        let template = base64::engine::general_purpose::STANDARD
+            .decode(empty.data.unwrap())
+            .unwrap();
+        assert_eq!(template, EMPTY_FILE_TEMPLATE.as_bytes());
+
+        let service = job_service(&j, &ids_for(&files)).unwrap();
+        let configs = service
+            .task_template
+            .unwrap()
+            .container_spec
+            .unwrap()
+            .configs
+            .unwrap();
+        assert_eq!(configs.len(), 4);
+        for (c, f) in configs.iter().zip(&files) {
+            let file = c.file.as_ref().unwrap();
+            assert_eq!(file.name.as_deref(), Some(f.target.as_str()));
+            assert_eq!(file.mode, Some(0o444));
+            assert_eq!(
+                (file.uid.as_deref(), file.gid.as_deref()),
+                (Some("0"), Some("0"))
+            );
+            assert_eq!(c.config_name.as_deref(), Some(f.name.as_str()));
+        }
+        // Every file needs its created config.
+        let mut missing = ids_for(&files);
+        missing.remove("base-job-j-0001-3");
+        let e = job_service(&j, &missing).unwrap_err().to_string();
+        assert!(e.contains("base-job-j-0001-3"), "{e}");
+        // No mounts, no configs.
+        let plain = job_service(&job(), &HashMap::new()).unwrap();
+        assert!(
+            plain
+                .task_template
+                .unwrap()
+                .container_spec
+                .unwrap()
+                .configs
+                .is_none()
+        );
+    }
+
+    #[test]
+    fn mount_refusals_name_the_mount_and_the_limit() {
+        let big = vec![7u8; MAX_MOUNT_FILE_BYTES + 1];
+        let at_cap = vec![7u8; MAX_MOUNT_FILE_BYTES];
+        let cases: Vec<(Vec<JobMount>, &str)> = vec![
+            (
+                vec![JobMount {
+                    read_only: false,
+                    ..mount("/out", &[("a", b"x")])
+                }],
+                "writable mounts are not supported",
+            ),
+            (vec![mount("/in", &[])], "no files"),
+            (vec![mount("in", &[("a", b"x")])], "clean absolute path"),
+            (vec![mount("/", &[("a", b"x")])], "clean absolute path"),
+            (
+                vec![mount("/a/../b", &[("a", b"x")])],
+                "clean absolute path",
+            ),
+            (vec![mount("/a//b", &[("a", b"x")])], "clean absolute path"),
+            (
+                vec![mount("/in", &[("../x", b"x")])],
+                "not a clean relative path",
+            ),
+            (
+                vec![mount("/in", &[("/x", b"x")])],
+                "not a clean relative path",
+            ),
+            (
+                vec![mount("/in", &[("a//b", b"x")])],
+                "not a clean relative path",
+            ),
+            (
+                vec![mount("/in", &[("./a", b"x")])],
+                "not a clean relative path",
+            ),
+            (
+                vec![mount("/in", &[("", b"x"), ("a", b"y")])],
+                "both as a file",
+            ),
+            (
+                vec![mount("/in", &[("big.bin", &big)])],
+                "file '/in/big.bin' is 512000 bytes; a mounted file may have at most 511999",
+            ),
+            (
+                vec![mount("/a", &[("b", b"x")]), mount("/a/b", &[("", b"y")])],
+                "two mounted files would land on '/a/b'",
+            ),
+            (
+                vec![mount("/a", &[("b", b"x")]), mount("/a/b/c", &[("", b"y")])],
+                "'/a/b' would be a directory for '/a/b/c'",
+            ),
+        ];
+        for (i, (mounts, want)) in cases.into_iter().enumerate() {
+            let mut j = job();
+            j.mounts = mounts;
+            let e = job_mount_files(&j).unwrap_err().to_string();
+            assert!(e.contains(want), "case {i}: {e}");
+            // job_service refuses the same, before any config exists.
+            assert!(job_service(&j, &HashMap::new()).is_err(), "case {i}");
+        }
+        let mut j = job();
+        j.mounts = vec![mount("/in", &[("cap.bin", &at_cap)])];
+        assert_eq!(job_mount_files(&j).unwrap().len(), 1, "the cap itself fits");
+
+        // Count and total caps.
+        let many: Vec<(String, Vec<u8>)> = (0..=MAX_MOUNT_FILES)
+            .map(|i| (format!("f{i:03}"), b"x".to_vec()))
+            .collect();
+        let mut j = job();
+        j.mounts = vec![JobMount {
+            target: "/in".into(),
+            read_only: true,
+            files: many[..MAX_MOUNT_FILES].iter().cloned().collect(),
+        }];
+        assert_eq!(job_mount_files(&j).unwrap().len(), MAX_MOUNT_FILES);
+        j.mounts[0].files = many.into_iter().collect();
+        let e = job_mount_files(&j).unwrap_err().to_string();
+        assert!(e.contains("at most 256 files"), "{e}");
+
+        let files = MAX_MOUNT_BYTES / MAX_MOUNT_FILE_BYTES + 1;
+        let mut j = job();
+        j.mounts = vec![JobMount {
+            target: "/in".into(),
+            read_only: true,
+            files: (0..files)
+                .map(|i| (format!("f{i:02}"), at_cap.clone()))
+                .collect(),
+        }];
+        let e = job_mount_files(&j).unwrap_err().to_string();
+        assert!(e.contains("exceed 16777216 bytes in all"), "{e}");
+    }
+
+    #[test]
+    fn config_names_fit_swarm() {
+        assert_eq!(job_config_name("j-1", 0), "base-job-j-1-0");
+        assert_eq!(job_config_name("abc", 255), "base-job-abc-255");
+        let long = "a".repeat(54);
+        let long2 = format!("{}b", "a".repeat(53));
+        for n in [0, 9, 255] {
+            let name = job_config_name(&long, n);
+            assert!(name.len() <= MAX_CONFIG_NAME, "{name}");
+            assert!(name.ends_with(&format!("-{n}")), "{name}");
+            assert_ne!(name, job_config_name(&long2, n));
+            assert!(
+                name.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_'),
+                "{name}"
+            );
+        }
+        // Exactly at the budget: kept whole.
+        let fits = "c".repeat(MAX_CONFIG_NAME - JOB_PREFIX.len() - 4);
+        assert_eq!(job_config_name(&fits, 100), format!("base-job-{fits}-100"));
+    }
+
+    fn config(id: &str, labels: &[(&str, &str)], created: &str) -> Config {
+        Config {
+            id: Some(id.into()),
+            created_at: Some(created.into()),
+            spec: Some(ConfigSpec {
+                name: Some(format!("name-{id}")),
+                labels: Some(
+                    labels
+                        .iter()
+                        .map(|(k, v)| ((*k).to_string(), (*v).to_string()))
+                        .collect(),
+                ),
+                ..Default::default()
+            }),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn orphaned_mounts_are_old_base_configs_of_gone_jobs() {
+        let now = DateTime::parse_from_rfc3339("2030-01-01T00:10:00Z")
+            .unwrap()
+            .with_timezone(&Utc);
+        let old = "2030-01-01T00:00:00.123456789Z";
+        let young = "2030-01-01T00:09:30Z";
+        fn mount_of(job: &str) -> Vec<(&str, &str)> {
+            vec![
+                ("base.component", "job-mount"),
+                ("base.job.id", job),
+                ("base.challenge", "quiz"),
+            ]
+        }
+        let configs = vec![
+            config("gone", &mount_of("j-gone"), old),
+            config("live", &mount_of("j-live"), old),
+            config("young", &mount_of("j-new"), young),
+            config("unparsed", &mount_of("j-gone-2"), "yesterday"),
+            config(
+                "foreign",
+                &[("base.component", "other"), ("base.job.id", "j-gone")],
+                old,
+            ),
+            config("nolabel", &[("base.component", "job-mount")], old),
+            Config::default(),
+        ];
+        let live = HashSet::from(["j-live".to_string()]);
+        let orphans = orphaned_job_mounts(&configs, &live, now, chrono::Duration::seconds(60));
+        let ids: Vec<&str> = orphans.iter().map(|o| o.id.as_str()).collect();
+        assert_eq!(ids, ["gone", "unparsed"]);
+        assert_eq!(orphans[0].job_id, "j-gone");
+        assert_eq!(orphans[0].name, "name-gone");
+    }
+
+    mod mount_props {
+        use super::*;
+        use proptest::prelude::*;
+
+        /// Sizes around every limit (kept few, so cases stay cheap).
+        fn size() -> impl Strategy<Value = usize> {
+            prop_oneof![
+                Just(0),
+                Just(3),
+                Just(MAX_MOUNT_FILE_BYTES),
+                Just(MAX_MOUNT_FILE_BYTES + 1),
+            ]
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig::with_cases(64))]
+
+            /// Well-formed mounts are accepted exactly when every file, the
+            /// count and the total are within the limits; an accepted plan
+            /// has one config per file, each under its mount's target.
+            #[test]
+            fn the_limits_decide_and_nothing_else(
+                mounts in proptest::collection::vec(
+                    proptest::collection::vec(size(), 1..20), 1..4),
+            ) {
+                let mut j = job();
+                j.mounts = mounts
+                    .iter()
+                    .enumerate()
+                    .map(|(m, sizes)| JobMount {
+                        target: format!("/m{m}"),
+                        read_only: true,
+                        files: sizes
+                            .iter()
+                            .enumerate()
+                            .map(|(i, n)| (format!("d/f{i}"), vec![1u8; *n]))
+                            .collect(),
+                    })
+                    .collect();
+                let all: Vec<usize> = mounts.iter().flatten().copied().collect();
+                let fits = all.iter().all(|n| *n <= MAX_MOUNT_FILE_BYTES)
+                    && all.iter().sum::<usize>() <= MAX_MOUNT_BYTES
+                    && all.len() <= MAX_MOUNT_FILES;
+                match job_mount_files(&j) {
+                    Ok(files) => {
+                        prop_assert!(fits);
+                        prop_assert_eq!(files.len(), all.len());
+                        for f in &files {
+                            prop_assert!(f.data.len() <= MAX_MOUNT_FILE_BYTES);
+                            prop_assert!(f.name.len() <= MAX_CONFIG_NAME);
+                            let under = j.mounts.iter().any(|m| f.target.starts_with(&format!("{}/", m.target)));
+                            prop_assert!(under, "{}", f.target);
+                        }
+                        let names: HashSet<&str> = files.iter().map(|f| f.name.as_str()).collect();
+                        prop_assert_eq!(names.len(), files.len());
+                    }
+                    Err(e) => prop_assert!(!fits, "refused within the limits: {}", e),
+                }
+            }
+
+            /// A job's orphans never include a config whose job still has a
+            /// service, one younger than the grace, or one BASE did not
+            /// label as a job mount.
+            #[test]
+            fn pruning_spares_live_young_and_foreign_configs(
+                entries in proptest::collection::vec(
+                    (0u8..6, any::<bool>(), 0i64..600, any::<bool>()), 0..20),
+            ) {
+                let now = DateTime::parse_from_rfc3339("2030-01-01T01:00:00Z")
+                    .unwrap()
+                    .with_timezone(&Utc);
+                let grace = chrono::Duration::seconds(60);
+                let configs: Vec<Config> = entries
+                    .iter()
+                    .enumerate()
+                    .map(|(i, (job, ours, age, _))| {
+                        let job = format!("j{job}");
+                        let component = if *ours { "job-mount" } else { "job" };
+                        let created = (now - chrono::Duration::seconds(*age))
+                            .to_rfc3339_opts(SecondsFormat::Nanos, true);
+                        config(
+                            &format!("c{i}"),
+                            &[("base.component", component), ("base.job.id", &job)],
+                            &created,
+                        )
+                    })
+                    .collect();
+                let live: HashSet<String> = entries
+                    .iter()
+                    .filter(|e| e.3)
+                    .map(|e| format!("j{}", e.0))
+                    .collect();
+                let orphans = orphaned_job_mounts(&configs, &live, now, grace);
+                for o in &orphans {
+                    let i: usize = o.id[1..].parse().unwrap();
+                    let (job, ours, age, _) = entries[i];
+                    prop_assert!(ours);
+                    let job_id = format!("j{job}");
+                    prop_assert!(!live.contains(&job_id));
+                    prop_assert!(age >= 60);
+                }
+                // And every config that is none of those is pruned.
+                let expected = entries
+                    .iter()
+                    .filter(|(job, ours, age, _)| {
+                        *ours && *age >= 60 && !live.contains(&format!("j{job}"))
+                    })
+                    .count();
+                prop_assert_eq!(orphans.len(), expected);
+            }
+        }
+    }
+
+    #[test]
+    fn a_job_is_settled_once_every_task_ended_or_leaves() {
+        use TaskState as S;
+        let t = |state, desired| task(1, state, desired, None, None);
+        assert!(!job_tasks_settled(&[]), "no task yet: one may be coming");
+        // A running job task's desired state is `complete`.
+        assert!(!job_tasks_settled(&[t(S::RUNNING, S::COMPLETE)]));
+        assert!(!job_tasks_settled(&[t(S::PENDING, S::COMPLETE)]));
+        assert!(!job_tasks_settled(&[t(S::PREPARING, S::RUNNING)]));
+        assert!(job_tasks_settled(&[t(S::RUNNING, S::REMOVE)]));
+        assert!(job_tasks_settled(&[t(S::STARTING, S::SHUTDOWN)]));
+        for ended in [
+            S::COMPLETE,
+            S::FAILED,
+            S::REJECTED,
+            S::SHUTDOWN,
+            S::ORPHANED,
+        ] {
+            assert!(job_tasks_settled(&[t(ended, S::COMPLETE)]), "{ended:?}");
+        }
+        assert!(!job_tasks_settled(&[
+            t(S::FAILED, S::COMPLETE),
+            t(S::RUNNING, S::COMPLETE)
+        ]));
+        assert!(!job_tasks_settled(&[Task::default()]));
+    }
+
+    #[test]
+    fn a_stopped_job_spec_asks_for_nothing_and_keeps_the_rest() {
+        let mut spec = job_service(&job(), &HashMap::new()).unwrap();
+        spec.update_config = Some(ServiceSpecUpdateConfig {
+            parallelism: Some(1),
+            ..Default::default()
+        });
+        let stopped = stopped_job_spec(spec.clone());
+        assert_eq!(
+            serde_json::to_value(&stopped.mode).unwrap(),
+            json!({"ReplicatedJob": {"MaxConcurrent": 0, "TotalCompletions": 0}})
+        );
+        assert!(stopped.update_config.is_none() && stopped.rollback_config.is_none());
+        assert_eq!(stopped.task_template, spec.task_template);
+        assert_eq!(stopped.labels, spec.labels);
+        assert_eq!(stopped.name, spec.name);
     }
 }

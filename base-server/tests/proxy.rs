@@ -906,3 +906,63 @@ async fn admin_writes_reach_the_proxy_at_once_and_admin_routes_still_work() {
         .unwrap();
     assert_eq!(r.status(), 200);
 }
+
+#[tokio::test]
+async fn the_orchestrators_endpoint_wins_over_the_records_url() {
+    use base_sdk::orchestrator::{MockOrchestrator, ServiceState, ServiceStatus};
+    let (up_addr, up) = start_upstream().await;
+    let db = base_sdk::testing::sqlite().await.unwrap();
+    let registry = Registry::new(db.store.clone(), Environment::Development);
+    // The record points nowhere; the orchestrator knows where it runs
+    // (as the process orchestrator of `dev` does).
+    let dead = format!("http://127.0.0.1:{}", dead_port().await);
+    add_challenge(&registry, "moved", dead, ChallengeStatus::Active).await;
+    let mut orchestrator = MockOrchestrator::new();
+    let endpoint = format!("http://{up_addr}");
+    orchestrator
+        .expect_challenge_status()
+        .returning(move |slug| {
+            Ok(ServiceStatus {
+                slug: slug.clone(),
+                state: ServiceState::Running,
+                image: None,
+                endpoint: Some(endpoint.clone()),
+                message: None,
+                started_at: None,
+            })
+        });
+    let state = AppState::new(registry, AdminAuth::new(None), 100)
+        .with_orchestrator(Arc::new(orchestrator))
+        .with_proxy(Arc::new(Proxy::new(no_limits(), None)));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(base_server::serve(listener, state, std::future::pending()));
+    let client = reqwest::Client::builder().no_proxy().build().unwrap();
+    let r = client
+        .get(format!("http://{addr}/challenges/moved/x"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(up.paths.lock().unwrap().as_slice(), ["/x"]);
+    // Without a metagraph the bridge refuses uploads rather than guess.
+    let t = SignedTarget {
+        netuid: 100,
+        slug: "moved",
+        method: "POST",
+        path: "/v1/challenges/moved/submissions",
+    };
+    let hdrs = miner().sign_request(&t, b"x", "n-1", chrono::Utc::now().timestamp());
+    let mut req = client
+        .post(format!("http://{addr}/v1/challenges/moved/submissions"))
+        .body("x");
+    for (k, v) in hdrs.pairs() {
+        req = req.header(k, v);
+    }
+    let r = req.send().await.unwrap();
+    assert_eq!(r.status(), 503);
+    assert_eq!(
+        r.json::<Value>().await.unwrap(),
+        json!({"detail": "metagraph unavailable"})
+    );
+}

@@ -66,6 +66,12 @@ enum Command {
     ExampleChallenge,
 }
 
+/// mimalloc: the proxy and the API allocate many short-lived buffers per
+/// request across threads, where it is measurably cheaper than glibc's
+/// allocator (docs/benchmarks.md, proxy).
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     tracing_subscriber::fmt()

@@ -105,7 +105,10 @@ pub async fn run(
     if let Some(o) = &orchestrator {
         state = state.with_orchestrator(o.clone());
     }
-    state = state.with_proxy(Arc::new(proxy(&settings)));
+    // One metagraph (and, on the chain, one connection and one cache) for
+    // both the upload bridge and the epochs.
+    let metagraph = metagraph(&settings);
+    state = state.with_proxy(Arc::new(proxy(&settings, metagraph.clone())));
     // A restart serves the last vector at once.
     if let Ok(Some(snapshot)) = registry.store().latest_snapshot().await {
         state.weights().publish(&snapshot);
@@ -132,7 +135,7 @@ pub async fn run(
         Duration::from_secs(600),
         stopped(stop_rx.clone()),
     )));
-    match metagraph(&settings) {
+    match metagraph {
         Some(metagraph) => {
             let runner = EpochRunner {
                 registry: registry.clone(),
@@ -197,10 +200,9 @@ pub async fn run(
 }
 
 /// The public proxy from the operator's settings; the bridge checks
-/// hotkeys against the master's metagraph (file or chain) when one is
-/// configured.
-pub fn proxy(settings: &Settings) -> base_sdk::proxy::Proxy {
-    let metagraph = metagraph(settings);
+/// hotkeys against `metagraph` (the master's, file or chain) when there is
+/// one.
+pub fn proxy(settings: &Settings, metagraph: Option<Arc<dyn Metagraph>>) -> base_sdk::proxy::Proxy {
     if metagraph.is_none() {
         tracing::warn!(
             "upload bridge disabled: set BASE_METAGRAPH_FILE or BASE_METAGRAPH=chain so miner hotkeys can be checked"

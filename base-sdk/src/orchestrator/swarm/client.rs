@@ -392,6 +392,15 @@ impl SwarmOrchestrator {
         find_service(&self.docker, name).await
     }
 
+    /// The service name of a job that exists; `NotFound` otherwise.
+    async fn existing_job_service(&self, id: &str) -> Result<String, OrchestratorError> {
+        let name = spec::job_service_name(id)?;
+        if self.find_service(&name).await?.is_none() {
+            return Err(OrchestratorError::NotFound(format!("job '{id}'")));
+        }
+        Ok(name)
+    }
+
     /// The tasks of the given services (all of them in one request).
     async fn tasks_of(&self, service_ids: &[String]) -> Result<Vec<Task>, SwarmError> {
         tasks_of(&self.docker, service_ids).await
@@ -996,16 +1005,8 @@ impl Orchestrator for SwarmOrchestrator {
     /// Both streams through the service logs endpoint, each cut to its last
     /// `max_bytes` while reading (memory stays bounded by twice that).
     async fn job_logs(&self, id: &str, max_bytes: usize) -> Result<JobLogs, OrchestratorError> {
-        let name = spec::job_service_name(id)?;
-        if self.find_service(&name).await?.is_none() {
-            return Err(OrchestratorError::NotFound(format!("job '{id}'")));
-        }
-        let opts = LogsOptionsBuilder::new()
-            .stdout(true)
-            .stderr(true)
-            .follow(false)
-            .timestamps(false)
-            .build();
+        let name = self.existing_job_service(id).await?;
+        let opts = log_options(false);
         let mut stream = self.docker.service_logs(&name, Some(opts));
         let mut stdout = TailBuffer::new(max_bytes);
         let mut stderr = TailBuffer::new(max_bytes);
@@ -1080,16 +1081,8 @@ impl Orchestrator for SwarmOrchestrator {
     /// the stream also ends by itself once the service is gone, or once the
     /// job is terminal and nothing arrived for [`FOLLOW_QUIET`].
     async fn follow_job_logs(&self, id: &str) -> Result<LogStream, OrchestratorError> {
-        let name = spec::job_service_name(id)?;
-        if self.find_service(&name).await?.is_none() {
-            return Err(OrchestratorError::NotFound(format!("job '{id}'")));
-        }
-        let opts = LogsOptionsBuilder::new()
-            .stdout(true)
-            .stderr(true)
-            .follow(true)
-            .timestamps(false)
-            .build();
+        let name = self.existing_job_service(id).await?;
+        let opts = log_options(true);
         let mut check = tokio::time::interval(FOLLOW_CHECK);
         check.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let state = Follow {
@@ -1120,6 +1113,16 @@ impl Orchestrator for SwarmOrchestrator {
             .map_err(|e| SwarmError::docker("listing swarm nodes", e))?;
         Ok(super::nodes::gpu_capacity(&nodes))
     }
+}
+
+/// Both streams of a service's logs, without timestamps.
+fn log_options(follow: bool) -> bollard::query_parameters::LogsOptions {
+    LogsOptionsBuilder::new()
+        .stdout(true)
+        .stderr(true)
+        .follow(follow)
+        .timestamps(false)
+        .build()
 }
 
 /// Keeps the last `cap` bytes of a stream.

@@ -183,6 +183,15 @@ pub struct Settings {
     /// Seconds a job may wait to start on top of its timeout before the
     /// reaper removes it (`BASE_BROKER_START_GRACE_SECONDS`).
     pub broker_start_grace_seconds: u64,
+    /// Hours what comes back from jobs' writable mounts is kept
+    /// (`BASE_BROKER_OUTPUT_RETENTION_HOURS`).
+    #[serde(default = "default_output_retention")]
+    pub broker_output_retention_hours: u64,
+    /// Where every worker node keeps the job shim `base-shim`, which jobs
+    /// with writable mounts run under (`BASE_SWARM_JOB_SHIM`; empty
+    /// refuses writable mounts). See docs/workers.md.
+    #[serde(default = "default_job_shim")]
+    pub swarm_job_shim: String,
     /// Largest request body the public proxy and the upload bridge accept,
     /// in bytes (`BASE_PROXY_MAX_BODY_BYTES`).
     pub proxy_max_body_bytes: u64,
@@ -255,6 +264,12 @@ pub enum MetagraphKind {
     Chain,
 }
 
+fn default_output_retention() -> u64 {
+    24
+}
+fn default_job_shim() -> String {
+    crate::orchestrator::swarm::DEFAULT_SHIM_HOST_PATH.into()
+}
 fn default_metagraph_ttl() -> u64 {
     300
 }

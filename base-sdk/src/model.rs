@@ -551,6 +551,22 @@ impl<'de> Deserialize<'de> for ImageRef {
     }
 }
 
+/// What came back from one writable mount of a finished job: its contents
+/// as an archive in the same format as a mount's input (`archive_b64`:
+/// base64 of a gzip tar), or why there is none. Exactly one of the two is
+/// set.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JobOutput {
+    /// The mount's target inside the job.
+    pub target: String,
+    /// The mount's contents after the job, checked like an input archive.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub archive_b64: Option<String>,
+    /// Why the contents did not come back.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
 /// The broker's record of one evaluation job: what was asked, where it is,
 /// and (once it ended) how it ended with the tail of its output. Kept in
 /// the store so `GET /v1/jobs/{id}` and the reaper survive a restart.

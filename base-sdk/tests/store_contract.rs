@@ -29,6 +29,7 @@ base_sdk::backend_tests!(
     nonces_are_single_use_until_expiry,
     snapshots_keep_the_newest,
     jobs_admission_quota_and_gpu_leases,
+    job_outputs_belong_to_the_ending_and_are_purged,
 );
 
 fn challenge(slug: &str) -> Challenge {
@@ -543,4 +544,58 @@ async fn jobs_admission_quota_and_gpu_leases(store: Arc<dyn Store>) {
         store.update_job(&job("nope", "aa", "x", 0, t0)).await,
         Err(StoreError::NotFound(_))
     ));
+}
+
+async fn job_outputs_belong_to_the_ending_and_are_purged(store: Arc<dyn Store>) {
+    use base_sdk::model::JobOutput;
+    use base_sdk::orchestrator::JobState;
+    let t0 = model::now();
+    store
+        .admit_job(&job("o1", "aa", "x", 0, t0), None, 0)
+        .await
+        .unwrap();
+    assert!(store.job_outputs("o1").await.unwrap().is_empty());
+    let outs = vec![
+        JobOutput {
+            target: "/out".into(),
+            archive_b64: Some("H4sIAAAAAAAAA+3BAQ0AAADCoPdPbQ8HFAAAAAAAAAAAAAAA".into()),
+            error: None,
+        },
+        JobOutput {
+            target: "/work/ü".into(),
+            archive_b64: None,
+            error: Some("the output is over 6291456 bytes compressed".into()),
+        },
+    ];
+    // A second put replaces the first (a retried ending).
+    store.put_job_outputs("o1", &outs[..1], t0).await.unwrap();
+    store.put_job_outputs("o1", &outs, t0).await.unwrap();
+    assert_eq!(store.job_outputs("o1").await.unwrap(), outs);
+
+    // Once the job has ended, its outputs are fixed.
+    let mut done = job("o1", "aa", "x", 0, t0);
+    done.state = JobState::Succeeded;
+    done.exit_code = Some(0);
+    done.finished_at = Some(t0);
+    store.update_job(&done).await.unwrap();
+    assert!(matches!(
+        store.put_job_outputs("o1", &outs[..1], t0).await,
+        Err(StoreError::JobFinished(id)) if id == "o1"
+    ));
+    assert!(matches!(
+        store.put_job_outputs("nope", &outs, t0).await,
+        Err(StoreError::NotFound(_))
+    ));
+    assert_eq!(store.job_outputs("o1").await.unwrap(), outs);
+
+    // Purged by age only.
+    assert_eq!(store.purge_job_outputs(t0).await.unwrap(), 0);
+    assert_eq!(
+        store
+            .purge_job_outputs(t0 + Duration::seconds(1))
+            .await
+            .unwrap(),
+        2
+    );
+    assert!(store.job_outputs("o1").await.unwrap().is_empty());
 }

@@ -18,7 +18,7 @@ use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use base_sdk::broker::Broker;
-use base_sdk::broker::client::{JobView, LogLine};
+use base_sdk::broker::client::{JobOutputsView, JobView, LogLine};
 use base_sdk::broker::request::{
     BrokerError, BrokerRunRequest, CleanupRequest, CleanupResponse, ListRequest,
 };
@@ -43,6 +43,7 @@ pub fn app(broker: Broker) -> Router {
         .route("/v1/jobs", post(submit).get(jobs))
         .route("/v1/jobs/{id}", get(job).delete(cancel))
         .route("/v1/jobs/{id}/logs", get(logs))
+        .route("/v1/jobs/{id}/outputs", get(outputs))
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(broker)
 }
@@ -233,6 +234,17 @@ async fn cancel(
 ) -> Result<Response, BrokerApiError> {
     let record = broker.cancel(&slug, &id).await?;
     Ok(Json(JobView::from(&record)).into_response())
+}
+
+/// What came back from the job's writable mounts (`{"outputs": […]}`,
+/// empty until the job has ended).
+async fn outputs(
+    State(broker): State<Broker>,
+    Caller(slug): Caller,
+    Path(id): Path<String>,
+) -> Result<Response, BrokerApiError> {
+    let outputs = broker.outputs(&slug, &id).await?;
+    Ok(Json(JobOutputsView { outputs }).into_response())
 }
 
 /// `GET /v1/jobs/{id}/logs` query.

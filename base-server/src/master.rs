@@ -62,7 +62,9 @@ pub async fn orchestrator(
     match settings.orchestrator.unwrap_or(OrchestratorKind::Swarm) {
         OrchestratorKind::None => Ok(None),
         OrchestratorKind::Swarm => {
-            let swarm = SwarmOrchestrator::connect().await?;
+            let swarm = SwarmOrchestrator::connect()
+                .await?
+                .with_job_shim(Some(settings.swarm_job_shim.clone()));
             let networks = swarm.ensure_networks().await?;
             tracing::info!(?networks, "swarm networks ready");
             Ok(Some(Arc::new(swarm)))
@@ -245,6 +247,9 @@ pub fn broker_config(settings: &Settings) -> BrokerConfig {
         allowed_images: settings.broker_allowed_images.clone(),
         gpu_capacity: settings.broker_gpu_capacity,
         start_grace: Duration::from_secs(settings.broker_start_grace_seconds),
+        output_retention: Duration::from_secs(
+            settings.broker_output_retention_hours.saturating_mul(3600),
+        ),
         ..BrokerConfig::default()
     }
 }

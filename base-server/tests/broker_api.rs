@@ -601,6 +601,116 @@ async fn mounts_reach_the_job(store: Arc<dyn Store>) {
     assert_eq!(h.fake.specs().len(), 2);
 }
 
+fn archive(files: &[(&str, &[u8])]) -> String {
+    use base64::Engine;
+    let mut tar = tar::Builder::new(flate2::write::GzEncoder::new(
+        Vec::new(),
+        flate2::Compression::default(),
+    ));
+    for (path, data) in files {
+        let mut header = tar::Header::new_gnu();
+        header.set_size(data.len() as u64);
+        header.set_mode(0o644);
+        tar.append_data(&mut header, path, *data).unwrap();
+    }
+    let gz = tar.into_inner().unwrap().finish().unwrap();
+    base64::engine::general_purpose::STANDARD.encode(gz)
+}
+
+fn unpacked(output: &Value) -> std::collections::BTreeMap<String, Vec<u8>> {
+    let out: base_sdk::model::JobOutput = serde_json::from_value(output.clone()).unwrap();
+    base_sdk::broker::client::output_files(&out).unwrap()
+}
+
+async fn writable_mounts_come_back_to_the_caller(store: Arc<dyn Store>) {
+    let h = harness(store, FakeOrchestrator::new(), BrokerPolicy::default()).await;
+    // Synchronous run: a seeded writable mount and an empty one; the job
+    // appends to the seed and writes a new file.
+    let mut req = run_request("w", &["write", "/work/notes.txt", "appended"]);
+    req["mounts"] = json!([
+        {"target": "/work", "read_only": false, "archive_b64": archive(&[("notes.txt", b"seed\n")])},
+        {"target": "/in", "archive_b64": archive(&[("x", b"read-only")])},
+        {"target": "/out/", "read_only": false},
+    ]);
+    let (status, body) = h.call("POST", "/v1/docker/run", Some(req)).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["returncode"], 0);
+    let outputs = body["outputs"].as_array().unwrap();
+    assert_eq!(outputs.len(), 2, "one per writable mount, in order: {body}");
+    assert_eq!(outputs[0]["target"], "/work");
+    assert_eq!(
+        unpacked(&outputs[0]).get("notes.txt").map(Vec::as_slice),
+        Some(&b"seed\nappended\n"[..])
+    );
+    assert_eq!(outputs[1]["target"], "/out");
+    assert!(unpacked(&outputs[1]).is_empty());
+
+    // The same through the asynchronous API, after the job ended.
+    let id = body["container_name"]
+        .as_str()
+        .unwrap()
+        .trim_start_matches("base-job-")
+        .to_string();
+    let (status, listed) = h.call("GET", &format!("/v1/jobs/{id}/outputs"), None).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(listed["outputs"], body["outputs"]);
+    // Another challenge cannot read them.
+    let (status, _) = h
+        .call_as(
+            "GET",
+            &format!("/v1/jobs/{id}/outputs"),
+            None,
+            Some("other"),
+            Some(&h.token),
+        )
+        .await;
+    assert_ne!(status, StatusCode::OK);
+
+    // Without writable mounts the answer keeps the Python shape exactly.
+    let (_, plain) = h
+        .call(
+            "POST",
+            "/v1/docker/run",
+            Some(run_request("p", &["echo", "hi"])),
+        )
+        .await;
+    assert!(plain.get("outputs").is_none(), "{plain}");
+
+    // A writable single file is refused before anything runs.
+    let specs = h.fake.specs().len();
+    let mut req = run_request("f", &["echo"]);
+    req["mounts"] = json!([{"target": "/out.txt", "read_only": false, "source_type": "file", "archive_b64": archive(&[("a", b"a")])}]);
+    let (status, body) = h.call("POST", "/v1/docker/run", Some(req)).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert!(
+        body["detail"]
+            .as_str()
+            .unwrap()
+            .contains("a writable mount must be a directory"),
+        "{body}"
+    );
+    assert_eq!(h.fake.specs().len(), specs);
+
+    // A job that is stopped does not return its mounts, and says so.
+    let mut req = run_request("c", &["sleep", "30"]);
+    req["mounts"] = json!([{"target": "/out", "read_only": false}]);
+    let (status, job) = h.call("POST", "/v1/jobs", Some(req)).await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{job}");
+    let id = job["id"].as_str().unwrap().to_string();
+    let (status, _) = h.call("DELETE", &format!("/v1/jobs/{id}"), None).await;
+    assert_eq!(status, StatusCode::OK);
+    let (_, listed) = h.call("GET", &format!("/v1/jobs/{id}/outputs"), None).await;
+    assert_eq!(listed["outputs"][0]["target"], "/out");
+    assert!(listed["outputs"][0]["archive_b64"].is_null());
+    assert!(
+        listed["outputs"][0]["error"]
+            .as_str()
+            .unwrap()
+            .contains("not collected"),
+        "{listed}"
+    );
+}
+
 async fn recovery_after_a_crash_leaks_nothing(store: Arc<dyn Store>) {
     // The first broker "dies" with three unfinished jobs (one holding a
     // GPU, one whose service vanished meanwhile); a new broker over the
@@ -702,6 +812,7 @@ base_sdk::backend_tests!(
     timeout_counts_from_start_and_is_124,
     async_api_states_logs_and_wait,
     mounts_reach_the_job,
+    writable_mounts_come_back_to_the_caller,
     recovery_after_a_crash_leaks_nothing,
     reaper_times_out_from_cluster_labels,
 );

@@ -16,7 +16,7 @@ use serde::{Deserialize, Serialize};
 use super::request::{
     BrokerRunRequest, BrokerRunResponse, CleanupRequest, ListRequest, ListResponse,
 };
-use crate::model::JobRecord;
+use crate::model::{JobOutput, JobRecord};
 use crate::orchestrator::{JobLogs, JobState, LogStreamKind};
 
 /// Why a broker call failed.
@@ -39,6 +39,38 @@ pub enum ClientError {
     /// The answer was not the expected JSON.
     #[error("unexpected broker answer: {0}")]
     Decode(String),
+    /// A writable mount's contents did not come back, or cannot be read.
+    #[error("output of {target}: {detail}")]
+    Output {
+        /// The mount's target.
+        target: String,
+        /// Why.
+        detail: String,
+    },
+}
+
+/// The answer of `GET /v1/jobs/{id}/outputs`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct JobOutputsView {
+    /// What came back from each writable mount, in mount order.
+    pub outputs: Vec<JobOutput>,
+}
+
+/// The files of a writable mount's output (path relative to the mount →
+/// contents), checked with the rules of an input archive.
+pub fn output_files(
+    output: &JobOutput,
+) -> Result<std::collections::BTreeMap<String, Vec<u8>>, ClientError> {
+    let fail = |detail: String| ClientError::Output {
+        target: output.target.clone(),
+        detail,
+    };
+    match (&output.archive_b64, &output.error) {
+        (Some(b64), _) => super::archive::decode(b64, &super::archive::ArchiveLimits::default())
+            .map_err(|e| fail(e.to_string())),
+        (None, Some(why)) => Err(fail(why.clone())),
+        (None, None) => Err(fail("nothing came back".to_string())),
+    }
 }
 
 /// A job as `GET /v1/jobs/{id}` shows it (no output: see `logs`).
@@ -242,6 +274,15 @@ impl BrokerClient {
         let response = check(response).await?;
         let bytes = response.bytes_stream();
         Ok(Box::pin(ndjson_lines(bytes)))
+    }
+
+    /// What came back from the job's writable mounts once it ended
+    /// (`GET /v1/jobs/{id}/outputs`); [`output_files`] unpacks one.
+    pub async fn outputs(&self, id: &str) -> Result<Vec<JobOutput>, ClientError> {
+        let view: JobOutputsView = self
+            .send(self.request(reqwest::Method::GET, &format!("/v1/jobs/{id}/outputs")))
+            .await?;
+        Ok(view.outputs)
     }
 
     /// Cancels the job: its task is stopped on the worker and removed.

@@ -237,6 +237,9 @@ pub struct MountRequest {
     #[serde(default = "default_source_name")]
     pub source_name: String,
     /// Base64 of a gzip tar (checked by the archive module, not here).
+    /// May be empty or absent for a writable mount, which then starts as
+    /// an empty directory.
+    #[serde(default)]
     pub archive_b64: String,
 }
 
@@ -264,6 +267,11 @@ pub struct BrokerRunResponse {
     /// Whether the job was stopped at its timeout.
     #[serde(default)]
     pub timed_out: bool,
+    /// What came back from the job's writable mounts, in mount order (a
+    /// BASE extension; absent when the job had none, so the Python
+    /// platform's shape is unchanged for every existing caller).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub outputs: Vec<crate::model::JobOutput>,
 }
 
 /// The exit code reported for a job stopped at its timeout.
@@ -935,9 +943,16 @@ fn check_mounts(mounts: &[MountRequest]) -> Result<(), BrokerError> {
                 "mounts[{i}].source_name must be a relative path without .. components"
             )));
         }
-        if m.archive_b64.is_empty() {
+        // A writable mount may start empty (an output directory).
+        if m.archive_b64.is_empty() && m.read_only {
             return Err(invalid(format!(
-                "mounts[{i}].archive_b64 must not be empty"
+                "mounts[{i}].archive_b64 must not be empty (only a writable mount may start empty)"
+            )));
+        }
+        if !m.read_only && m.source_type == SourceType::File {
+            return Err(invalid(format!(
+                "mounts[{i}]: a writable mount must be a directory (source_type directory): \
+                 its contents come back as an archive of that directory"
             )));
         }
     }
@@ -1673,7 +1688,7 @@ mod tests {
             ),
             (
                 vec![mount("/a", ".", "")],
-                "mounts[0].archive_b64 must not be empty",
+                "mounts[0].archive_b64 must not be empty (only a writable mount may start empty)",
             ),
         ];
         for (mounts, msg) in cases {

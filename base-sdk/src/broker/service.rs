@@ -42,13 +42,14 @@ use super::request::{
     self, BrokerError, BrokerRunRequest, BrokerRunResponse, ContainerInfo, ListResponse,
     SourceType, TIMEOUT_RETURNCODE, ValidationContext,
 };
-use crate::model::{Admission, JobFilter, JobRecord, Slug, TokenKind};
+use crate::model::{Admission, JobFilter, JobOutput, JobRecord, Slug, TokenKind};
 use crate::orchestrator::{
     JobLogs, JobMount, JobState, JobStatus, LogChunk, LogStream, LogStreamKind, Orchestrator,
     OrchestratorError,
 };
 use crate::registry::token;
 use crate::store::{Store, StoreError};
+use base64::Engine as _;
 use futures::StreamExt;
 
 /// Return code reported for a job that never produced an exit code of its
@@ -75,6 +76,9 @@ pub struct BrokerConfig {
     /// Overrides the GPU capacity the cluster advertises (`None`: ask the
     /// orchestrator every time a GPU job is admitted).
     pub gpu_capacity: Option<u32>,
+    /// How long what came back from writable mounts is kept
+    /// (`BASE_BROKER_OUTPUT_RETENTION_HOURS`); the reaper deletes older.
+    pub output_retention: Duration,
 }
 
 impl Default for BrokerConfig {
@@ -87,6 +91,7 @@ impl Default for BrokerConfig {
             start_grace: Duration::from_secs(600),
             reap_interval: Duration::from_secs(2),
             gpu_capacity: None,
+            output_retention: Duration::from_secs(24 * 3600),
         }
     }
 }
@@ -325,7 +330,61 @@ impl Broker {
     ) -> Result<BrokerRunResponse, BrokerError> {
         let record = self.submit(slug, req).await?;
         let record = self.wait(slug, &record.id, None).await?;
-        Ok(run_response(&record))
+        let mut response = run_response(&record);
+        response.outputs = self.outputs(slug, &record.id).await?;
+        Ok(response)
+    }
+
+    /// `GET /v1/jobs/{id}/outputs`: what came back from the job's writable
+    /// mounts (empty while it runs, when it had none, or once purged).
+    pub async fn outputs(&self, slug: &Slug, id: &str) -> Result<Vec<JobOutput>, BrokerError> {
+        let record = self.job(slug, id).await?;
+        self.inner
+            .store
+            .job_outputs(&record.id)
+            .await
+            .map_err(|e| unavailable("reading the job's outputs", e))
+    }
+
+    /// Reads back a finished job's writable mounts and checks each archive
+    /// with the rules of an input archive (the job is as untrusted as its
+    /// inputs, and the challenge may unpack the result).
+    async fn collect_outputs(&self, id: &str, targets: &[String]) -> Vec<JobOutput> {
+        let failed = |target: &String, why: String| JobOutput {
+            target: target.clone(),
+            archive_b64: None,
+            error: Some(why),
+        };
+        let results = match self.inner.orchestrator.job_outputs(id, targets.len()).await {
+            Ok(results) => results,
+            Err(e) => {
+                tracing::warn!(job = %id, error = %e, "could not read the job's writable mounts");
+                return targets
+                    .iter()
+                    .map(|t| failed(t, format!("the output could not be read: {e}")))
+                    .collect();
+            }
+        };
+        targets
+            .iter()
+            .zip(results.into_iter().chain(std::iter::repeat_with(|| {
+                Err(base_shim::frame::OutputError::Missing)
+            })))
+            .map(|(target, result)| match result {
+                Ok(archive) => {
+                    let b64 = base64::engine::general_purpose::STANDARD.encode(&archive);
+                    match archive::decode(&b64, &ArchiveLimits::default()) {
+                        Ok(_) => JobOutput {
+                            target: target.clone(),
+                            archive_b64: Some(b64),
+                            error: None,
+                        },
+                        Err(e) => failed(target, format!("the output was refused: {e}")),
+                    }
+                }
+                Err(e) => failed(target, e.to_string()),
+            })
+            .collect()
     }
 
     /// Waits until the job is terminal, or `timeout` passes (then returns
@@ -626,6 +685,15 @@ impl Broker {
             Ok(n) => tracing::info!(objects = n, "reaper pruned what removed jobs left behind"),
             Err(e) => tracing::warn!(error = %e, "reaper could not prune job leftovers"),
         }
+        let retention =
+            TimeDelta::from_std(self.inner.config.output_retention).unwrap_or(TimeDelta::MAX);
+        if let Some(before) = now.checked_sub_signed(retention) {
+            match self.inner.store.purge_job_outputs(before).await {
+                Ok(0) => {}
+                Ok(n) => tracing::info!(outputs = n, "reaper purged expired job outputs"),
+                Err(e) => tracing::warn!(error = %e, "reaper could not purge job outputs"),
+            }
+        }
         Ok(acted)
     }
 
@@ -667,6 +735,14 @@ impl Broker {
                 let bad = |e: archive::ArchiveError| {
                     BrokerError::Invalid(format!("mount '{}': {e}", m.target))
                 };
+                // A writable mount may start empty: an output directory.
+                if !m.read_only && m.archive_b64.trim().is_empty() {
+                    return Ok(JobMount {
+                        target: m.target.clone(),
+                        read_only: false,
+                        files: Default::default(),
+                    });
+                }
                 let files = archive::decode(&m.archive_b64, &self.inner.config.archive_limits)
                     .map_err(bad)?;
                 let files = match m.source_type {
@@ -831,8 +907,33 @@ impl Broker {
                 JobLogs::default()
             }
         };
+        let targets = writable_targets(&record);
+        let outputs = match &ending {
+            _ if targets.is_empty() => Vec::new(),
+            Ending::Exited(_) => self.collect_outputs(id, &targets).await,
+            _ => targets
+                .iter()
+                .map(|t| JobOutput {
+                    target: t.clone(),
+                    archive_b64: None,
+                    error: Some(
+                        "not collected: the job was stopped before its command ended".to_string(),
+                    ),
+                })
+                .collect(),
+        };
         self.remove_service(id).await;
         let now = crate::model::now();
+        if !outputs.is_empty() {
+            // Before the terminal write, so whoever the ending wakes finds
+            // them; a job someone else ended first keeps that ending's.
+            match inner.store.put_job_outputs(id, &outputs, now).await {
+                Ok(()) | Err(StoreError::JobFinished(_)) => {}
+                Err(e) => {
+                    tracing::error!(job = %id, error = %e, "could not store the job's outputs")
+                }
+            }
+        }
         record.stdout_tail = logs.stdout;
         record.stderr_tail = logs.stderr;
         record.finished_at = Some(now);
@@ -974,6 +1075,24 @@ fn overdue_record(record: &JobRecord, status: &JobStatus, now: DateTime<Utc>) ->
     })
 }
 
+/// The targets of a job's writable mounts, in request order, from its
+/// stored summary (so a restarted broker still knows them).
+fn writable_targets(record: &JobRecord) -> Vec<String> {
+    record
+        .spec
+        .get("mounts")
+        .and_then(serde_json::Value::as_array)
+        .map(|mounts| {
+            mounts
+                .iter()
+                .filter(|m| m.get("read_only").and_then(serde_json::Value::as_bool) == Some(false))
+                .filter_map(|m| m.get("target").and_then(serde_json::Value::as_str))
+                .map(|t| t.trim_end_matches('/').to_string())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
 /// What is kept of a request: everything but the mount contents.
 fn summary(req: &BrokerRunRequest, spec: &crate::orchestrator::JobSpec) -> serde_json::Value {
     serde_json::json!({
@@ -1017,6 +1136,7 @@ pub fn run_response(record: &JobRecord) -> BrokerRunResponse {
         stderr,
         returncode,
         timed_out,
+        outputs: Vec::new(),
     }
 }
 

@@ -347,6 +347,10 @@ pub struct LogChunk {
     pub data: bytes::Bytes,
 }
 
+/// The contents of a job's writable mounts, in order: each a gzip tar, or
+/// why it did not come back.
+pub type JobOutputs = Vec<Result<Vec<u8>, base_shim::frame::OutputError>>;
+
 /// A live stream of a job's output, ending when the job ends.
 pub type LogStream = futures::stream::BoxStream<'static, Result<LogChunk, OrchestratorError>>;
 
@@ -394,6 +398,14 @@ pub trait Orchestrator: Send + Sync {
 
     /// The tail (at most `max_bytes` per stream) of a job's output.
     async fn job_logs(&self, id: &str, max_bytes: usize) -> Result<JobLogs, OrchestratorError>;
+
+    /// What a job that ended by itself left in its writable mounts: one
+    /// entry per writable mount of its spec (`writable` of them, in spec
+    /// order), each the mount's contents as a gzip tar or why they did not
+    /// come back. Called before [`remove_job`](Orchestrator::remove_job),
+    /// while the job's output can still be read.
+    async fn job_outputs(&self, id: &str, writable: usize)
+    -> Result<JobOutputs, OrchestratorError>;
 
     /// Stops a job and removes everything it created; idempotent.
     async fn remove_job(&self, id: &str) -> Result<(), OrchestratorError>;

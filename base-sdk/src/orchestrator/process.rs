@@ -62,8 +62,8 @@ use tokio::process::{Child, Command};
 use tokio::sync::{Mutex, oneshot, watch};
 
 use super::{
-    ChallengeSpec, JobLogs, JobMount, JobSpec, JobState, JobStatus, LogChunk, LogStream,
-    LogStreamKind, Orchestrator, OrchestratorError, ServiceState, ServiceStatus,
+    ChallengeSpec, JobLogs, JobMount, JobOutputs, JobSpec, JobState, JobStatus, LogChunk,
+    LogStream, LogStreamKind, Orchestrator, OrchestratorError, ServiceState, ServiceStatus,
 };
 use crate::config::Environment;
 use crate::model::{ImageRef, Slug};
@@ -292,6 +292,8 @@ struct ManagedJob {
     cancel: Option<oneshot::Sender<()>>,
     /// The leader's pid, which is also its process group id.
     pid: Option<u32>,
+    /// [`JobPlan::writable`].
+    writable: Vec<PathBuf>,
 }
 
 /// Where one job's files live.
@@ -334,6 +336,10 @@ struct JobPlan {
     args: Vec<String>,
     /// What its mounts place in the working directory.
     files: Vec<MountFile>,
+    /// Its writable mounts' directories, relative to the working
+    /// directory, in spec order: created empty if nothing is placed there,
+    /// and packed back by `job_outputs`.
+    writable: Vec<PathBuf>,
 }
 
 /// One file a job's mounts place in its working directory.
@@ -496,12 +502,27 @@ impl ProcessOrchestrator {
         let paths = JobPaths::new(&self.data_dir, &spec.id);
         let workdir = job_workdir(&paths.work, spec.workdir.as_deref())?;
         let files = mount_files(&spec.mounts)?;
+        let writable = spec
+            .mounts
+            .iter()
+            .filter(|m| !m.read_only)
+            .map(|m| {
+                if m.files.contains_key("") {
+                    return Err(OrchestratorError::InvalidSpec(format!(
+                        "mount '{}': a writable mount must be a directory, not a single file",
+                        m.target.escape_debug()
+                    )));
+                }
+                mount_target(&m.target)
+            })
+            .collect::<Result<Vec<_>, _>>()?;
         Ok(JobPlan {
             paths,
             workdir,
             program: program.clone(),
             args: args.to_vec(),
             files,
+            writable,
         })
     }
 
@@ -846,6 +867,7 @@ impl Orchestrator for ProcessOrchestrator {
                 status: status_rx,
                 cancel: Some(cancel_tx),
                 pid,
+                writable: plan.writable.clone(),
             },
         );
         // Neither env values nor the command are logged: both may carry
@@ -905,6 +927,51 @@ impl Orchestrator for ProcessOrchestrator {
                 stderr,
                 truncated: stdout_cut || stderr_cut,
             })
+        })
+        .await
+    }
+
+    /// Packs each writable mount's directory as it is now.
+    async fn job_outputs(
+        &self,
+        id: &str,
+        writable: usize,
+    ) -> Result<JobOutputs, OrchestratorError> {
+        let dirs = {
+            let jobs = self.jobs.lock().await;
+            let job = jobs.get(id).ok_or_else(|| job_not_found(id))?;
+            let work = JobPaths::new(&self.data_dir, id).work;
+            job.writable
+                .iter()
+                .map(|d| work.join(d))
+                .collect::<Vec<_>>()
+        };
+        if dirs.len() != writable {
+            return Err(OrchestratorError::InvalidSpec(format!(
+                "job '{id}' has {} writable mounts, not {writable}",
+                dirs.len()
+            )));
+        }
+        run_blocking(move || {
+            let limits = base_shim::pack::PackLimits::default();
+            let mut budget = limits.max_compressed;
+            Ok(dirs
+                .iter()
+                .map(|dir| {
+                    let limits = base_shim::pack::PackLimits {
+                        max_compressed: budget,
+                        ..limits
+                    };
+                    let packed = base_shim::pack::pack_dir(dir, &limits).map_err(|e| {
+                        base_shim::frame::OutputError::Reported(format!(
+                            "output of {}: {e}",
+                            dir.display()
+                        ))
+                    })?;
+                    budget -= packed.archive.len();
+                    Ok(packed.archive)
+                })
+                .collect())
         })
         .await
     }
@@ -1238,6 +1305,10 @@ fn prepare_job(plan: &JobPlan) -> Result<(File, File), OrchestratorError> {
             .map_err(io(format!("creating {}", paths.root.display())))?;
         std::fs::create_dir_all(&paths.work)
             .map_err(io(format!("creating {}", paths.work.display())))?;
+        for dir in &plan.writable {
+            let path = paths.work.join(dir);
+            std::fs::create_dir_all(&path).map_err(io(format!("creating {}", path.display())))?;
+        }
         for file in &plan.files {
             let path = paths.work.join(&file.path);
             if let Some(parent) = path.parent() {

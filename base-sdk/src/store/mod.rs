@@ -11,8 +11,8 @@ use async_trait::async_trait;
 use chrono::{DateTime, Utc};
 
 use crate::model::{
-    Admission, AuditEntry, Challenge, GpuLease, JobFilter, JobRecord, NonceKey, Slug, TokenKind,
-    TokenRecord, WeightsSnapshot,
+    Admission, AuditEntry, Challenge, GpuLease, JobFilter, JobOutput, JobRecord, NonceKey, Slug,
+    TokenKind, TokenRecord, WeightsSnapshot,
 };
 
 pub use sql::{PgStore, SqliteStore, connect};
@@ -166,4 +166,23 @@ pub trait Store: Send + Sync {
 
     /// The GPU leases held now.
     async fn gpu_leases(&self) -> Result<Vec<GpuLease>, StoreError>;
+
+    /// Stores what came back from an unfinished job's writable mounts (in
+    /// mount order), replacing what was stored before; the broker calls it
+    /// just before the terminal [`update_job`](Store::update_job). Fails
+    /// with [`StoreError::JobFinished`] once the job has ended (the ending
+    /// that won keeps what it stored) and `NotFound` for an unknown job.
+    async fn put_job_outputs(
+        &self,
+        job_ref: &str,
+        outputs: &[JobOutput],
+        now: DateTime<Utc>,
+    ) -> Result<(), StoreError>;
+
+    /// What came back from a job's writable mounts, in mount order (empty
+    /// when it had none, or they were purged).
+    async fn job_outputs(&self, job_ref: &str) -> Result<Vec<JobOutput>, StoreError>;
+
+    /// Deletes job outputs stored before `before`; returns how many.
+    async fn purge_job_outputs(&self, before: DateTime<Utc>) -> Result<u64, StoreError>;
 }

@@ -17,7 +17,7 @@ use sqlx::types::Json;
 use super::{Backend, Store, StoreError};
 use crate::model::{
     Admission, AuditEntry, BrokerPolicy, Challenge, ChallengeStatus, EmissionPercent, GpuLease,
-    JobFilter, JobRecord, NonceKey, Slug, TokenKind, TokenRecord, WeightsSnapshot,
+    JobFilter, JobOutput, JobRecord, NonceKey, Slug, TokenKind, TokenRecord, WeightsSnapshot,
 };
 use crate::orchestrator::JobState;
 
@@ -769,6 +769,74 @@ macro_rules! sql_store {
                 .await
                 .map_err(db_err)?;
                 rows.into_iter().map(JobRecord::try_from).collect()
+            }
+
+            async fn put_job_outputs(
+                &self,
+                job_ref: &str,
+                outputs: &[JobOutput],
+                now: DateTime<Utc>,
+            ) -> Result<(), StoreError> {
+                let mut tx = self.pool.begin().await.map_err(db_err)?;
+                let state: Option<(String,)> =
+                    sqlx::query_as("SELECT state FROM jobs WHERE id = $1")
+                        .bind(job_ref)
+                        .fetch_optional(&mut *tx)
+                        .await
+                        .map_err(db_err)?;
+                match state.as_ref().map(|(s,)| JobState::parse(s)) {
+                    None => return Err(StoreError::NotFound(format!("job '{job_ref}'"))),
+                    Some(Some(s)) if !s.is_terminal() => {}
+                    Some(_) => return Err(StoreError::JobFinished(job_ref.to_string())),
+                }
+                sqlx::query("DELETE FROM job_outputs WHERE job_ref = $1")
+                    .bind(job_ref)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(db_err)?;
+                for (position, out) in outputs.iter().enumerate() {
+                    sqlx::query(
+                        "INSERT INTO job_outputs (job_ref, position, target, archive_b64, error, created_at) \
+                         VALUES ($1, $2, $3, $4, $5, $6)",
+                    )
+                    .bind(job_ref)
+                    .bind(i32::try_from(position).unwrap_or(i32::MAX))
+                    .bind(&out.target)
+                    .bind(&out.archive_b64)
+                    .bind(&out.error)
+                    .bind(now)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(db_err)?;
+                }
+                tx.commit().await.map_err(db_err)
+            }
+
+            async fn job_outputs(&self, job_ref: &str) -> Result<Vec<JobOutput>, StoreError> {
+                let rows: Vec<(String, Option<String>, Option<String>)> = sqlx::query_as(
+                    "SELECT target, archive_b64, error FROM job_outputs WHERE job_ref = $1 ORDER BY position",
+                )
+                .bind(job_ref)
+                .fetch_all(&self.pool)
+                .await
+                .map_err(db_err)?;
+                Ok(rows
+                    .into_iter()
+                    .map(|(target, archive_b64, error)| JobOutput {
+                        target,
+                        archive_b64,
+                        error,
+                    })
+                    .collect())
+            }
+
+            async fn purge_job_outputs(&self, before: DateTime<Utc>) -> Result<u64, StoreError> {
+                let done = sqlx::query("DELETE FROM job_outputs WHERE created_at < $1")
+                    .bind(before)
+                    .execute(&self.pool)
+                    .await
+                    .map_err(db_err)?;
+                Ok(done.rows_affected())
             }
 
             async fn gpu_leases(&self) -> Result<Vec<GpuLease>, StoreError> {

@@ -10,6 +10,9 @@
 //! - `never-starts`: stays queued (like a job no node can take);
 //! - `cat <path>`: prints a mounted file (the mount target joined with its
 //!   relative name), exit 1 if there is none;
+//! - `write <path> <words…>`: writes the words and a newline to `path`
+//!   inside a writable mount (what `job_outputs` returns), exit 1 if no
+//!   writable mount holds the path;
 //! - anything else: exits 0 silently.
 //!
 //! Challenge services are not simulated (those calls answer `Missing`).
@@ -23,13 +26,17 @@ use tokio::sync::watch;
 
 use crate::model::Slug;
 use crate::orchestrator::{
-    ChallengeSpec, JobLogs, JobSpec, JobState, JobStatus, LogChunk, LogStream, LogStreamKind,
-    Orchestrator, OrchestratorError, ServiceState, ServiceStatus,
+    ChallengeSpec, JobLogs, JobOutputs, JobSpec, JobState, JobStatus, LogChunk, LogStream,
+    LogStreamKind, Orchestrator, OrchestratorError, ServiceState, ServiceStatus,
 };
 
 /// One simulated job.
+/// A writable mount's target and its files, as the job left them.
+type Writable = Vec<(String, std::collections::BTreeMap<String, Vec<u8>>)>;
+
 struct FakeJob {
     status: watch::Sender<JobStatus>,
+    writable: Arc<Mutex<Writable>>,
     stdout: Arc<Mutex<Vec<u8>>>,
     stderr: Arc<Mutex<Vec<u8>>>,
     task: tokio::task::JoinHandle<()>,
@@ -104,6 +111,7 @@ enum Behaviour {
     Sleep(Duration),
     NeverStarts,
     Cat(String),
+    Write(String, String),
     Nothing,
 }
 
@@ -118,11 +126,32 @@ fn behaviour(command: &[String]) -> Behaviour {
         )),
         Some("never-starts") => Behaviour::NeverStarts,
         Some("cat") => Behaviour::Cat(rest()),
+        Some("write") => Behaviour::Write(
+            command.get(1).cloned().unwrap_or_default(),
+            format!("{}\n", command.get(2..).unwrap_or_default().join(" ")),
+        ),
         _ => Behaviour::Nothing,
     }
 }
 
 /// The content of a mounted file at `path`, if a mount places one there.
+/// `files` as a gzip tar.
+fn tar_gz(files: &std::collections::BTreeMap<String, Vec<u8>>) -> Vec<u8> {
+    let gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+    let mut tar = tar::Builder::new(gz);
+    for (path, data) in files {
+        let mut header = tar::Header::new_gnu();
+        header.set_size(data.len() as u64);
+        header.set_mode(0o644);
+        header.set_entry_type(tar::EntryType::Regular);
+        // In-memory writes cannot fail.
+        let _ = tar.append_data(&mut header, path, data.as_slice());
+    }
+    tar.into_inner()
+        .and_then(flate2::write::GzEncoder::finish)
+        .unwrap_or_default()
+}
+
 fn mounted_file(spec: &JobSpec, path: &str) -> Option<Vec<u8>> {
     spec.mounts.iter().find_map(|m| {
         m.files.iter().find_map(|(name, content)| {
@@ -189,12 +218,20 @@ impl Orchestrator for FakeOrchestrator {
         let stdout = Arc::new(Mutex::new(Vec::new()));
         let stderr = Arc::new(Mutex::new(Vec::new()));
         let what = behaviour(&spec.command);
+        let writable: Arc<Mutex<Writable>> = Arc::new(Mutex::new(
+            spec.mounts
+                .iter()
+                .filter(|m| !m.read_only)
+                .map(|m| (m.target.trim_end_matches('/').to_string(), m.files.clone()))
+                .collect(),
+        ));
         let delay = *lock(&self.start_delay);
         let task = {
             let tx = tx.clone();
             let stdout = Arc::clone(&stdout);
             let stderr = Arc::clone(&stderr);
             let spec = spec.clone();
+            let writable = Arc::clone(&writable);
             tokio::spawn(async move {
                 if matches!(what, Behaviour::NeverStarts) {
                     return;
@@ -230,6 +267,25 @@ impl Orchestrator for FakeOrchestrator {
                             1
                         }
                     },
+                    Behaviour::Write(path, text) => {
+                        let mut mounts = lock(&writable);
+                        let slot = mounts.iter_mut().find_map(|(target, files)| {
+                            let rel = path.strip_prefix(target.as_str())?.strip_prefix('/')?;
+                            Some(files.entry(rel.to_string()).or_default())
+                        });
+                        match slot {
+                            Some(file) => {
+                                file.extend_from_slice(text.as_bytes());
+                                0
+                            }
+                            None => {
+                                lock(&stderr).extend_from_slice(
+                                    format!("write: {path}: not in a writable mount\n").as_bytes(),
+                                );
+                                1
+                            }
+                        }
+                    }
                     Behaviour::Nothing | Behaviour::NeverStarts => 0,
                 };
                 tx.send_modify(|s| {
@@ -247,6 +303,7 @@ impl Orchestrator for FakeOrchestrator {
             spec.id.clone(),
             FakeJob {
                 status: tx,
+                writable,
                 stdout,
                 stderr,
                 task,
@@ -293,6 +350,29 @@ impl Orchestrator for FakeOrchestrator {
             stderr,
             truncated: a || b,
         })
+    }
+
+    /// Each writable mount's files as a gzip tar, the way the shim packs
+    /// them (regular files only, in name order).
+    async fn job_outputs(
+        &self,
+        id: &str,
+        writable: usize,
+    ) -> Result<JobOutputs, OrchestratorError> {
+        let mounts = {
+            let jobs = lock(&self.jobs);
+            let job = jobs
+                .get(id)
+                .ok_or_else(|| OrchestratorError::NotFound(format!("job '{id}'")))?;
+            lock(&job.writable).clone()
+        };
+        if mounts.len() != writable {
+            return Err(OrchestratorError::InvalidSpec(format!(
+                "job '{id}' has {} writable mounts, not {writable}",
+                mounts.len()
+            )));
+        }
+        Ok(mounts.iter().map(|(_, files)| Ok(tar_gz(files))).collect())
     }
 
     async fn remove_job(&self, id: &str) -> Result<(), OrchestratorError> {

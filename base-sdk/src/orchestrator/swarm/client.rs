@@ -31,9 +31,10 @@ use super::SwarmError;
 use super::spec::{self, BaseNetwork, ChallengeSecretRefs, SecretKind, SecretRef};
 use crate::model::Slug;
 use crate::orchestrator::{
-    ChallengeSpec, JobLogs, JobSpec, JobStatus, LogChunk, LogStream, LogStreamKind, Orchestrator,
-    OrchestratorError, ServiceStatus,
+    ChallengeSpec, JobLogs, JobOutputs, JobSpec, JobStatus, LogChunk, LogStream, LogStreamKind,
+    Orchestrator, OrchestratorError, ServiceStatus,
 };
+use base_shim::frame;
 
 /// How long a purge waits for the removed service's container to release
 /// the data volume.
@@ -75,6 +76,9 @@ pub struct SwarmOrchestrator {
     watcher: Arc<JobWatcher>,
     /// The watcher's task, aborted on drop.
     watch_task: JoinHandle<()>,
+    /// Where worker nodes keep the job shim; `None` refuses writable
+    /// mounts.
+    job_shim: Option<String>,
 }
 
 impl fmt::Debug for SwarmOrchestrator {
@@ -184,7 +188,64 @@ impl SwarmOrchestrator {
             networks_ready: Mutex::new(false),
             watcher,
             watch_task,
+            job_shim: Some(spec::DEFAULT_SHIM_HOST_PATH.to_string()),
         })
+    }
+
+    /// Sets where the job shim (`base-shim`) sits on every worker node
+    /// (default [`spec::DEFAULT_SHIM_HOST_PATH`]); `None` refuses jobs with
+    /// writable mounts. The path is bind-mounted into those jobs; a node
+    /// without the file fails such a job at start, naming the path.
+    pub fn with_job_shim(mut self, host_path: Option<String>) -> Self {
+        self.job_shim = host_path.filter(|p| !p.is_empty());
+        self
+    }
+
+    /// The image's `ENTRYPOINT`, which the shim must run before the job's
+    /// command. Read from the manager's engine, pulling the image there
+    /// first if it has no copy (the manager may never run the image, but
+    /// only it can be asked; a registry is then needed as for any job).
+    async fn image_entrypoint(&self, image: &str) -> Result<Vec<String>, SwarmError> {
+        let inspect = |docker: Docker| async move { docker.inspect_image(image).await };
+        let found = match inspect(self.docker.clone()).await {
+            Ok(found) => found,
+            Err(e) => {
+                let err = SwarmError::docker(format!("inspecting image {image}"), e);
+                if !is_status(&err, 404) {
+                    return Err(err);
+                }
+                let opts = bollard::query_parameters::CreateImageOptionsBuilder::new()
+                    .from_image(image)
+                    .build();
+                let mut pull = self.docker.create_image(Some(opts), None, None);
+                while let Some(step) = pull.next().await {
+                    step.map_err(|e| {
+                        SwarmError::Spec(format!(
+                            "writable mounts need the image's ENTRYPOINT, and image {image} is \
+                             neither on the manager nor could be pulled there: {e}"
+                        ))
+                    })?;
+                }
+                inspect(self.docker.clone())
+                    .await
+                    .map_err(|e| SwarmError::docker(format!("inspecting image {image}"), e))?
+            }
+        };
+        Ok(found.config.and_then(|c| c.entrypoint).unwrap_or_default())
+    }
+
+    /// The shim plan of a job with writable mounts (`None` without).
+    async fn shim_for(&self, job: &JobSpec) -> Result<Option<spec::JobShim>, SwarmError> {
+        if spec::writable_targets(job).is_empty() {
+            return Ok(None);
+        }
+        let Some(host_path) = self.job_shim.clone() else {
+            return Ok(None);
+        };
+        Ok(Some(spec::JobShim {
+            host_path,
+            entrypoint: self.image_entrypoint(&job.image.to_string()).await?,
+        }))
     }
 
     /// The negotiated Engine API version (`1.41` on Docker 20.10).
@@ -922,7 +983,13 @@ impl Orchestrator for SwarmOrchestrator {
             .iter()
             .map(|f| (f.name.clone(), String::new()))
             .collect();
-        spec::job_service(job, &placeholders)?;
+        // Checked with a stand-in shim first: everything but the image's
+        // entrypoint is known without asking the engine.
+        let stand_in = self.job_shim.clone().map(|host_path| spec::JobShim {
+            host_path,
+            entrypoint: Vec::new(),
+        });
+        spec::job_service(job, &placeholders, stand_in.as_ref())?;
         if job.limits.network == crate::orchestrator::JobNetwork::None {
             self.networks_once().await?;
         }
@@ -930,6 +997,7 @@ impl Orchestrator for SwarmOrchestrator {
             self.watcher.kick.notify_one();
             return self.job_status(&job.id).await;
         }
+        let shim = self.shim_for(job).await?;
         let config_ids = match self.create_job_configs(job, &files).await {
             Ok(ids) => ids,
             Err(e) => {
@@ -937,7 +1005,7 @@ impl Orchestrator for SwarmOrchestrator {
                 return Err(e.into());
             }
         };
-        let desired = spec::job_service(job, &config_ids)?;
+        let desired = spec::job_service(job, &config_ids, shim.as_ref())?;
         match self.docker.create_service(desired, None).await {
             Ok(created) => {
                 for w in created.warnings.iter().flatten() {
@@ -1013,7 +1081,10 @@ impl Orchestrator for SwarmOrchestrator {
         while let Some(item) = stream.next().await {
             match item.map_err(|e| SwarmError::docker(format!("reading logs of {name}"), e))? {
                 LogOutput::StdOut { message } | LogOutput::Console { message } => {
-                    stdout.push(&message)
+                    // The shim's output lines are not the job's output.
+                    if !frame::is_frame(&message) {
+                        stdout.push(&message)
+                    }
                 }
                 LogOutput::StdErr { message } => stderr.push(&message),
                 LogOutput::StdIn { .. } => {}
@@ -1026,6 +1097,36 @@ impl Orchestrator for SwarmOrchestrator {
             stderr,
             truncated: out_cut || err_cut,
         })
+    }
+
+    /// Reads the job's stdout once more and picks the shim's output lines
+    /// out of it (`base_shim::frame`); the rest of the log is not kept.
+    async fn job_outputs(
+        &self,
+        id: &str,
+        writable: usize,
+    ) -> Result<JobOutputs, OrchestratorError> {
+        if writable == 0 {
+            return Ok(Vec::new());
+        }
+        let name = self.existing_job_service(id).await?;
+        let opts = LogsOptionsBuilder::new()
+            .stdout(true)
+            .stderr(false)
+            .follow(false)
+            .timestamps(false)
+            .build();
+        let mut stream = self.docker.service_logs(&name, Some(opts));
+        let mut decoder = frame::Decoder::new(id, writable, base_shim::MAX_OUTPUT_COMPRESSED_BYTES);
+        while let Some(item) = stream.next().await {
+            match item.map_err(|e| SwarmError::docker(format!("reading logs of {name}"), e))? {
+                LogOutput::StdOut { message } | LogOutput::Console { message } => {
+                    decoder.feed(&message);
+                }
+                _ => {}
+            }
+        }
+        Ok(decoder.finish())
     }
 
     /// Stops the job's task if it may still run, deletes the service, then
@@ -1224,6 +1325,9 @@ async fn follow_step(mut f: Follow) -> Option<(Result<LogChunk, OrchestratorErro
             FollowEvent::Output(Some(Ok(out))) => {
                 let (stream, data) = match out {
                     LogOutput::StdOut { message } | LogOutput::Console { message } => {
+                        if frame::is_frame(&message) {
+                            continue;
+                        }
                         (LogStreamKind::Stdout, message)
                     }
                     LogOutput::StdErr { message } => (LogStreamKind::Stderr, message),

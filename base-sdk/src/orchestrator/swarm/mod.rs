@@ -17,8 +17,9 @@ mod spec;
 pub use client::SwarmOrchestrator;
 pub use spec::SecretKind;
 pub use spec::{
-    CHALLENGE_DATABASE_URL, CHALLENGES_NETWORK, GPU_RESOURCE, JOBS_INTERNAL_NETWORK, OVERLAY_MTU,
-    SECRETS_DIR, challenge_endpoint, secret_name, token_hash8, volume_name,
+    CHALLENGE_DATABASE_URL, CHALLENGES_NETWORK, DEFAULT_SHIM_HOST_PATH, GPU_RESOURCE,
+    JOBS_INTERNAL_NETWORK, OVERLAY_MTU, SECRETS_DIR, SHIM_TARGET, WRITABLE_MOUNT_BYTES,
+    challenge_endpoint, secret_name, token_hash8, volume_name,
 };
 
 use super::OrchestratorError;

@@ -103,6 +103,28 @@ pub const MAX_MOUNT_BYTES: usize = 16 << 20;
 /// renders to nothing when the task starts.
 pub const EMPTY_FILE_TEMPLATE: &str = "{{/* empty file */}}";
 
+/// Where the job shim (`base-shim`) appears inside a job with writable
+/// mounts: bind-mounted read-only from the node's copy.
+pub const SHIM_TARGET: &str = "/.base/shim";
+/// Where the shim finds the seed files of writable mount `n`:
+/// `<SEED_ROOT>/<n>/<path>` (one config each, like read-only files).
+pub const SEED_ROOT: &str = "/.base/seed";
+/// Size of the tmpfs behind each writable mount (it counts against the
+/// job's memory limit as it fills).
+pub const WRITABLE_MOUNT_BYTES: i64 = 1 << 30;
+/// The node path of the shim unless configured (`BASE_SWARM_JOB_SHIM`).
+pub const DEFAULT_SHIM_HOST_PATH: &str = "/usr/local/lib/base/base-shim";
+
+/// How a job with writable mounts is started under the shim.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct JobShim {
+    /// The shim binary's path on every worker node.
+    pub host_path: String,
+    /// The image's `ENTRYPOINT`, which the shim runs before the command
+    /// (the shim replaces the entrypoint of the container).
+    pub entrypoint: Vec<String>,
+}
+
 /// Swarm's limit on service names (a DNS label).
 const MAX_SERVICE_NAME: usize = 63;
 /// Swarm's limit on secret names.
@@ -840,6 +862,7 @@ fn clean_relative(path: &str) -> bool {
 pub fn job_mount_files(spec: &JobSpec) -> Result<Vec<MountFile<'_>>, SwarmError> {
     let mut files = Vec::new();
     let mut total: usize = 0;
+    let mut writable_index = 0usize;
     for mount in &spec.mounts {
         // `/in/` is `/in` (the broker accepts either spelling).
         let target = mount.target.trim_end_matches('/');
@@ -851,15 +874,28 @@ pub fn job_mount_files(spec: &JobSpec) -> Result<Vec<MountFile<'_>>, SwarmError>
                     .to_string(),
             ));
         }
-        if !mount.read_only {
-            return Err(bad(
-                "writable mounts are not supported by the swarm orchestrator: mounted files \
-                 travel as Swarm configs, which are read-only (mount it read-only and write \
-                 results to a tmpfs or stdout)"
-                    .to_string(),
-            ));
+        if target == SHIM_TARGET.rsplit_once('/').map_or("", |(dir, _)| dir)
+            || target.starts_with("/.base/")
+        {
+            return Err(bad("/.base is reserved for the platform".to_string()));
         }
-        if mount.files.is_empty() {
+        // A writable mount's files are seeds the shim copies into the
+        // mount's tmpfs: they travel as configs under SEED_ROOT.
+        let seed_dir = if mount.read_only {
+            None
+        } else {
+            if mount.files.contains_key("") {
+                return Err(bad(
+                    "a writable mount must be a directory (source_type directory), not a single file"
+                        .to_string(),
+                ));
+            }
+            Some(format!("{SEED_ROOT}/{}", writable_index))
+        };
+        if !mount.read_only {
+            writable_index += 1;
+        }
+        if mount.read_only && mount.files.is_empty() {
             return Err(bad(
                 "the mount has no files, and the swarm orchestrator ships files as Swarm \
                  configs, which cannot create an empty directory"
@@ -871,11 +907,12 @@ pub fn job_mount_files(spec: &JobSpec) -> Result<Vec<MountFile<'_>>, SwarmError>
                 "the target is given both as a file (the name \"\") and as a directory".to_string(),
             ));
         }
+        let base = seed_dir.as_deref().unwrap_or(target);
         for (rel, data) in &mount.files {
             let path = if rel.is_empty() {
                 target.to_string()
             } else if clean_relative(rel) {
-                format!("{target}/{rel}")
+                format!("{base}/{rel}")
             } else {
                 return Err(bad(format!(
                     "file '{}' is not a clean relative path",
@@ -935,7 +972,45 @@ pub fn job_mount_files(spec: &JobSpec) -> Result<Vec<MountFile<'_>>, SwarmError>
             )));
         }
     }
+    // A writable mount is a tmpfs of its own: nothing else may land in it,
+    // contain it, or be it.
+    let writable = writable_targets(spec);
+    let read_only_targets = spec
+        .mounts
+        .iter()
+        .filter(|m| m.read_only)
+        .map(|m| m.target.trim_end_matches('/'));
+    let others: Vec<&str> = sorted.iter().copied().chain(read_only_targets).collect();
+    for (i, w) in writable.iter().enumerate() {
+        let nested = |a: &str, b: &str| {
+            a == b
+                || a.strip_prefix(b).is_some_and(|r| r.starts_with('/'))
+                || b.strip_prefix(a).is_some_and(|r| r.starts_with('/'))
+        };
+        let clash = others
+            .iter()
+            .filter(|o| !o.starts_with(SEED_ROOT))
+            .chain(writable[..i].iter())
+            .find(|o| nested(w, o));
+        if let Some(other) = clash {
+            return Err(SwarmError::Spec(format!(
+                "writable mount '{}' overlaps '{}'",
+                w.escape_debug(),
+                other.escape_debug()
+            )));
+        }
+    }
     Ok(files)
+}
+
+/// The targets of a job's writable mounts, in spec order (without a
+/// trailing `/`): the mounts the shim fills, runs over and prints back.
+pub fn writable_targets(spec: &JobSpec) -> Vec<&str> {
+    spec.mounts
+        .iter()
+        .filter(|m| !m.read_only)
+        .map(|m| m.target.trim_end_matches('/'))
+        .collect()
 }
 
 /// The config carrying one mounted file, labelled so that it is found by
@@ -1049,12 +1124,64 @@ fn config_mounts(
         .collect()
 }
 
+/// The shim's arguments: the job id as its output token, each writable
+/// mount as `n=target`, then the image's entrypoint and the command.
+fn shim_args(spec: &JobSpec, writable: &[&str], entrypoint: &[String]) -> Vec<String> {
+    let mut args = vec![
+        "run".to_string(),
+        "--token".to_string(),
+        spec.id.clone(),
+        "--seed-root".to_string(),
+        SEED_ROOT.to_string(),
+    ];
+    for (n, target) in writable.iter().enumerate() {
+        args.push("--mount".to_string());
+        args.push(format!("{n}={target}"));
+    }
+    args.push("--".to_string());
+    args.extend(entrypoint.iter().cloned());
+    args.extend(spec.command.iter().cloned());
+    args
+}
+
+/// A tmpfs per writable mount (writable by any user, since the job may run
+/// as one; sticky like /tmp), and the shim, bind-mounted read-only from the
+/// node.
+fn writable_mounts(writable: &[&str], shim: Option<&JobShim>) -> Vec<Mount> {
+    let (Some(shim), false) = (shim, writable.is_empty()) else {
+        return Vec::new();
+    };
+    let mut mounts: Vec<Mount> = writable
+        .iter()
+        .map(|target| Mount {
+            target: Some((*target).to_string()),
+            typ: Some(MountType::TMPFS),
+            read_only: Some(false),
+            tmpfs_options: Some(MountTmpfsOptions {
+                size_bytes: Some(WRITABLE_MOUNT_BYTES),
+                mode: Some(0o1777),
+                ..Default::default()
+            }),
+            ..Default::default()
+        })
+        .collect();
+    mounts.push(Mount {
+        target: Some(SHIM_TARGET.to_string()),
+        source: Some(shim.host_path.clone()),
+        typ: Some(MountType::BIND),
+        read_only: Some(true),
+        ..Default::default()
+    });
+    mounts
+}
+
 /// The replicated-job service of one evaluation job. Its mounted files are
 /// the configs named by [`job_mount_files`], whose engine ids `config_ids`
 /// maps from their names (every file needs one).
 pub fn job_service(
     spec: &JobSpec,
     config_ids: &HashMap<String, String>,
+    shim: Option<&JobShim>,
 ) -> Result<ServiceSpec, SwarmError> {
     let name = job_service_name(&spec.id)?;
     let files = job_mount_files(spec)?;
@@ -1062,6 +1189,21 @@ pub fn job_service(
     if spec.command.is_empty() {
         return Err(SwarmError::Spec("a job needs a command".to_string()));
     }
+    let writable = writable_targets(spec);
+    let (command, args) = match (writable.is_empty(), shim) {
+        (true, _) => (None, spec.command.clone()),
+        (false, None) => {
+            return Err(SwarmError::Spec(
+                "writable mounts need the job shim on the worker nodes, and none is configured \
+                 (BASE_SWARM_JOB_SHIM is empty; see docs/workers.md)"
+                    .to_string(),
+            ));
+        }
+        (false, Some(shim)) => (
+            Some(vec![SHIM_TARGET.to_string()]),
+            shim_args(spec, &writable, &shim.entrypoint),
+        ),
+    };
     let limits = &spec.limits;
     let mut labels: HashMap<String, String> = HashMap::new();
     for (k, v) in &spec.labels {
@@ -1117,7 +1259,10 @@ pub fn job_service(
         labels: Some(labels.clone()),
         // `args` (the image's CMD), not `command` (its ENTRYPOINT): the
         // broker's `command` has `docker run IMAGE COMMAND` semantics.
-        args: Some(spec.command.clone()),
+        // Under the shim, the shim is the entrypoint and runs the image's
+        // own entrypoint with the command after it.
+        command,
+        args: Some(args),
         env: (!env.is_empty()).then_some(env),
         dir: spec.workdir.clone(),
         user: limits.user.clone(),
@@ -1140,16 +1285,14 @@ pub fn job_service(
             ..Default::default()
         }),
         configs: (!configs.is_empty()).then_some(configs),
-        mounts: if limits.tmpfs.is_empty() {
-            None
-        } else {
-            Some(
-                limits
-                    .tmpfs
-                    .iter()
-                    .map(|t| tmpfs_mount(t))
-                    .collect::<Result<_, _>>()?,
-            )
+        mounts: {
+            let mut mounts: Vec<Mount> = limits
+                .tmpfs
+                .iter()
+                .map(|t| tmpfs_mount(t))
+                .collect::<Result<_, _>>()?;
+            mounts.extend(writable_mounts(&writable, shim));
+            (!mounts.is_empty()).then_some(mounts)
         },
         ..Default::default()
     };
@@ -1607,7 +1750,7 @@ mod tests {
 
     #[test]
     fn job_service_snapshot_cpu() {
-        let s = job_service(&job(), &HashMap::new()).unwrap();
+        let s = job_service(&job(), &HashMap::new(), None).unwrap();
         assert_snapshot("job_cpu.json", serde_json::to_value(&s).unwrap());
     }
 
@@ -1616,7 +1759,7 @@ mod tests {
         let mut j = job();
         j.limits.gpus = Some(2);
         j.limits.network = JobNetwork::Default;
-        let v = serde_json::to_value(job_service(&j, &HashMap::new()).unwrap()).unwrap();
+        let v = serde_json::to_value(job_service(&j, &HashMap::new(), None).unwrap()).unwrap();
         assert_eq!(
             v["TaskTemplate"]["Placement"]["Constraints"],
             json!(["node.labels.base.workload==gpu"])
@@ -1628,14 +1771,14 @@ mod tests {
         assert!(v["TaskTemplate"].get("Networks").is_none());
 
         j.limits.network = JobNetwork::Named("base_eval_net".into());
-        let v = serde_json::to_value(job_service(&j, &HashMap::new()).unwrap()).unwrap();
+        let v = serde_json::to_value(job_service(&j, &HashMap::new(), None).unwrap()).unwrap();
         assert_eq!(
             v["TaskTemplate"]["Networks"],
             json!([{"Target": "base_eval_net"}])
         );
         for bad in ["base_challenges", "host", "bridge"] {
             j.limits.network = JobNetwork::Named(bad.into());
-            assert!(job_service(&j, &HashMap::new()).is_err(), "{bad}");
+            assert!(job_service(&j, &HashMap::new(), None).is_err(), "{bad}");
         }
     }
 
@@ -1667,7 +1810,7 @@ mod tests {
         for (i, change) in cases.iter().enumerate() {
             let mut j = job();
             change(&mut j);
-            assert!(job_service(&j, &HashMap::new()).is_err(), "case {i}");
+            assert!(job_service(&j, &HashMap::new(), None).is_err(), "case {i}");
         }
     }
 
@@ -1714,7 +1857,7 @@ mod tests {
 
     #[test]
     fn job_states_from_tasks() {
-        let labels = job_service(&job(), &HashMap::new())
+        let labels = job_service(&job(), &HashMap::new(), None)
             .unwrap()
             .labels
             .unwrap();
@@ -1873,7 +2016,7 @@ mod tests {
         let j = job_with_mounts();
         let files = job_mount_files(&j).unwrap();
         let configs: Vec<ConfigSpec> = files.iter().map(|f| job_config_spec(&j, f)).collect();
-        let service = job_service(&j, &ids_for(&files)).unwrap();
+        let service = job_service(&j, &ids_for(&files), None).unwrap();
         assert_snapshot(
             "job_mounts.json",
             json!({"configs": configs, "service": service}),
@@ -1921,7 +2064,7 @@ mod tests {
             .unwrap();
         assert_eq!(template, EMPTY_FILE_TEMPLATE.as_bytes());
 
-        let service = job_service(&j, &ids_for(&files)).unwrap();
+        let service = job_service(&j, &ids_for(&files), None).unwrap();
         let configs = service
             .task_template
             .unwrap()
@@ -1943,10 +2086,10 @@ mod tests {
         // Every file needs its created config.
         let mut missing = ids_for(&files);
         missing.remove("base-job-j-0001-3");
-        let e = job_service(&j, &missing).unwrap_err().to_string();
+        let e = job_service(&j, &missing, None).unwrap_err().to_string();
         assert!(e.contains("base-job-j-0001-3"), "{e}");
         // No mounts, no configs.
-        let plain = job_service(&job(), &HashMap::new()).unwrap();
+        let plain = job_service(&job(), &HashMap::new(), None).unwrap();
         assert!(
             plain
                 .task_template
@@ -2017,7 +2160,7 @@ mod tests {
             let e = job_mount_files(&j).unwrap_err().to_string();
             assert!(e.contains(want), "case {i}: {e}");
             // job_service refuses the same, before any config exists.
-            assert!(job_service(&j, &HashMap::new()).is_err(), "case {i}");
+            assert!(job_service(&j, &HashMap::new(), None).is_err(), "case {i}");
         }
         let mut j = job();
         j.mounts = vec![mount("/in", &[("cap.bin", &at_cap)])];
@@ -2268,7 +2411,7 @@ mod tests {
 
     #[test]
     fn a_stopped_job_spec_asks_for_nothing_and_keeps_the_rest() {
-        let mut spec = job_service(&job(), &HashMap::new()).unwrap();
+        let mut spec = job_service(&job(), &HashMap::new(), None).unwrap();
         spec.update_config = Some(ServiceSpecUpdateConfig {
             parallelism: Some(1),
             ..Default::default()

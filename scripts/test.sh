@@ -89,6 +89,9 @@ setup_swarm() {
   fi
   log "building the example challenge image"
   scripts/build-example-image.sh >/dev/null
+  log "building the static job shim (writable mounts)"
+  BASE_TEST_JOB_SHIM="$(scripts/build-shim.sh)"
+  export BASE_TEST_JOB_SHIM
 }
 
 if [ "${BASE_TEST_SKIP_SWARM:-}" = "1" ]; then

@@ -1092,3 +1092,127 @@ async fn orphaned_mount_configs_are_pruned_and_nothing_else() {
     o.remove_job("swt-prune-live").await.unwrap();
     assert!(job_configs("swt-prune-live").is_empty());
 }
+
+/// The files of a gzip tar, directories left out.
+fn untar(archive: &[u8]) -> BTreeMap<String, String> {
+    use std::io::Read;
+    let mut tar = tar::Archive::new(flate2::read::GzDecoder::new(archive));
+    let mut files = BTreeMap::new();
+    for entry in tar.entries().unwrap() {
+        let mut entry = entry.unwrap();
+        if entry.header().entry_type().is_dir() {
+            continue;
+        }
+        let path = entry.path().unwrap().to_string_lossy().into_owned();
+        let mut text = String::new();
+        entry.read_to_string(&mut text).unwrap();
+        files.insert(path, text);
+    }
+    files
+}
+
+/// The static shim scripts/test.sh builds (scripts/build-shim.sh) and
+/// bind-mounts from this node, as workers do from their install path.
+fn test_shim() -> String {
+    std::env::var("BASE_TEST_JOB_SHIM").expect(
+        "BASE_TEST_JOB_SHIM must name the static job shim (scripts/build-shim.sh; scripts/test.sh sets it)",
+    )
+}
+
+#[tokio::test]
+#[ignore = "needs docker swarm and the static job shim"]
+async fn writable_mounts_are_seeded_run_under_the_shim_and_come_back() {
+    let _serial = SERIAL.lock().await;
+    let mut cleanup = Cleanup::new();
+    cleanup.services.push("base-job-swt-write".into());
+    cleanup.job_configs.push("swt-write".into());
+    let o = SwarmOrchestrator::connect()
+        .await
+        .unwrap()
+        .with_job_shim(Some(test_shim()));
+
+    let mut spec = job(
+        "swt-write",
+        &["append", "/work/notes.txt", "appended"],
+        None,
+    );
+    spec.mounts = vec![
+        JobMount {
+            target: "/work".into(),
+            read_only: false,
+            files: BTreeMap::from([
+                ("notes.txt".into(), b"seed\n".to_vec()),
+                ("sub/keep.txt".into(), b"kept\n".to_vec()),
+            ]),
+        },
+        JobMount {
+            target: "/in".into(),
+            read_only: true,
+            files: BTreeMap::from([("x".into(), b"read-only".to_vec())]),
+        },
+        JobMount {
+            target: "/out".into(),
+            read_only: false,
+            files: BTreeMap::new(),
+        },
+    ];
+    o.run_job(&spec).await.unwrap();
+    let done = o
+        .wait_job("swt-write", Duration::from_secs(120))
+        .await
+        .unwrap();
+    assert_eq!(
+        (done.state, done.exit_code),
+        (JobState::Succeeded, Some(0)),
+        "{done:?}"
+    );
+    // The job's own output, without the shim's lines.
+    let logs = o.job_logs("swt-write", 64_000).await.unwrap();
+    assert!(
+        logs.stdout.contains("append mode: wrote /work/notes.txt"),
+        "{logs:?}"
+    );
+    assert!(!logs.stdout.contains("BASE-OUT1"), "{logs:?}");
+
+    let outputs = o.job_outputs("swt-write", 2).await.unwrap();
+    assert_eq!(outputs.len(), 2);
+    let work = untar(outputs[0].as_ref().unwrap());
+    assert_eq!(
+        work,
+        BTreeMap::from([
+            ("notes.txt".to_string(), "seed\nappended\n".to_string()),
+            ("sub/keep.txt".to_string(), "kept\n".to_string()),
+        ])
+    );
+    assert!(untar(outputs[1].as_ref().unwrap()).is_empty());
+
+    // The shim is the entrypoint; the image's own entrypoint runs under it.
+    let (_, inspect, _) = docker_cli(&["service", "inspect", "base-job-swt-write"]);
+    let v: serde_json::Value = serde_json::from_str(&inspect).unwrap();
+    let c = &v[0]["Spec"]["TaskTemplate"]["ContainerSpec"];
+    assert_eq!(c["Command"], serde_json::json!(["/.base/shim"]));
+    let args: Vec<String> = serde_json::from_value(c["Args"].clone()).unwrap();
+    let dashdash = args.iter().position(|a| a == "--").unwrap();
+    assert_eq!(
+        args[dashdash + 1..],
+        [
+            "/usr/local/bin/quiz-challenge",
+            "append",
+            "/work/notes.txt",
+            "appended"
+        ]
+    );
+    o.remove_job("swt-write").await.unwrap();
+
+    // Without a shim, writable mounts are refused before anything exists.
+    let bare = SwarmOrchestrator::connect()
+        .await
+        .unwrap()
+        .with_job_shim(None);
+    let err = bare.run_job(&spec).await.unwrap_err().to_string();
+    assert!(err.contains("BASE_SWARM_JOB_SHIM"), "{err}");
+    assert!(matches!(
+        bare.job_status("swt-write").await,
+        Err(OrchestratorError::NotFound(_))
+    ));
+}

@@ -630,7 +630,7 @@ async fn writable_mounts_come_back_to_the_caller(store: Arc<dyn Store>) {
     req["mounts"] = json!([
         {"target": "/work", "read_only": false, "archive_b64": archive(&[("notes.txt", b"seed\n")])},
         {"target": "/in", "archive_b64": archive(&[("x", b"read-only")])},
-        {"target": "/out/", "read_only": false},
+        {"target": "/out/", "read_only": false, "archive_b64": ""},
     ]);
     let (status, body) = h.call("POST", "/v1/docker/run", Some(req)).await;
     assert_eq!(status, StatusCode::OK, "{body}");
@@ -693,7 +693,7 @@ async fn writable_mounts_come_back_to_the_caller(store: Arc<dyn Store>) {
 
     // A job that is stopped does not return its mounts, and says so.
     let mut req = run_request("c", &["sleep", "30"]);
-    req["mounts"] = json!([{"target": "/out", "read_only": false}]);
+    req["mounts"] = json!([{"target": "/out", "read_only": false, "archive_b64": ""}]);
     let (status, job) = h.call("POST", "/v1/jobs", Some(req)).await;
     assert_eq!(status, StatusCode::ACCEPTED, "{job}");
     let id = job["id"].as_str().unwrap().to_string();

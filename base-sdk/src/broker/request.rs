@@ -237,9 +237,8 @@ pub struct MountRequest {
     #[serde(default = "default_source_name")]
     pub source_name: String,
     /// Base64 of a gzip tar (checked by the archive module, not here).
-    /// May be empty or absent for a writable mount, which then starts as
-    /// an empty directory.
-    #[serde(default)]
+    /// Required, as in the Python platform; a writable mount may give `""`
+    /// and then starts as an empty directory.
     pub archive_b64: String,
 }
 
@@ -1706,10 +1705,25 @@ mod tests {
             stderr: "err".into(),
             returncode: TIMEOUT_RETURNCODE,
             timed_out: true,
+            outputs: Vec::new(),
         };
+        // Without writable mounts: exactly the Python platform's shape.
         assert_eq!(
             serde_json::to_value(&run).unwrap(),
             json!({"container_name":"base-job-abc","stdout":"out","stderr":"err","returncode":124,"timed_out":true})
+        );
+        // With them, one extra key.
+        let with_outputs = BrokerRunResponse {
+            outputs: vec![crate::model::JobOutput {
+                target: "/out".into(),
+                archive_b64: None,
+                error: Some("why".into()),
+            }],
+            ..run.clone()
+        };
+        assert_eq!(
+            serde_json::to_value(&with_outputs).unwrap()["outputs"],
+            json!([{"target":"/out","error":"why"}])
         );
         let min: BrokerRunResponse =
             serde_json::from_value(json!({"container_name":"c","returncode":0})).unwrap();

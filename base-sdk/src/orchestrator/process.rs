@@ -2589,7 +2589,8 @@ echo short >&2"#;
         let mut spec = sh(
             "j-mounts",
             r#"pwd; cat task.json; cat sub/deep.txt; cat ../answers/key.txt
-if echo x 2>/dev/null > task.json; then echo writable; else echo read-only; fi"#,
+if echo x 2>/dev/null > task.json; then echo writable; else echo read-only; fi
+echo made > ../answers/made.txt"#,
         );
         spec.workdir = Some("input".to_string());
         spec.mounts = vec![
@@ -2602,9 +2603,9 @@ if echo x 2>/dev/null > task.json; then echo writable; else echo read-only; fi"#
                 ]),
             },
             JobMount {
-                target: "answers/key.txt".to_string(),
+                target: "answers".to_string(),
                 read_only: false,
-                files: BTreeMap::from([(String::new(), b"42\n".to_vec())]),
+                files: BTreeMap::from([("key.txt".to_string(), b"42\n".to_vec())]),
             },
         ];
         o.run_job(&spec).await.unwrap();
@@ -2622,6 +2623,18 @@ if echo x 2>/dev/null > task.json; then echo writable; else echo read-only; fi"#
         }
         assert_eq!(mode(&work.join("input/task.json")), 0o444);
         assert_eq!(mode(&work.join("answers/key.txt")) & 0o200, 0o200);
+        // The writable mount comes back with what the job left there.
+        let outputs = o.job_outputs("j-mounts", 1).await.unwrap();
+        let archive = outputs[0].as_ref().unwrap();
+        let mut tar = tar::Archive::new(flate2::read::GzDecoder::new(archive.as_slice()));
+        let mut names: Vec<String> = tar
+            .entries()
+            .unwrap()
+            .map(|e| e.unwrap().path().unwrap().display().to_string())
+            .collect();
+        names.sort();
+        assert_eq!(names, ["key.txt", "made.txt"]);
+        assert!(o.job_outputs("j-mounts", 2).await.is_err());
         // Read-only files do not stop the directory from being removed.
         o.remove_job("j-mounts").await.unwrap();
         assert!(!o.data_dir().join("jobs/j-mounts").exists());

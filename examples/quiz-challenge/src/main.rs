@@ -16,6 +16,9 @@
 //!   and exits with `<code>`: a job with a known outcome.
 //! - `quiz-challenge cat <path>…` copies files to stdout (exit 1 naming the
 //!   path when one cannot be read): how a test sees what a job's mounts hold.
+//! - `quiz-challenge append <path> <text>` appends `<text>` and a newline to
+//!   a file, creating it and its directories: how a test writes into a
+//!   job's writable mount.
 
 use std::io::IsTerminal;
 use std::time::Duration;
@@ -30,6 +33,7 @@ async fn main() -> anyhow::Result<()> {
         Some("probe") => probe_mode(&args[1..]).await,
         Some("sleep") => sleep_mode(&args[1..]).await,
         Some("cat") => cat_mode(&args[1..]),
+        Some("append") => append_mode(&args[1..]),
         _ => serve().await,
     }
 }
@@ -78,6 +82,25 @@ fn cat_mode(paths: &[String]) -> anyhow::Result<()> {
     }
     out.flush()?;
     std::process::exit(i32::from(failed));
+}
+
+/// `append <path> <text>`: appends a line to a file (creating it).
+fn append_mode(args: &[String]) -> anyhow::Result<()> {
+    use std::io::Write;
+    let [path, text] = args else {
+        anyhow::bail!("usage: quiz-challenge append <path> <text>");
+    };
+    let path = std::path::Path::new(path);
+    if let Some(dir) = path.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let mut file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(path)?;
+    writeln!(file, "{text}")?;
+    println!("append mode: wrote {}", path.display());
+    Ok(())
 }
 
 /// `probe <base-url> <slug> <version> <token-file>`: readiness plus one

@@ -874,9 +874,7 @@ pub fn job_mount_files(spec: &JobSpec) -> Result<Vec<MountFile<'_>>, SwarmError>
                     .to_string(),
             ));
         }
-        if target == SHIM_TARGET.rsplit_once('/').map_or("", |(dir, _)| dir)
-            || target.starts_with("/.base/")
-        {
+        if target == "/.base" || target.starts_with("/.base/") {
             return Err(bad("/.base is reserved for the platform".to_string()));
         }
         // A writable mount's files are seeds the shim copies into the
@@ -2102,6 +2100,90 @@ mod tests {
     }
 
     #[test]
+    fn writable_mounts_run_under_the_shim_with_seeds_and_a_tmpfs() {
+        let mut j = job();
+        j.mounts = vec![
+            JobMount {
+                read_only: false,
+                ..mount("/work/", &[("notes.txt", b"seed"), ("sub/a", b"")])
+            },
+            mount("/in", &[("x", b"ro")]),
+            JobMount {
+                read_only: false,
+                ..mount("/out", &[])
+            },
+        ];
+        let files = job_mount_files(&j).unwrap();
+        let targets: Vec<&str> = files.iter().map(|f| f.target.as_str()).collect();
+        assert_eq!(
+            targets,
+            ["/.base/seed/0/notes.txt", "/.base/seed/0/sub/a", "/in/x"]
+        );
+        let shim = JobShim {
+            host_path: "/opt/base/base-shim".into(),
+            entrypoint: vec!["/bin/entry".into(), "--flag".into()],
+        };
+        let service = job_service(&j, &ids_for(&files), Some(&shim)).unwrap();
+        let c = service
+            .task_template
+            .and_then(|t| t.container_spec)
+            .unwrap();
+        assert_eq!(c.command, Some(vec![SHIM_TARGET.to_string()]));
+        let mut want: Vec<String> = [
+            "run",
+            "--token",
+            &j.id,
+            "--seed-root",
+            SEED_ROOT,
+            "--mount",
+            "0=/work",
+            "--mount",
+            "1=/out",
+            "--",
+            "/bin/entry",
+            "--flag",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        want.extend(j.command.iter().cloned());
+        assert_eq!(c.args, Some(want));
+        let mounts = c.mounts.unwrap();
+        let tmpfs: Vec<(&str, Option<i64>, Option<i64>)> = mounts
+            .iter()
+            .filter(|m| m.typ == Some(MountType::TMPFS))
+            .map(|m| {
+                let o = m.tmpfs_options.as_ref().unwrap();
+                (m.target.as_deref().unwrap(), o.size_bytes, o.mode)
+            })
+            .collect();
+        assert!(tmpfs.contains(&("/work", Some(WRITABLE_MOUNT_BYTES), Some(0o1777))));
+        assert!(tmpfs.contains(&("/out", Some(WRITABLE_MOUNT_BYTES), Some(0o1777))));
+        let bind = mounts
+            .iter()
+            .find(|m| m.typ == Some(MountType::BIND))
+            .unwrap();
+        assert_eq!(
+            (
+                bind.source.as_deref(),
+                bind.target.as_deref(),
+                bind.read_only
+            ),
+            (Some("/opt/base/base-shim"), Some(SHIM_TARGET), Some(true))
+        );
+        // No shim configured: refused, naming the setting.
+        let err = job_service(&j, &ids_for(&files), None)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("BASE_SWARM_JOB_SHIM"), "{err}");
+        // Read-only jobs never see the shim.
+        let plain = job_service(&job(), &HashMap::new(), Some(&shim)).unwrap();
+        let c = plain.task_template.and_then(|t| t.container_spec).unwrap();
+        assert_eq!(c.command, None);
+        assert_eq!(c.args, Some(job().command));
+    }
+
+    #[test]
     fn mount_refusals_name_the_mount_and_the_limit() {
         let big = vec![7u8; MAX_MOUNT_FILE_BYTES + 1];
         let at_cap = vec![7u8; MAX_MOUNT_FILE_BYTES];
@@ -2109,9 +2191,46 @@ mod tests {
             (
                 vec![JobMount {
                     read_only: false,
-                    ..mount("/out", &[("a", b"x")])
+                    ..mount("/out", &[("", b"x")])
                 }],
-                "writable mounts are not supported",
+                "a writable mount must be a directory",
+            ),
+            (
+                vec![
+                    JobMount {
+                        read_only: false,
+                        ..mount("/work", &[])
+                    },
+                    mount("/work/in", &[("a", b"x")]),
+                ],
+                "writable mount '/work' overlaps '/work/in",
+            ),
+            (
+                vec![
+                    mount("/etc/a.json", &[("", b"x")]),
+                    JobMount {
+                        read_only: false,
+                        ..mount("/etc", &[])
+                    },
+                ],
+                "writable mount '/etc' overlaps '/etc/a.json'",
+            ),
+            (
+                vec![
+                    JobMount {
+                        read_only: false,
+                        ..mount("/w", &[])
+                    },
+                    JobMount {
+                        read_only: false,
+                        ..mount("/w/sub", &[])
+                    },
+                ],
+                "writable mount '/w/sub' overlaps '/w'",
+            ),
+            (
+                vec![mount("/.base/seed/0/x", &[("", b"x")])],
+                "/.base is reserved",
             ),
             (vec![mount("/in", &[])], "no files"),
             (vec![mount("in", &[("a", b"x")])], "clean absolute path"),

@@ -940,20 +940,14 @@ async fn a_job_reads_its_mounted_files_and_leaves_no_config_behind() {
     );
     o.remove_job("swt-mount").await.unwrap();
 
-    // Refused before anything exists: a writable mount, and a file over
-    // Docker's config limit.
+    // Refused before anything exists: a file over Docker's config limit
+    // (writable mounts: see the shim test below).
     let mut rw = job("swt-mount-rw", &["cat", "/out/x"], None);
     rw.mounts = vec![JobMount {
         target: "/out".into(),
-        read_only: false,
+        read_only: true,
         files: BTreeMap::from([("x".to_string(), b"x".to_vec())]),
     }];
-    let e = o.run_job(&rw).await.unwrap_err();
-    assert!(
-        matches!(&e, OrchestratorError::InvalidSpec(m) if m.contains("writable mounts are not supported")),
-        "{e}"
-    );
-    rw.mounts[0].read_only = true;
     rw.mounts[0].files.insert("huge".into(), vec![0u8; 512_000]);
     let e = o.run_job(&rw).await.unwrap_err();
     assert!(
@@ -1203,6 +1197,30 @@ async fn writable_mounts_are_seeded_run_under_the_shim_and_come_back() {
         ]
     );
     o.remove_job("swt-write").await.unwrap();
+
+    // A node without the shim at the configured path fails the job at
+    // start, naming the path.
+    cleanup.services.push("base-job-swt-noshim".into());
+    cleanup.job_configs.push("swt-noshim".into());
+    let missing = SwarmOrchestrator::connect()
+        .await
+        .unwrap()
+        .with_job_shim(Some("/nonexistent/base/base-shim".into()));
+    let mut lost = spec.clone();
+    lost.id = "swt-noshim".into();
+    missing.run_job(&lost).await.unwrap();
+    let done = missing
+        .wait_job("swt-noshim", Duration::from_secs(60))
+        .await
+        .unwrap();
+    assert_eq!(done.state, JobState::Failed, "{done:?}");
+    assert!(
+        done.message
+            .as_deref()
+            .is_some_and(|m| m.contains("/nonexistent/base/base-shim")),
+        "{done:?}"
+    );
+    missing.remove_job("swt-noshim").await.unwrap();
 
     // Without a shim, writable mounts are refused before anything exists.
     let bare = SwarmOrchestrator::connect()

@@ -89,6 +89,14 @@ fn start_broker(dir: &Path, db: &str, port: u16, run: u32) -> Child {
         // whose GPU worker is gone.
         .env("BASE_BROKER_GPU_CAPACITY", "1")
         .env("BASE_BROKER_START_GRACE_SECONDS", "3")
+        // The static shim scripts/test.sh builds, standing in for a
+        // worker's installed copy.
+        .env(
+            "BASE_SWARM_JOB_SHIM",
+            std::env::var("BASE_TEST_JOB_SHIM").expect(
+                "BASE_TEST_JOB_SHIM must name the static job shim (scripts/test.sh sets it)",
+            ),
+        )
         .stdin(Stdio::null())
         .stdout(log.try_clone().unwrap())
         .stderr(log)
@@ -231,6 +239,29 @@ async fn kill_9_mid_job_leaks_nothing_after_restart() {
         (run.returncode, run.stdout.as_str()),
         (0, "payload\ntask\n"),
         "{run:?}"
+    );
+
+    // A writable mount is seeded, changed by the job and comes back in the
+    // synchronous answer, through the real base-server and the shim.
+    let mut writable = request(
+        "writable",
+        &["append", "/work/out/log.txt", "second"],
+        60,
+        None,
+    );
+    writable.mounts = serde_json::from_value(json!([
+        {"target": "/work/out", "read_only": false,
+         "archive_b64": archive(&[("log.txt", b"first\n")])},
+    ]))
+    .unwrap();
+    let run = client.run(&writable).await.unwrap();
+    assert_eq!(run.returncode, 0, "{run:?}");
+    assert!(!run.stdout.contains("BASE-OUT1"), "{run:?}");
+    assert_eq!(run.outputs.len(), 1, "{run:?}");
+    let files = base_sdk::broker::client::output_files(&run.outputs[0]).unwrap();
+    assert_eq!(
+        files.get("log.txt").map(Vec::as_slice),
+        Some(&b"first\nsecond\n"[..])
     );
 
     let finishing = [

@@ -119,25 +119,41 @@ pub fn check(raw: &str) -> Result<ForwardPath, PathError> {
     }
     // Look through further encodings too: a segment that still holds an
     // escape after one round is what an upstream that decodes again sees.
-    if once.contains('%') {
-        let mut text = once.clone();
-        for _ in 1..MAX_DECODE_ROUNDS {
-            // Stop at the first round that fails or changes nothing: what
-            // does not decode cleanly is not a path anyone acts on.
-            let Ok(next) = decode_once(&text) else { break };
-            if next == text {
-                break;
-            }
-            if is_private(&normalize(&next).0) {
-                return Err(PathError::Private);
-            }
-            text = next;
-        }
+    // Both the miner's once-decoded text and the normalized path the
+    // upstream actually receives are looked through: normalizing can join
+    // pieces that no longer decode on their own (`%25/%2e%2e/%252e` becomes
+    // `%2e`, which decodes to `.`), and the forwarded path must pass this
+    // same check again.
+    if once.contains('%')
+        && (decodes_to_private(&once) || decodes_to_private(&format!("/{}", segments.join("/"))))
+    {
+        return Err(PathError::Private);
     }
     Ok(ForwardPath {
         segments,
         trailing_slash,
     })
+}
+
+/// Whether decoding `text` again (up to [`MAX_DECODE_ROUNDS`] in all)
+/// reaches a private route. Stops at the first round that fails or
+/// changes nothing: what does not decode cleanly is not a path anyone acts
+/// on.
+fn decodes_to_private(text: &str) -> bool {
+    let mut text = text.to_string();
+    for _ in 1..MAX_DECODE_ROUNDS {
+        let Ok(next) = decode_once(&text) else {
+            return false;
+        };
+        if next == text {
+            return false;
+        }
+        if is_private(&normalize(&next).0) {
+            return true;
+        }
+        text = next;
+    }
+    false
 }
 
 /// One round of percent-decoding, refusing malformed escapes, non-UTF-8
@@ -246,6 +262,9 @@ mod tests {
         "/a/%252e%252e/health",
         "/a%252f..%252fhealth",
         "/%25252e%25252e/health",
+        // Normalizing joins what decodes to `.` only afterwards (found by
+        // the fixed-point property).
+        "/health/%25/%2e%2e/%252e",
         "/health;jsessionid=1",
         "/health.",
         "/health%20",

@@ -1,6 +1,7 @@
 //! Runnable example of `base_sdk::broker::submit_job`: what an integrator
 //! (or a challenge) does to run an evaluation job through the broker and
-//! get its output back.
+//! get its output back — logs, exit code, and the files it left in a
+//! writable mount.
 //!
 //! Against `base-server dev` (which writes the quiz challenge's broker token
 //! to `.base/quiz.broker-token` and runs jobs as local processes):
@@ -19,7 +20,7 @@
 use std::time::Duration;
 
 use anyhow::Context;
-use base_sdk::broker::client::BrokerClient;
+use base_sdk::broker::client::{BrokerClient, output_files};
 use base_sdk::broker::request::BrokerRunRequest;
 use base_sdk::broker::submit_job;
 use futures::StreamExt;
@@ -95,5 +96,30 @@ async fn main() -> anyhow::Result<()> {
         "sync run: returncode {} stdout {:?}",
         sync.returncode, sync.stdout
     );
+
+    // 5. A writable mount comes back: the job writes into it, the answer
+    //    carries its contents as a gzip tar (checked like an input). Under
+    //    `dev` mounts land under the job's working directory (`out/`); on
+    //    Swarm the same mount is at `/out`.
+    let mut with_output = job(
+        "example-5",
+        &image,
+        "cd out 2>/dev/null || cd /out; echo 42 > answer.txt",
+        60,
+    )?;
+    with_output.mounts = serde_json::from_value(serde_json::json!([
+        {"target": "/out", "read_only": false, "archive_b64": ""}
+    ]))?;
+    let done = client.run(&with_output).await?;
+    for output in &done.outputs {
+        let files = output_files(output)?;
+        for (path, contents) in files {
+            println!(
+                "{} came back with {path}: {:?}",
+                output.target,
+                String::from_utf8_lossy(&contents)
+            );
+        }
+    }
     Ok(())
 }

@@ -9,6 +9,13 @@
 //! ```text
 //! cargo run --release --example swarm_mount_cost -- [rounds=5]
 //! ```
+//!
+//! With `BASE_JOB_SHIM` naming the static job shim (scripts/build-shim.sh),
+//! it also measures writable mounts coming back: jobs whose mount at
+//! `/work` is seeded with 0, 1 and 4 MiB of incompressible data, run to
+//! completion with the mount read-only and then writable, timing the whole
+//! run (create → ended) and `job_outputs` (reading the mount back through
+//! the job's log).
 
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
@@ -60,6 +67,78 @@ fn job(id: &str, files: usize) -> anyhow::Result<JobSpec> {
     })
 }
 
+/// `n` bytes nobody can compress (xorshift64; only the size matters).
+fn noise(n: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed | 1;
+    (0..n)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
+/// Seeds `/work` with `bytes` of noise in files of 500,000 bytes.
+fn seeded(id: &str, bytes: usize, writable: bool) -> anyhow::Result<JobSpec> {
+    let mut spec = job(id, 0)?;
+    spec.command = vec!["append".into(), "/work/done.txt".into(), "ok".into()];
+    let files = (0..bytes.div_ceil(500_000))
+        .map(|i| {
+            let size = (bytes - i * 500_000).min(500_000);
+            (format!("seed-{i}.bin"), noise(size, i as u64 + 7))
+        })
+        .collect();
+    spec.mounts = vec![JobMount {
+        target: "/work".into(),
+        read_only: !writable,
+        files,
+    }];
+    Ok(spec)
+}
+
+/// Medians of (run → ended, job_outputs) for writable mounts, against the
+/// same job with the mount read-only (where `append` fails, so only the
+/// run counts).
+async fn writable_cost(shim: String, rounds: usize) -> anyhow::Result<()> {
+    let o = SwarmOrchestrator::connect()
+        .await?
+        .with_job_shim(Some(shim));
+    for mib in [0usize, 1, 4] {
+        for writable in [false, true] {
+            // A read-only mount needs a file (a config cannot make an
+            // empty directory).
+            if mib == 0 && !writable {
+                continue;
+            }
+            let (mut whole, mut read_back) = (Vec::new(), Vec::new());
+            let mut out_bytes = 0;
+            for round in 0..rounds {
+                let id = format!("bench-out-{mib}-{writable}-{round}");
+                let spec = seeded(&id, mib << 20, writable)?;
+                let t = Instant::now();
+                o.run_job(&spec).await?;
+                o.wait_job(&id, Duration::from_secs(120)).await?;
+                whole.push(t.elapsed());
+                if writable {
+                    let t = Instant::now();
+                    let outputs = o.job_outputs(&id, 1).await?;
+                    read_back.push(t.elapsed());
+                    out_bytes = outputs[0].as_ref().map_or(0, Vec::len);
+                }
+                o.remove_job(&id).await?;
+            }
+            println!(
+                "{{\"seed_mib\": {mib}, \"writable\": {writable}, \"rounds\": {rounds}, \"run_to_end_ms_median\": {:.1}, \"job_outputs_ms_median\": {:.1}, \"output_bytes\": {out_bytes}}}",
+                median(whole),
+                median(read_back)
+            );
+        }
+    }
+    Ok(())
+}
+
 fn median(mut v: Vec<Duration>) -> f64 {
     v.sort();
     v.get(v.len() / 2)
@@ -92,6 +171,9 @@ async fn main() -> anyhow::Result<()> {
             median(create),
             median(remove)
         );
+    }
+    if let Ok(shim) = std::env::var("BASE_JOB_SHIM") {
+        writable_cost(shim, rounds).await?;
     }
     Ok(())
 }

@@ -172,7 +172,9 @@ impl Walk<'_> {
                     self.limits.max_members
                 )));
             }
-            if depth + 1 > self.limits.max_depth || child.len() > self.limits.max_path_len {
+            // As written in the archive: a directory's name ends in `/`.
+            let written = child.len() + usize::from(kind.is_dir());
+            if depth + 1 > self.limits.max_depth || written > self.limits.max_path_len {
                 return Err(PackError::Limit(format!(
                     "'{child}' is deeper than {} levels or longer than {} bytes",
                     self.limits.max_depth, self.limits.max_path_len

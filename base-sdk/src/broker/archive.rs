@@ -595,6 +595,21 @@ mod tests {
     use std::io::Write;
     use tar::{Builder, Header};
 
+    /// The shim packs outputs within the limits the broker then checks
+    /// them against: the two sets of constants must not drift apart.
+    #[test]
+    fn output_limits_are_the_input_limits() {
+        assert_eq!(base_shim::MAX_OUTPUT_MEMBERS, DEFAULT_MAX_MEMBERS);
+        assert_eq!(base_shim::MAX_OUTPUT_FILE_BYTES, DEFAULT_MAX_FILE_BYTES);
+        assert_eq!(base_shim::MAX_OUTPUT_TOTAL_BYTES, DEFAULT_MAX_TOTAL_BYTES);
+        assert_eq!(base_shim::MAX_OUTPUT_DEPTH, DEFAULT_MAX_DEPTH);
+        assert_eq!(base_shim::MAX_OUTPUT_PATH_LEN, DEFAULT_MAX_PATH_LEN);
+        // Base64 of the largest output still fits an input archive.
+        assert!(
+            base_shim::MAX_OUTPUT_COMPRESSED_BYTES.div_ceil(3) * 4 <= DEFAULT_MAX_ENCODED_BYTES
+        );
+    }
+
     fn gz(data: &[u8]) -> Vec<u8> {
         let mut encoder = GzEncoder::new(Vec::new(), Compression::default());
         encoder.write_all(data).unwrap();

@@ -187,6 +187,10 @@ pub struct Settings {
     /// (`BASE_BROKER_OUTPUT_RETENTION_HOURS`).
     #[serde(default = "default_output_retention")]
     pub broker_output_retention_hours: u64,
+    /// Days the records of finished jobs are kept
+    /// (`BASE_BROKER_JOB_RETENTION_DAYS`).
+    #[serde(default = "default_job_retention")]
+    pub broker_job_retention_days: u64,
     /// Where every worker node keeps the job shim `base-shim`, which jobs
     /// with writable mounts run under (`BASE_SWARM_JOB_SHIM`; empty
     /// refuses writable mounts). See docs/workers.md.
@@ -266,6 +270,9 @@ pub enum MetagraphKind {
 
 fn default_output_retention() -> u64 {
     24
+}
+fn default_job_retention() -> u64 {
+    14
 }
 fn default_job_shim() -> String {
     crate::orchestrator::swarm::DEFAULT_SHIM_HOST_PATH.into()

@@ -30,6 +30,7 @@ base_sdk::backend_tests!(
     snapshots_keep_the_newest,
     jobs_admission_quota_and_gpu_leases,
     job_outputs_belong_to_the_ending_and_are_purged,
+    finished_jobs_are_purged_after_retention,
 );
 
 fn challenge(slug: &str) -> Challenge {
@@ -598,4 +599,47 @@ async fn job_outputs_belong_to_the_ending_and_are_purged(store: Arc<dyn Store>) 
         2
     );
     assert!(store.job_outputs("o1").await.unwrap().is_empty());
+}
+
+async fn finished_jobs_are_purged_after_retention(store: Arc<dyn Store>) {
+    use base_sdk::model::JobOutput;
+    use base_sdk::orchestrator::JobState;
+    let t0 = model::now();
+    let long_ago = t0 - Duration::days(10);
+    for id in ["old", "new", "open"] {
+        store
+            .admit_job(&job(id, "aa", id, 0, long_ago), None, 0)
+            .await
+            .unwrap();
+    }
+    store
+        .put_job_outputs(
+            "old",
+            &[JobOutput {
+                target: "/out".into(),
+                archive_b64: None,
+                error: Some("x".into()),
+            }],
+            long_ago,
+        )
+        .await
+        .unwrap();
+    for (id, at) in [("old", long_ago), ("new", t0)] {
+        let mut done = job(id, "aa", id, 0, long_ago);
+        done.state = JobState::Failed;
+        done.exit_code = Some(1);
+        done.finished_at = Some(at);
+        store.update_job(&done).await.unwrap();
+    }
+    // Only the job that ended before the cutoff goes, with its outputs;
+    // an unfinished job stays however old it is.
+    assert_eq!(store.purge_jobs(t0 - Duration::days(1)).await.unwrap(), 1);
+    assert!(store.get_job("old").await.unwrap().is_none());
+    assert!(store.job_outputs("old").await.unwrap().is_empty());
+    assert!(store.get_job("new").await.unwrap().is_some());
+    assert_eq!(
+        store.get_job("open").await.unwrap().unwrap().state,
+        JobState::Queued
+    );
+    assert_eq!(store.purge_jobs(t0 - Duration::days(1)).await.unwrap(), 0);
 }

@@ -250,6 +250,9 @@ pub fn broker_config(settings: &Settings) -> BrokerConfig {
         output_retention: Duration::from_secs(
             settings.broker_output_retention_hours.saturating_mul(3600),
         ),
+        job_retention: Duration::from_secs(
+            settings.broker_job_retention_days.saturating_mul(86_400),
+        ),
         ..BrokerConfig::default()
     }
 }

@@ -13,3 +13,7 @@ CREATE TABLE job_outputs (
     CHECK ((archive_b64 IS NULL) <> (error IS NULL))
 );
 CREATE INDEX job_outputs_created_at ON job_outputs (created_at);
+
+-- Finished job records are deleted after the broker's retention
+-- (BASE_BROKER_JOB_RETENTION_DAYS); this serves that purge.
+CREATE INDEX jobs_finished_at ON jobs (finished_at);

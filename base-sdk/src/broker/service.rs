@@ -79,6 +79,12 @@ pub struct BrokerConfig {
     /// How long what came back from writable mounts is kept
     /// (`BASE_BROKER_OUTPUT_RETENTION_HOURS`); the reaper deletes older.
     pub output_retention: Duration,
+    /// How long the records of finished jobs (state, exit code, output
+    /// tails) are kept (`BASE_BROKER_JOB_RETENTION_DAYS`); the reaper
+    /// deletes older ones, so the table does not grow without bound.
+    pub job_retention: Duration,
+    /// How often the reaper runs those two purges.
+    pub purge_interval: Duration,
 }
 
 impl Default for BrokerConfig {
@@ -92,6 +98,8 @@ impl Default for BrokerConfig {
             reap_interval: Duration::from_secs(2),
             gpu_capacity: None,
             output_retention: Duration::from_secs(24 * 3600),
+            job_retention: Duration::from_secs(14 * 24 * 3600),
+            purge_interval: Duration::from_secs(60),
         }
     }
 }
@@ -138,6 +146,8 @@ struct Inner {
     done: Mutex<HashMap<String, watch::Sender<Option<JobRecord>>>>,
     /// Set by [`Broker::halt`]: every driver lets go of its job.
     halted: watch::Sender<bool>,
+    /// When the reaper last purged expired outputs and records.
+    last_purge: Mutex<Option<std::time::Instant>>,
 }
 
 impl std::fmt::Debug for Broker {
@@ -169,6 +179,7 @@ impl Broker {
                 finishing: Mutex::new(HashSet::new()),
                 done: Mutex::new(HashMap::new()),
                 halted: watch::Sender::new(false),
+                last_purge: Mutex::new(None),
             }),
         }
     }
@@ -685,16 +696,40 @@ impl Broker {
             Ok(n) => tracing::info!(objects = n, "reaper pruned what removed jobs left behind"),
             Err(e) => tracing::warn!(error = %e, "reaper could not prune job leftovers"),
         }
-        let retention =
-            TimeDelta::from_std(self.inner.config.output_retention).unwrap_or(TimeDelta::MAX);
-        if let Some(before) = now.checked_sub_signed(retention) {
-            match self.inner.store.purge_job_outputs(before).await {
+        self.purge_expired(now).await;
+        Ok(acted)
+    }
+
+    /// Deletes outputs and finished job records past their retention, at
+    /// most once per `purge_interval` (the reaper runs every few seconds).
+    async fn purge_expired(&self, now: DateTime<Utc>) {
+        {
+            let mut last = lock(&self.inner.last_purge);
+            if last.is_some_and(|t| t.elapsed() < self.inner.config.purge_interval) {
+                return;
+            }
+            *last = Some(std::time::Instant::now());
+        }
+        let cutoff = |keep: Duration| {
+            TimeDelta::from_std(keep)
+                .ok()
+                .and_then(|keep| now.checked_sub_signed(keep))
+        };
+        let store = &self.inner.store;
+        if let Some(before) = cutoff(self.inner.config.output_retention) {
+            match store.purge_job_outputs(before).await {
                 Ok(0) => {}
                 Ok(n) => tracing::info!(outputs = n, "reaper purged expired job outputs"),
                 Err(e) => tracing::warn!(error = %e, "reaper could not purge job outputs"),
             }
         }
-        Ok(acted)
+        if let Some(before) = cutoff(self.inner.config.job_retention) {
+            match store.purge_jobs(before).await {
+                Ok(0) => {}
+                Ok(n) => tracing::info!(jobs = n, "reaper purged expired job records"),
+                Err(e) => tracing::warn!(error = %e, "reaper could not purge job records"),
+            }
+        }
     }
 
     /// Runs [`Broker::reap_once`] every `reap_interval` until `shutdown`.

@@ -185,4 +185,8 @@ pub trait Store: Send + Sync {
 
     /// Deletes job outputs stored before `before`; returns how many.
     async fn purge_job_outputs(&self, before: DateTime<Utc>) -> Result<u64, StoreError>;
+
+    /// Deletes the records of jobs that ended before `before` (with their
+    /// outputs); unfinished jobs are never touched. Returns how many.
+    async fn purge_jobs(&self, before: DateTime<Utc>) -> Result<u64, StoreError>;
 }

@@ -839,6 +839,29 @@ macro_rules! sql_store {
                 Ok(done.rows_affected())
             }
 
+            async fn purge_jobs(&self, before: DateTime<Utc>) -> Result<u64, StoreError> {
+                let mut tx = self.pool.begin().await.map_err(db_err)?;
+                // Outputs first: SQLite enforces the foreign key's cascade
+                // only with foreign_keys on, so nothing relies on it.
+                let finished = format!(
+                    "SELECT id FROM jobs WHERE state NOT IN {ACTIVE_STATES} AND finished_at < $1"
+                );
+                sqlx::query(&format!("DELETE FROM job_outputs WHERE job_ref IN ({finished})"))
+                    .bind(before)
+                    .execute(&mut *tx)
+                    .await
+                    .map_err(db_err)?;
+                let done = sqlx::query(&format!(
+                    "DELETE FROM jobs WHERE state NOT IN {ACTIVE_STATES} AND finished_at < $1"
+                ))
+                .bind(before)
+                .execute(&mut *tx)
+                .await
+                .map_err(db_err)?;
+                tx.commit().await.map_err(db_err)?;
+                Ok(done.rows_affected())
+            }
+
             async fn gpu_leases(&self) -> Result<Vec<GpuLease>, StoreError> {
                 let rows: Vec<LeaseRow> = sqlx::query_as(
                     "SELECT job_ref, slug, gpus, acquired_at FROM gpu_leases ORDER BY acquired_at, job_ref",

@@ -113,5 +113,5 @@ pub async fn serve_on(
     state: AppState,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
-    serve::serve(listeners, app(state), shutdown).await
+    serve::serve(listeners, state, shutdown).await
 }

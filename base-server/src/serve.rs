@@ -11,7 +11,9 @@
 //! listeners (`SO_REUSEPORT` hashes the 4-tuple), and each runtime serves
 //! its own with hyper's HTTP/1 server and the same axum [`Router`].
 //!
-//! Only the passthrough (`/challenges/…`) runs on these threads. Every
+//! Only the passthrough (`/challenges/{slug}…`) runs on these threads,
+//! and it is called directly, without the router's matching, its boxed
+//! handler future and the request extensions it fills. Every
 //! other route (registry, weights, admin, the bridges) is handed to the
 //! runtime `serve` was called from, where the database pool, the
 //! orchestrator client and their background tasks live: those are
@@ -26,14 +28,14 @@ use axum::Router;
 use axum::body::Body;
 use axum::extract::ConnectInfo;
 use axum::http::{Request, Response, StatusCode};
+use axum::response::IntoResponse as _;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::sync::watch;
 use tower::ServiceExt as _;
 
-/// Requests with this path prefix are served on the listener's own thread.
-const LOCAL_PREFIX: &str = "/challenges/";
+use crate::state::AppState;
 
 /// The number of listener threads when the operator sets none: one per
 /// core the process may use.
@@ -62,7 +64,7 @@ pub fn bind(addr: SocketAddr, n: usize) -> std::io::Result<Vec<std::net::TcpList
     Ok(out)
 }
 
-/// Serves `router` on `listeners`, one thread with a current-thread
+/// Serves the API of `state` on `listeners`, one thread with a current-thread
 /// runtime per listener, until `shutdown` resolves; then stops accepting,
 /// lets the open connections finish their requests, and returns.
 ///
@@ -72,10 +74,11 @@ pub fn bind(addr: SocketAddr, n: usize) -> std::io::Result<Vec<std::net::TcpList
 /// `into_make_service_with_connect_info`.
 pub async fn serve(
     listeners: Vec<std::net::TcpListener>,
-    router: Router,
+    state: AppState,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
     let main = tokio::runtime::Handle::current();
+    let router = crate::app(state.clone());
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut done = Vec::with_capacity(listeners.len());
     for (i, listener) in listeners.into_iter().enumerate() {
@@ -83,11 +86,12 @@ pub async fn serve(
             .enable_all()
             .build()?;
         let (tx, rx) = tokio::sync::oneshot::channel();
-        let (router, main, stop) = (router.clone(), main.clone(), stop_rx.clone());
+        let (state, router, main, stop) =
+            (state.clone(), router.clone(), main.clone(), stop_rx.clone());
         std::thread::Builder::new()
             .name(format!("base-listen-{i}"))
             .spawn(move || {
-                let result = runtime.block_on(accept_loop(listener, router, main, stop));
+                let result = runtime.block_on(accept_loop(listener, state, router, main, stop));
                 // Connections the graceful drain gave up on end here.
                 drop(runtime);
                 let _ = tx.send(result);
@@ -116,6 +120,7 @@ pub async fn serve(
 /// task of this thread's runtime.
 async fn accept_loop(
     listener: std::net::TcpListener,
+    state: AppState,
     router: Router,
     main: tokio::runtime::Handle,
     mut stop: watch::Receiver<bool>,
@@ -147,9 +152,9 @@ async fn accept_loop(
             tracing::debug!(error = %e, "cannot set TCP_NODELAY");
         }
         let service = {
-            let (router, main) = (router.clone(), main.clone());
+            let (state, router, main) = (state.clone(), router.clone(), main.clone());
             hyper::service::service_fn(move |req: Request<Incoming>| {
-                handle(router.clone(), main.clone(), peer, req)
+                handle(state.clone(), router.clone(), main.clone(), peer, req)
             })
         };
         let conn = graceful.watch(http.serve_connection(TokioIo::new(tcp), service));
@@ -166,16 +171,19 @@ async fn accept_loop(
 
 /// Routes one request: the passthrough here, everything else on `main`.
 async fn handle(
+    state: AppState,
     router: Router,
     main: tokio::runtime::Handle,
     peer: SocketAddr,
     req: Request<Incoming>,
 ) -> Result<Response<Body>, std::convert::Infallible> {
     let mut req = req.map(Body::new);
-    req.extensions_mut().insert(ConnectInfo(peer));
-    if req.uri().path().starts_with(LOCAL_PREFIX) {
-        return router.oneshot(req).await;
+    if crate::proxy::is_passthrough(req.uri().path()) {
+        return Ok(crate::proxy::forward(&state, Some(peer.ip()), req)
+            .await
+            .into_response());
     }
+    req.extensions_mut().insert(ConnectInfo(peer));
     match main.spawn(router.oneshot(req)).await {
         Ok(response) => response,
         // The main runtime is shutting down (or the handler panicked).

@@ -136,7 +136,7 @@ impl Upstream {
     pub(crate) async fn send(
         &self,
         mut request: Request<Upload>,
-    ) -> Result<(Response<Incoming>, Option<Conn>), UpstreamError> {
+    ) -> Result<(Response<Incoming>, Option<Box<Conn>>), UpstreamError> {
         request
             .headers_mut()
             .insert(header::HOST, self.authority.clone());
@@ -154,7 +154,7 @@ impl Upstream {
     }
 
     /// A new connection.
-    async fn connect(&self) -> Result<Conn, UpstreamError> {
+    async fn connect(&self) -> Result<Box<Conn>, UpstreamError> {
         let connect_error = |source| UpstreamError::Connect {
             authority: format!("{}:{}", self.host, self.port),
             source,
@@ -169,15 +169,18 @@ impl Upstream {
         // Response heads and SSE frames go out as soon as written.
         tcp.set_nodelay(true).map_err(connect_error)?;
         let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp)).await?;
-        Ok(Conn {
+        // Boxed once here: the connection then moves (into the request's
+        // future, the response body, the pool) as a pointer, not as the
+        // several hundred bytes of hyper's connection state.
+        Ok(Box::new(Conn {
             sender,
             conn,
             upstream: self.id,
-        })
+        }))
     }
 
     /// The most recently used idle connection that is still open.
-    fn checkout(&self, cx: &mut Context<'_>) -> Option<Conn> {
+    fn checkout(&self, cx: &mut Context<'_>) -> Option<Box<Conn>> {
         loop {
             let idle = IDLE
                 .try_with(|pool| {
@@ -204,7 +207,7 @@ impl Upstream {
 
 /// One idle connection.
 struct Idle {
-    conn: Conn,
+    conn: Box<Conn>,
     since: Instant,
 }
 
@@ -231,10 +234,12 @@ pub(crate) struct Conn {
 impl Conn {
     /// Sends `request` and drives the connection until the response head
     /// arrives. On failure, the request comes back when it was not sent.
+    #[allow(clippy::type_complexity)]
     async fn exchange(
-        mut self,
+        mut self: Box<Self>,
         request: Request<Upload>,
-    ) -> Result<(Response<Incoming>, Option<Conn>), (Option<Request<Upload>>, hyper::Error)> {
+    ) -> Result<(Response<Incoming>, Option<Box<Conn>>), (Option<Request<Upload>>, hyper::Error)>
+    {
         let mut open = true;
         let answer = {
             let mut sent = pin!(self.sender.try_send_request(request));
@@ -256,7 +261,7 @@ impl Conn {
     }
 
     /// Back into this thread's pool if the connection is idle and usable.
-    fn release(mut self) {
+    fn release(mut self: Box<Self>) {
         // One more poll lets the connection finish the exchange and ask
         // for the next request; nothing waits on it, hence the no-op waker.
         let mut cx = Context::from_waker(Waker::noop());
@@ -375,14 +380,18 @@ impl http_body::Body for Upload {
 /// returns the connection to the pool when the body ended cleanly.
 pub(crate) struct Relay {
     body: Incoming,
-    conn: Option<Conn>,
+    conn: Option<Box<Conn>>,
     ended: bool,
     _permit: OwnedSemaphorePermit,
 }
 
 impl Relay {
     /// `body`, driving `conn` (if still open), holding `permit`.
-    pub(crate) fn new(body: Incoming, conn: Option<Conn>, permit: OwnedSemaphorePermit) -> Self {
+    pub(crate) fn new(
+        body: Incoming,
+        conn: Option<Box<Conn>>,
+        permit: OwnedSemaphorePermit,
+    ) -> Self {
         Self {
             body,
             conn,

@@ -26,6 +26,12 @@
 #   NGINX_WORKERS (2)  nginx worker processes
 #   BENCH_NO_BUILD=1   skip the release build
 #   BENCH_ENFORCE=1    exit 1 when the target is missed
+#   BASE_BIN           the base-server binary (target/release/base-server)
+#   BASE_BIN_B         a second base-server binary, measured in the same run
+#                      right after the first (an A/B row "BASE B proxy")
+#   BASE_ENV_B         extra VAR=value words for that second one
+#                      (e.g. "BASE_LISTEN_THREADS=1"); with BASE_ENV_B alone
+#                      the same binary runs twice with and without them
 set -euo pipefail
 
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
@@ -86,8 +92,13 @@ if [[ "${BENCH_NO_BUILD:-}" != 1 ]]; then
     cargo build --release -p base-workspace --example echo_upstream >&2
 fi
 BIN=target/release
+BASE_BIN="${BASE_BIN:-$BIN/base-server}"
+BASE_BIN_B="${BASE_BIN_B:-}"
+BASE_ENV_B="${BASE_ENV_B:-}"
+if [[ -n "$BASE_ENV_B" && -z "$BASE_BIN_B" ]]; then BASE_BIN_B="$BASE_BIN"; fi
 UP_PORT="$(free_port)"
 BASE_PORT="$(free_port)"
+BASE_B_PORT="$(free_port)"
 NGINX_PORT="$(free_port)"
 
 log "upstream on 127.0.0.1:$UP_PORT"
@@ -95,22 +106,34 @@ log "upstream on 127.0.0.1:$UP_PORT"
 PIDS+=($!)
 wait_http "http://127.0.0.1:$UP_PORT/hello"
 
-log "base-server master on 127.0.0.1:$BASE_PORT"
-BASE_LISTEN="127.0.0.1:$BASE_PORT" \
-BASE_BROKER_ENABLED=false \
-BASE_ORCHESTRATOR=none \
-BASE_DATA_DIR="$WORK_DIR/base" \
-BASE_ADMIN_TOKEN="$TOKEN" \
-BASE_PROXY_RATE_LIMIT_PER_MINUTE=0 \
-BASE_PROXY_MAX_CONCURRENT_PER_CHALLENGE=4096 \
-BASE_LOG=warn \
-    "$BIN/base-server" master &
-PIDS+=($!)
-wait_http "http://127.0.0.1:$BASE_PORT/health"
-curl -fsS -o /dev/null -X POST "http://127.0.0.1:$BASE_PORT/v1/admin/challenges" \
-    -H "X-Admin-Token: $TOKEN" -H 'Content-Type: application/json' \
-    -d "{\"slug\":\"echo\",\"name\":\"Echo\",\"image\":\"base.local/echo:1\",\"version\":\"1\",\"status\":\"active\",\"internal_base_url\":\"http://127.0.0.1:$UP_PORT\"}"
-wait_http "http://127.0.0.1:$BASE_PORT/challenges/echo/hello"
+# Starts a base-server master ($1 binary, $2 port, $3 data dir name, then
+# extra VAR=value words) and registers the upstream as challenge "echo".
+start_base() {
+    local bin="$1" port="$2" dir="$3"
+    shift 3
+    log "base-server master ($bin${*:+ $*}) on 127.0.0.1:$port"
+    env BASE_LISTEN="127.0.0.1:$port" \
+        BASE_BROKER_ENABLED=false \
+        BASE_ORCHESTRATOR=none \
+        BASE_DATA_DIR="$WORK_DIR/$dir" \
+        BASE_ADMIN_TOKEN="$TOKEN" \
+        BASE_PROXY_RATE_LIMIT_PER_MINUTE=0 \
+        BASE_PROXY_MAX_CONCURRENT_PER_CHALLENGE=4096 \
+        BASE_LOG=warn \
+        "$@" "$bin" master &
+    PIDS+=($!)
+    wait_http "http://127.0.0.1:$port/health"
+    curl -fsS -o /dev/null -X POST "http://127.0.0.1:$port/v1/admin/challenges" \
+        -H "X-Admin-Token: $TOKEN" -H 'Content-Type: application/json' \
+        -d "{\"slug\":\"echo\",\"name\":\"Echo\",\"image\":\"base.local/echo:1\",\"version\":\"1\",\"status\":\"active\",\"internal_base_url\":\"http://127.0.0.1:$UP_PORT\"}"
+    wait_http "http://127.0.0.1:$port/challenges/echo/hello"
+}
+
+start_base "$BASE_BIN" "$BASE_PORT" base
+if [[ -n "$BASE_BIN_B" ]]; then
+    # shellcheck disable=SC2086 # BASE_ENV_B is a list of words on purpose
+    start_base "$BASE_BIN_B" "$BASE_B_PORT" base-b $BASE_ENV_B
+fi
 
 log "nginx on 127.0.0.1:$NGINX_PORT ($NGINX_WORKERS workers)"
 mkdir -p "$WORK_DIR/nginx"
@@ -164,7 +187,9 @@ PY
 }
 
 # A short warm-up of each path so pools and caches are filled.
-for url in "http://127.0.0.1:$UP_PORT/hello" "http://127.0.0.1:$BASE_PORT/challenges/echo/hello" "http://127.0.0.1:$NGINX_PORT/challenges/echo/hello"; do
+WARM=("http://127.0.0.1:$UP_PORT/hello" "http://127.0.0.1:$BASE_PORT/challenges/echo/hello" "http://127.0.0.1:$NGINX_PORT/challenges/echo/hello")
+if [[ -n "$BASE_BIN_B" ]]; then WARM+=("http://127.0.0.1:$BASE_B_PORT/challenges/echo/hello"); fi
+for url in "${WARM[@]}"; do
     wrk -t"$THREADS" -c"$CONNECTIONS" -d2s "$url" >/dev/null
 done
 
@@ -172,23 +197,32 @@ log "direct"
 read -r D_RPS D_P50 D_P99 < <(measure "http://127.0.0.1:$UP_PORT/hello")
 log "through BASE"
 read -r B_RPS B_P50 B_P99 < <(measure "http://127.0.0.1:$BASE_PORT/challenges/echo/hello")
+X_RPS=0 X_P50=0 X_P99=0
+if [[ -n "$BASE_BIN_B" ]]; then
+    log "through BASE B"
+    read -r X_RPS X_P50 X_P99 < <(measure "http://127.0.0.1:$BASE_B_PORT/challenges/echo/hello")
+fi
 log "through nginx"
 read -r N_RPS N_P50 N_P99 < <(measure "http://127.0.0.1:$NGINX_PORT/challenges/echo/hello")
 
 status=0
-python3 - "$D_RPS" "$D_P50" "$D_P99" "$B_RPS" "$B_P50" "$B_P99" "$N_RPS" "$N_P50" "$N_P99" "$CONNECTIONS" "$THREADS" "$DURATION" <<'PY' || status=$?
+python3 - "$D_RPS" "$D_P50" "$D_P99" "$B_RPS" "$B_P50" "$B_P99" "$N_RPS" "$N_P50" "$N_P99" "$CONNECTIONS" "$THREADS" "$DURATION" "$X_RPS" "$X_P50" "$X_P99" <<'PY' || status=$?
 import sys
-d, b, n = [tuple(map(float, sys.argv[i:i+3])) for i in (1, 4, 7)]
+d, b, n, x = [tuple(map(float, sys.argv[i:i+3])) for i in (1, 4, 7, 13)]
 conns, threads, dur = sys.argv[10:13]
 print(f"wrk -t{threads} -c{conns} -d{dur} --latency, loopback, GET of a 25-byte body")
 print("| path | requests/s | % of direct | p50 ms | p99 ms | added p50 ms | added p99 ms |")
 print("|---|---:|---:|---:|---:|---:|---:|")
-for name, (rps, p50, p99) in (("direct", d), ("BASE proxy", b), ("nginx proxy", n)):
+rows = [("direct", d), ("BASE proxy", b)] + ([("BASE B proxy", x)] if x[0] > 0 else []) + [("nginx proxy", n)]
+for name, (rps, p50, p99) in rows:
     add50 = "" if name == "direct" else f"{p50 - d[1]:.3f}"
     add99 = "" if name == "direct" else f"{p99 - d[2]:.3f}"
     print(f"| {name} | {rps:.0f} | {100 * rps / d[0]:.0f} % | {p50:.3f} | {p99:.3f} | {add50} | {add99} |")
 ok = b[0] > n[0] and (b[2] - d[2]) < 1.0
 print(f"target (BASE > nginx, p99 added < 1 ms): {'met' if ok else 'MISSED'}")
+if x[0] > 0:
+    ok_b = x[0] > n[0] and (x[2] - d[2]) < 1.0
+    print(f"BASE B / BASE: {x[0] / b[0]:.2f}; BASE / nginx: {b[0] / n[0]:.2f}; BASE B / nginx: {x[0] / n[0]:.2f}; target for B: {'met' if ok_b else 'MISSED'}")
 sys.exit(0 if ok else 3)
 PY
 if [[ $status -ne 0 && "${BENCH_ENFORCE:-}" == 1 ]]; then exit 1; fi

@@ -142,6 +142,10 @@ impl<'de> Deserialize<'de> for DatabaseUrl {
 pub struct Settings {
     /// Master API address (`BASE_LISTEN`).
     pub listen: SocketAddr,
+    /// Threads (and `SO_REUSEPORT` sockets) the master's API listens
+    /// with (`BASE_LISTEN_THREADS`); default one per available core.
+    #[serde(default)]
+    pub listen_threads: Option<usize>,
     /// Broker address (`BASE_BROKER_LISTEN`).
     pub broker_listen: SocketAddr,
     /// Control-plane database (`BASE_DATABASE_URL`); defaults to a SQLite

@@ -12,6 +12,7 @@ pub mod json;
 pub mod master;
 pub mod proxy;
 pub mod public;
+pub mod serve;
 pub mod state;
 pub mod submitter;
 pub mod weights;
@@ -70,17 +71,28 @@ async fn not_found() -> impl IntoResponse {
     )
 }
 
-/// Serves [`app`] on `listener` until `shutdown` resolves, then drains.
+/// Serves [`app`] on `listener` until `shutdown` resolves, then drains:
+/// one listener thread (see [`serve::serve`]). The master binds one
+/// socket per core with [`serve::bind`] and calls [`serve_on`].
 pub async fn serve(
     listener: tokio::net::TcpListener,
     state: AppState,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> std::io::Result<()> {
+    serve_on(vec![listener.into_std()?], state, shutdown).await
+}
+
+/// Serves [`app`] with `axum::serve` on the calling (multi-threaded)
+/// runtime — the master's listener before [`serve::serve`], kept for
+/// `BASE_LISTEN_THREADS=0` and side-by-side benchmarks.
+pub async fn serve_shared(
+    listener: tokio::net::TcpListener,
+    state: AppState,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
     use axum::serve::ListenerExt as _;
-    // Without TCP_NODELAY a streamed response (headers, then body frames
-    // as the challenge sends them) waits on Nagle and delayed ACKs: the
-    // proxy measured 3x slower. Connection info gives the proxy each
-    // client's address (rate limits).
+    // Without TCP_NODELAY a streamed response waits on Nagle and delayed
+    // ACKs. Connection info gives the proxy each client's address.
     let listener = listener.tap_io(|tcp| {
         if let Err(e) = tcp.set_nodelay(true) {
             tracing::debug!(error = %e, "cannot set TCP_NODELAY");
@@ -92,4 +104,14 @@ pub async fn serve(
     )
     .with_graceful_shutdown(shutdown)
     .await
+}
+
+/// Serves [`app`] on `listeners` (one thread each, see [`serve::serve`])
+/// until `shutdown` resolves, then drains.
+pub async fn serve_on(
+    listeners: Vec<std::net::TcpListener>,
+    state: AppState,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    serve::serve(listeners, state, shutdown).await
 }

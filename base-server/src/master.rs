@@ -176,20 +176,35 @@ pub async fn run(
         }
     }
 
-    let listener = tokio::net::TcpListener::bind(settings.listen)
-        .await
-        .map_err(|source| MasterError::Io {
-            context: format!("binding the master API to {}", settings.listen),
-            source,
-        })?;
+    let threads = settings
+        .listen_threads
+        .unwrap_or_else(crate::serve::default_threads);
+    let bind_error = |source| MasterError::Io {
+        context: format!("binding the master API to {}", settings.listen),
+        source,
+    };
+    // 0: the shared runtime with axum::serve (the previous listener).
+    let listeners = crate::serve::bind(settings.listen, threads.max(1)).map_err(bind_error)?;
     tracing::info!(
         listen = %settings.listen,
+        threads,
         database = %db.redacted(),
         environment = settings.environment.as_str(),
         orchestrator = orchestrator.as_ref().map_or("none", |o| o.name()),
         "BASE master started"
     );
-    let served = crate::serve(listener, state, shutdown).await;
+    let served = if threads == 0 {
+        let mut listeners = listeners;
+        match listeners.pop() {
+            Some(l) => match tokio::net::TcpListener::from_std(l) {
+                Ok(l) => crate::serve_shared(l, state, shutdown).await,
+                Err(e) => Err(e),
+            },
+            None => Err(std::io::Error::other("no listener")),
+        }
+    } else {
+        crate::serve_on(listeners, state, shutdown).await
+    };
     let _ = stop_tx.send(true);
     for t in tasks {
         let _ = t.await;

@@ -57,15 +57,33 @@ pub async fn passthrough(
     State(state): State<AppState>,
     req: Request,
 ) -> Result<Response<Body>, ApiError> {
-    let proxy = proxy(&state)?;
+    let client = client_ip(req.extensions());
+    forward(&state, client, req).await
+}
+
+/// Whether the router sends `path` to [`passthrough`]: `/challenges/`
+/// followed by a non-empty slug. The listener threads call [`forward`]
+/// directly for these (no route matching, no boxed handler future).
+pub fn is_passthrough(path: &str) -> bool {
+    path.strip_prefix(PREFIX)
+        .is_some_and(|rest| !rest.is_empty() && !rest.starts_with('/'))
+}
+
+/// [`passthrough`] for a request from `client` (its TCP peer address).
+pub async fn forward(
+    state: &AppState,
+    client: Option<IpAddr>,
+    req: Request,
+) -> Result<Response<Body>, ApiError> {
+    let proxy = proxy(state)?;
     let (parts, body) = req.into_parts();
-    proxy.check_rate(client_ip(&parts.extensions))?;
+    proxy.check_rate(client)?;
     // The raw (still percent-encoded) path: the router matched on it, and
     // the rules must see the encoding the miner used.
     let raw = parts.uri.path().strip_prefix(PREFIX).unwrap_or_default();
     let (slug, rest) = raw.split_at(raw.find('/').unwrap_or(raw.len()));
     let forward_path = path::check(rest).map_err(ProxyError::PathNotAllowed)?;
-    let entry = challenge(&state, proxy, slug).await?;
+    let entry = challenge(state, proxy, slug).await?;
     let out = Outbound {
         has_body: declares_body(&parts.headers),
         headers: request_headers(&parts.headers, &entry.slug_header),
@@ -108,4 +126,28 @@ pub async fn submission_status(
     proxy.check_rate(client_ip(req.extensions()))?;
     let entry = challenge(&state, proxy, &slug).await?;
     Ok(proxy.submission_status(&entry, &id, req.headers()).await?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn passthrough_paths_are_those_the_router_sends_there() {
+        for p in [
+            "/challenges/echo",
+            "/challenges/echo/",
+            "/challenges/echo/a/b",
+        ] {
+            assert!(is_passthrough(p), "{p}");
+        }
+        for p in [
+            "/challenges",
+            "/challenges/",
+            "/challenges//x",
+            "/v1/challenges/echo",
+        ] {
+            assert!(!is_passthrough(p), "{p}");
+        }
+    }
 }

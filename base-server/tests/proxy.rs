@@ -966,3 +966,78 @@ async fn the_orchestrators_endpoint_wins_over_the_records_url() {
         json!({"detail": "metagraph unavailable"})
     );
 }
+
+/// A bare HTTP/1.1 upstream that counts its connections; with
+/// `close_after_answer` it closes each connection after one answer
+/// without saying so (as a challenge's keep-alive timeout would).
+async fn counting_upstream(close_after_answer: bool) -> (SocketAddr, Arc<AtomicU64>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let accepted = Arc::new(AtomicU64::new(0));
+    let count = accepted.clone();
+    tokio::spawn(async move {
+        loop {
+            let (mut s, _) = listener.accept().await.unwrap();
+            count.fetch_add(1, Ordering::SeqCst);
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 1024];
+                loop {
+                    let n = s.read(&mut chunk).await.unwrap_or(0);
+                    if n == 0 {
+                        return;
+                    }
+                    buf.extend_from_slice(&chunk[..n]);
+                    while let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                        buf.drain(..end + 4);
+                        s.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+                            .await
+                            .unwrap();
+                        if close_after_answer {
+                            // Let the proxy see the answer before the FIN.
+                            tokio::time::sleep(Duration::from_millis(20)).await;
+                            return;
+                        }
+                    }
+                }
+            });
+        }
+    });
+    (addr, accepted)
+}
+
+#[tokio::test]
+async fn upstream_connections_are_reused_and_closed_ones_replaced() {
+    let (keep_addr, keep_count) = counting_upstream(false).await;
+    let (close_addr, close_count) = counting_upstream(true).await;
+    let db = base_sdk::testing::sqlite().await.unwrap();
+    let registry = Registry::new(db.store.clone(), Environment::Development);
+    let keep = format!("http://{keep_addr}");
+    add_challenge(&registry, "keep", keep, ChallengeStatus::Active).await;
+    let close = format!("http://{close_addr}");
+    add_challenge(&registry, "close", close, ChallengeStatus::Active).await;
+    let state = AppState::new(registry, AdminAuth::new(None), 100)
+        .with_proxy(Arc::new(Proxy::new(no_limits(), None)));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(base_server::serve(listener, state, std::future::pending()));
+    let client = reqwest::Client::builder().no_proxy().build().unwrap();
+    for slug in ["keep", "close"] {
+        for i in 0..5 {
+            let r = client
+                .get(format!("http://{addr}/challenges/{slug}/n{i}"))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status(), 200, "{slug} request {i}");
+            assert_eq!(r.text().await.unwrap(), "ok");
+            // Long enough for the closing upstream's FIN to arrive.
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+    // One connection served every sequential request...
+    assert_eq!(keep_count.load(Ordering::SeqCst), 1);
+    // ...and a connection the challenge closed while idle was noticed
+    // and replaced, without failing a request.
+    assert_eq!(close_count.load(Ordering::SeqCst), 5);
+}

@@ -14,7 +14,6 @@
 
 use std::future::Future;
 use std::sync::Arc;
-use std::sync::atomic::AtomicBool;
 use std::time::Duration;
 
 use axum::body::Body;
@@ -27,6 +26,7 @@ use secrecy::ExposeSecret as _;
 use super::directory::Entry;
 use super::forward::{Outbound, declared_length};
 use super::headers::{X_BASE_CHALLENGE_SLUG, request_headers};
+use super::pool::Upload;
 use super::signature::{SignedHeaders, SignedTarget, body_sha256_hex};
 use super::{Proxy, ProxyError};
 use crate::model::NonceKey;
@@ -171,13 +171,12 @@ impl Proxy {
         };
         let headers = bridge_headers(h, entry, &miner, &hash, token.expose_secret())?;
         let permit = self.permit(entry)?;
-        let mut request = axum::http::Request::new(Body::from(body));
+        let mut request = axum::http::Request::new(Upload::plain(Body::from(body)));
         *request.method_mut() = Method::POST;
         *request.uri_mut() = entry.uri(BRIDGE_PATH, None)?;
         *request.headers_mut() = headers;
         tracing::info!(slug = %entry.slug, hotkey = %miner.hotkey, uid = miner.uid, "bridged submission");
-        self.relay(entry, permit, request, &AtomicBool::new(false))
-            .await
+        self.relay(entry, permit, request, None).await
     }
 
     /// `GET /v1/challenges/{slug}/submissions/{id}` → the challenge's

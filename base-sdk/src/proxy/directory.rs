@@ -18,6 +18,7 @@ use axum::http::HeaderValue;
 use secrecy::SecretString;
 use tokio::sync::Semaphore;
 
+use super::pool::Upstream;
 use crate::model::{ChallengeStatus, Slug};
 use crate::orchestrator::Orchestrator;
 use crate::registry::Registry;
@@ -33,6 +34,9 @@ pub struct Entry {
     /// The same, parsed once: each request only sets path and query on a
     /// clone (no URL or IDNA parsing per request).
     pub base: reqwest::Url,
+    /// Where connections go, and the key of their pooled connections;
+    /// kept across reloads while the URL stays the same.
+    pub upstream: Arc<Upstream>,
     /// Concurrent upstream requests still allowed; shared across reloads
     /// so in-flight requests keep counting.
     pub permits: Arc<Semaphore>,
@@ -42,16 +46,18 @@ pub struct Entry {
 }
 
 impl Entry {
-    /// [`Entry::url`] as a request URI.
+    /// The origin-form request target (what an HTTP/1 request line
+    /// carries) for `path` (already encoded, starting with `/`) and the
+    /// raw `query`, under the base URL's own path: [`Entry::url`] without
+    /// scheme and authority.
     pub fn uri(
         &self,
         path: &str,
         query: Option<&str>,
     ) -> Result<axum::http::Uri, super::ProxyError> {
-        self.url(path, query)
-            .as_str()
-            .parse()
-            .map_err(|_| super::ProxyError::BadRequest("unusable request path".into()))
+        self.upstream
+            .target(path, query)
+            .ok_or_else(|| super::ProxyError::BadRequest("unusable request path".into()))
     }
 
     /// The challenge URL for `path` (already encoded, starting with `/`)
@@ -240,12 +246,24 @@ impl Directory {
                 .get(c.slug.as_str())
                 .map(|e| e.permits.clone())
                 .unwrap_or_else(|| Arc::new(Semaphore::new(self.max_concurrent)));
+            let previous = old.get(c.slug.as_str());
+            let upstream = match previous.filter(|e| e.base_url == base_url) {
+                Some(e) => e.upstream.clone(),
+                None => match Upstream::new(&base) {
+                    Ok(u) => Arc::new(u),
+                    Err(e) => {
+                        tracing::warn!(slug = %c.slug, error = %e, "unusable challenge URL; not proxied");
+                        continue;
+                    }
+                },
+            };
             map.insert(
                 c.slug.as_str().to_string(),
                 Arc::new(Entry {
                     slug_header,
                     base_url,
                     base,
+                    upstream,
                     permits,
                     token,
                     slug: c.slug,
@@ -266,6 +284,7 @@ mod tests {
             slug_header: HeaderValue::from_static("echo"),
             base_url: base.trim_end_matches('/').to_string(),
             base: reqwest::Url::parse(base).unwrap(),
+            upstream: Arc::new(Upstream::new(&reqwest::Url::parse(base).unwrap()).unwrap()),
             permits: Arc::new(Semaphore::new(1)),
             token: None,
         }

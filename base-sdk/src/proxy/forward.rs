@@ -1,5 +1,5 @@
-//! Streaming a request to a challenge and its answer back, through one
-//! pooled HTTP client.
+//! Streaming a request to a challenge and its answer back, over the
+//! proxy's own keep-alive connections ([`super::pool`]).
 //!
 //! Neither body is buffered: the request body is counted as it streams
 //! (over the limit, the upstream request is aborted and the miner gets
@@ -8,45 +8,16 @@
 //! as the challenge produces them. The challenge's concurrency permit is
 //! held until the response body ends.
 
-use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::task::{Context, Poll};
-use std::time::Duration;
 
 use axum::body::Body;
 use axum::http::{HeaderMap, Method, Response, header};
-use bytes::Bytes;
-use futures::StreamExt as _;
-use http_body::{Frame, SizeHint};
-use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::{TokioExecutor, TokioTimer};
 use tokio::sync::OwnedSemaphorePermit;
 
 use super::directory::Entry;
+use super::pool::{Relay, Upload};
 use super::{Proxy, ProxyError, headers};
-
-/// The pooled HTTP/1.1 client type every upstream call goes through.
-pub type HttpClient = hyper_util::client::legacy::Client<HttpConnector, Body>;
-
-/// The one upstream client: hyper's keep-alive pool (the one reqwest
-/// wraps, without reqwest's per-request URL parsing, default headers and
-/// body re-boxing, which cost a measurable share of the proxy's CPU; see
-/// docs/benchmarks.md). No redirects are followed (a challenge's redirect
-/// is the miner's to follow), no system proxy is consulted (the challenge
-/// network is internal), nothing is decompressed (bodies are relayed byte
-/// for byte, so `content-length`/`content-encoding` stay true), and no
-/// header is added but `Host`.
-pub(crate) fn client() -> HttpClient {
-    let mut connector = HttpConnector::new();
-    connector.set_nodelay(true);
-    connector.set_connect_timeout(Some(Duration::from_secs(5)));
-    hyper_util::client::legacy::Client::builder(TokioExecutor::new())
-        .pool_timer(TokioTimer::new())
-        .pool_idle_timeout(Duration::from_secs(60))
-        .pool_max_idle_per_host(1024)
-        .build(connector)
-}
 
 /// A request on its way to a challenge.
 #[derive(Debug)]
@@ -66,36 +37,6 @@ pub struct Outbound {
     pub has_body: bool,
 }
 
-/// A response body that holds the challenge's concurrency permit until it
-/// is finished or dropped.
-struct Guarded<B> {
-    inner: B,
-    _permit: OwnedSemaphorePermit,
-}
-
-impl<B> http_body::Body for Guarded<B>
-where
-    B: http_body::Body<Data = Bytes> + Unpin,
-{
-    type Data = Bytes;
-    type Error = B::Error;
-
-    fn poll_frame(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Self::Data>, Self::Error>>> {
-        Pin::new(&mut self.inner).poll_frame(cx)
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.inner.is_end_stream()
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        self.inner.size_hint()
-    }
-}
-
 /// The declared `content-length`, if any and well-formed.
 pub fn declared_length(headers: &HeaderMap) -> Option<u64> {
     headers
@@ -111,22 +52,6 @@ pub fn declared_length(headers: &HeaderMap) -> Option<u64> {
 pub fn declares_body(headers: &HeaderMap) -> bool {
     headers.contains_key(header::TRANSFER_ENCODING)
         || declared_length(headers).is_some_and(|n| n > 0)
-}
-
-/// Streams `body` through a counter that fails (and raises `over`) past
-/// `limit` bytes.
-fn limited(body: Body, limit: u64, over: Arc<AtomicBool>) -> Body {
-    let mut seen: u64 = 0;
-    let stream = body.into_data_stream().map(move |chunk| {
-        let chunk = chunk.map_err(std::io::Error::other)?;
-        seen = seen.saturating_add(chunk.len() as u64);
-        if seen > limit {
-            over.store(true, Ordering::Release);
-            return Err(std::io::Error::other("request body over the limit"));
-        }
-        Ok::<Bytes, std::io::Error>(chunk)
-    });
-    Body::from_stream(stream)
 }
 
 impl Proxy {
@@ -156,17 +81,19 @@ impl Proxy {
         }
         let permit = self.permit(entry)?;
         let uri = entry.uri(&out.path, out.query.as_deref())?;
-        let over = Arc::new(AtomicBool::new(false));
-        let body = if out.has_body {
-            limited(out.body, limit, over.clone())
+        // The flag is only needed (and only allocated) when there is a
+        // body that could go over the limit.
+        let (body, over) = if out.has_body {
+            let over = Arc::new(AtomicBool::new(false));
+            (Upload::limited(out.body, limit, over.clone()), Some(over))
         } else {
-            Body::empty()
+            (Upload::empty(), None)
         };
         let mut request = axum::http::Request::new(body);
         *request.method_mut() = out.method;
         *request.uri_mut() = uri;
         *request.headers_mut() = out.headers;
-        self.relay(entry, permit, request, &over).await
+        self.relay(entry, permit, request, over.as_deref()).await
     }
 
     /// Sends `request` and relays the answer, holding `permit` until the
@@ -176,29 +103,28 @@ impl Proxy {
         &self,
         entry: &Arc<Entry>,
         permit: OwnedSemaphorePermit,
-        request: axum::http::Request<Body>,
-        over: &AtomicBool,
+        request: axum::http::Request<Upload>,
+        over: Option<&AtomicBool>,
     ) -> Result<Response<Body>, ProxyError> {
         let limit = self.config.max_body_bytes;
-        let send = self.client.request(request);
-        let resp = match tokio::time::timeout(self.config.upstream_timeout, send).await {
+        let send = entry.upstream.send(request);
+        let (resp, conn) = match tokio::time::timeout(self.config.upstream_timeout, send).await {
             Err(_) => return Err(ProxyError::Timeout),
-            Ok(Err(_)) if over.load(Ordering::Acquire) => {
+            Ok(Err(_)) if over.is_some_and(|o| o.load(Ordering::Acquire)) => {
                 return Err(ProxyError::BodyTooLarge { limit });
             }
             Ok(Err(e)) => {
                 tracing::warn!(slug = %entry.slug.as_str(), error = %e, "challenge unreachable");
                 return Err(ProxyError::Unavailable);
             }
-            Ok(Ok(resp)) => resp,
+            Ok(Ok(answer)) => answer,
         };
         let (mut parts, body) = resp.into_parts();
         headers::strip_response_headers(&mut parts.headers);
         parts.extensions = Default::default();
-        let body = Body::new(Guarded {
-            inner: body,
-            _permit: permit,
-        });
-        Ok(Response::from_parts(parts, body))
+        Ok(Response::from_parts(
+            parts,
+            Body::new(Relay::new(body, conn, permit)),
+        ))
     }
 }

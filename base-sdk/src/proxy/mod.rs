@@ -4,9 +4,10 @@
 //!
 //! The rules are pure functions in [`path`] (which paths may be
 //! forwarded), [`headers`] (which headers cross) and [`signature`] (miner
-//! signatures); [`Proxy`] holds the IO: one pooled HTTP client, the
-//! in-memory [`directory`] of challenges, the per-client [`limit`]er, and
-//! the [`forward`]ing and [`bridge`] code that stream bodies through.
+//! signatures); [`Proxy`] holds the IO: the in-memory [`directory`] of
+//! challenges with their keep-alive connections ([`pool`]), the
+//! per-client [`limit`]er, and the [`forward`]ing and [`bridge`] code that
+//! stream bodies through.
 
 pub mod bridge;
 pub mod directory;
@@ -14,6 +15,7 @@ pub mod forward;
 pub mod headers;
 pub mod limit;
 pub mod path;
+pub mod pool;
 pub mod signature;
 
 use std::net::IpAddr;
@@ -169,8 +171,12 @@ impl ProxyError {
 /// limiter. One per master, shared by every handler.
 pub struct Proxy {
     config: ProxyConfig,
-    client: forward::HttpClient,
     directory: Directory,
+    /// The runtime the proxy was made on (the master's main one), where
+    /// directory reloads run: they use the database pool and the
+    /// orchestrator client, which belong to that runtime, while requests
+    /// may be served on the listener threads' own runtimes.
+    runtime: Option<tokio::runtime::Handle>,
     limiter: ClientLimiter,
     metagraph: Option<Arc<dyn Metagraph>>,
 }
@@ -188,14 +194,13 @@ impl Proxy {
     /// A proxy with `config`; `metagraph` is what the bridge checks
     /// hotkeys against (without one the bridge answers 503).
     pub fn new(config: ProxyConfig, metagraph: Option<Arc<dyn Metagraph>>) -> Self {
-        let client = forward::client();
         Self {
+            runtime: tokio::runtime::Handle::try_current().ok(),
             directory: Directory::new(
                 config.directory_refresh,
                 config.max_concurrent_per_challenge,
             ),
             limiter: ClientLimiter::new(config.rate_limit),
-            client,
             config,
             metagraph,
         }
@@ -228,20 +233,50 @@ impl Proxy {
         registry: &Registry,
         orchestrator: Option<&Arc<dyn Orchestrator>>,
     ) -> Result<Arc<Entry>, ProxyError> {
-        if !self.directory.is_dirty() && self.directory.claim_refresh() {
+        if self.directory.is_dirty() {
+            // An admin write: reload before answering, so a challenge
+            // activated a moment ago is reachable at once.
             let me = self.clone();
             let registry = registry.clone();
             let orchestrator = orchestrator.cloned();
-            tokio::spawn(async move {
+            self.on_main(async move {
+                me.directory
+                    .reload(&registry, orchestrator.as_ref(), true)
+                    .await;
+            })
+            .await;
+        } else if self.directory.claim_refresh() {
+            let me = self.clone();
+            let registry = registry.clone();
+            let orchestrator = orchestrator.cloned();
+            let refresh = async move {
                 me.directory
                     .reload(&registry, orchestrator.as_ref(), false)
                     .await;
                 me.limiter.forget_idle();
-            });
+            };
+            match &self.runtime {
+                Some(runtime) => drop(runtime.spawn(refresh)),
+                None => drop(tokio::spawn(refresh)),
+            }
         }
         self.directory
-            .lookup(slug, registry, orchestrator)
-            .await
+            .snapshot()
+            .get(slug)
+            .cloned()
             .ok_or(ProxyError::NotFound)
+    }
+
+    /// Runs `work` on the proxy's main runtime (or here, without one) and
+    /// waits for it.
+    async fn on_main(&self, work: impl std::future::Future<Output = ()> + Send + 'static) {
+        match &self.runtime {
+            Some(runtime) => {
+                // A failure means the main runtime is shutting down; the
+                // lookup then answers from the map as it is.
+                let _ = runtime.spawn(work).await;
+            }
+            None => work.await,
+        }
     }
 }

@@ -1,0 +1,485 @@
+//! Keep-alive connections to challenges, driven by the request that uses
+//! them: no connection task, no channel between tasks, no wake-up across
+//! threads.
+//!
+//! A pooled client (hyper-util's, reqwest's) runs each upstream connection
+//! as its own task and hands requests and responses to it over channels:
+//! every proxied request then crosses tasks — and, on a work-stealing
+//! runtime, threads — several times. Here the request's own task polls
+//! the hyper connection: while waiting for the response head
+//! ([`Conn::exchange`]) and then from the response body ([`Relay`]), which
+//! puts the connection back into the pool when the body ends cleanly.
+//! A connection whose exchange did not finish (the miner went away, an
+//! error, `Connection: close`, a request body still streaming) is closed.
+//!
+//! The pool is per thread (a `thread_local`): the master's listener
+//! threads each run a single-threaded runtime (base-server's `serve`), so
+//! a connection is only ever used by the runtime whose IO driver it is
+//! registered with. On a multi-threaded runtime each worker thread keeps
+//! its own idle connections, which is just as correct. Idle connections
+//! are kept for [`IDLE_TIMEOUT`], at most [`MAX_IDLE`] per challenge and
+//! thread; before reuse, a connection is polled once, so one the challenge
+//! has closed meanwhile is noticed and dropped, and a request that could
+//! not be sent on a pooled connection is sent again on a new one.
+
+use std::cell::RefCell;
+use std::collections::VecDeque;
+use std::future::{Future, poll_fn};
+use std::pin::{Pin, pin};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::task::{Context, Poll, Waker};
+use std::time::{Duration, Instant};
+
+use axum::body::Body;
+use axum::http::{HeaderValue, Request, Response, Uri, header};
+use bytes::Bytes;
+use http_body::{Frame, SizeHint};
+use hyper::body::Incoming;
+use hyper::client::conn::http1::{Connection, SendRequest};
+use hyper_util::rt::TokioIo;
+use tokio::net::TcpStream;
+use tokio::sync::OwnedSemaphorePermit;
+
+/// How long an idle connection is kept.
+pub const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+/// Idle connections kept per challenge and thread.
+pub const MAX_IDLE: usize = 512;
+/// How long opening a connection may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Why a challenge could not be reached (the proxy answers 502).
+#[derive(Debug, thiserror::Error)]
+pub enum UpstreamError {
+    /// The base URL cannot be proxied to (not `http://host[:port]`).
+    #[error("unusable challenge URL {0}: only http://host[:port][/prefix] is proxied")]
+    Url(String),
+    /// Connecting failed or timed out.
+    #[error("connecting to {authority}: {source}")]
+    Connect {
+        /// `host:port`.
+        authority: String,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The HTTP exchange failed (reset, malformed answer, body error).
+    #[error("HTTP exchange: {0}")]
+    Http(#[from] hyper::Error),
+}
+
+/// Where a challenge is reached, parsed once per directory load and kept
+/// across reloads while the URL stays the same (so its pooled
+/// connections stay in use).
+#[derive(Debug)]
+pub struct Upstream {
+    /// Identifies this upstream's connections in the per-thread pools.
+    id: u64,
+    /// Host name or address to connect to.
+    host: String,
+    /// TCP port.
+    port: u16,
+    /// The `Host` header: the URL's authority.
+    authority: HeaderValue,
+    /// The base URL's path without a trailing `/` (usually empty).
+    prefix: String,
+}
+
+static NEXT_ID: AtomicU64 = AtomicU64::new(1);
+
+impl Upstream {
+    /// Parses an `http://host[:port][/prefix]` base URL.
+    pub fn new(base: &reqwest::Url) -> Result<Self, UpstreamError> {
+        let unusable = || UpstreamError::Url(base.as_str().to_string());
+        if base.scheme() != "http" || base.query().is_some() {
+            return Err(unusable());
+        }
+        let host_str = base.host_str().ok_or_else(unusable)?;
+        // `Url` keeps the brackets of an IPv6 literal; connecting needs
+        // the bare address, the `Host` header the brackets.
+        let host = host_str
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .to_string();
+        let port = base.port_or_known_default().ok_or_else(unusable)?;
+        let authority = match base.port() {
+            Some(port) => format!("{host_str}:{port}"),
+            None => host_str.to_string(),
+        };
+        Ok(Self {
+            id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
+            host,
+            port,
+            authority: HeaderValue::from_str(&authority).map_err(|_| unusable())?,
+            prefix: base.path().trim_end_matches('/').to_string(),
+        })
+    }
+
+    /// The origin-form request target for `path` (encoded, starting with
+    /// `/`) and the raw `query`, under the base URL's own path.
+    pub fn target(&self, path: &str, query: Option<&str>) -> Option<Uri> {
+        let mut target = String::with_capacity(
+            self.prefix.len() + path.len() + query.map_or(0, |q| q.len() + 1),
+        );
+        target.push_str(&self.prefix);
+        target.push_str(path);
+        if let Some(query) = query {
+            target.push('?');
+            target.push_str(query);
+        }
+        Uri::from_maybe_shared(Bytes::from(target)).ok()
+    }
+
+    /// Sends `request` (its target from [`Upstream::target`]) on a pooled
+    /// connection or a new one, and returns the response head with the
+    /// connection that must be driven for its body.
+    pub(crate) async fn send(
+        &self,
+        mut request: Request<Upload>,
+    ) -> Result<(Response<Incoming>, Option<Box<Conn>>), UpstreamError> {
+        request
+            .headers_mut()
+            .insert(header::HOST, self.authority.clone());
+        if let Some(conn) = poll_fn(|cx| Poll::Ready(self.checkout(cx))).await {
+            match conn.exchange(request).await {
+                Ok(answer) => return Ok(answer),
+                // The challenge closed the idle connection as it was
+                // reused; the request never left, so it may go again.
+                Err((Some(unsent), _)) => request = unsent,
+                Err((None, e)) => return Err(e.into()),
+            }
+        }
+        let conn = self.connect().await?;
+        conn.exchange(request).await.map_err(|(_, e)| e.into())
+    }
+
+    /// A new connection.
+    async fn connect(&self) -> Result<Box<Conn>, UpstreamError> {
+        let connect_error = |source| UpstreamError::Connect {
+            authority: format!("{}:{}", self.host, self.port),
+            source,
+        };
+        let tcp = tokio::time::timeout(
+            CONNECT_TIMEOUT,
+            TcpStream::connect((self.host.as_str(), self.port)),
+        )
+        .await
+        .map_err(|_| connect_error(std::io::ErrorKind::TimedOut.into()))?
+        .map_err(connect_error)?;
+        // Response heads and SSE frames go out as soon as written.
+        tcp.set_nodelay(true).map_err(connect_error)?;
+        let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tcp)).await?;
+        // Boxed once here: the connection then moves (into the request's
+        // future, the response body, the pool) as a pointer, not as the
+        // several hundred bytes of hyper's connection state.
+        Ok(Box::new(Conn {
+            sender,
+            conn,
+            upstream: self.id,
+        }))
+    }
+
+    /// The most recently used idle connection that is still open.
+    fn checkout(&self, cx: &mut Context<'_>) -> Option<Box<Conn>> {
+        loop {
+            let idle = IDLE
+                .try_with(|pool| {
+                    let mut pool = pool.borrow_mut();
+                    let slot = pool.iter_mut().find(|s| s.upstream == self.id)?;
+                    let idle = slot.conns.pop_back()?;
+                    Some(idle)
+                })
+                .ok()
+                .flatten()?;
+            let mut conn = idle.conn;
+            if idle.since.elapsed() >= IDLE_TIMEOUT {
+                continue;
+            }
+            // Reads an EOF or error the challenge sent while the
+            // connection was idle, and registers this task for its events.
+            if Pin::new(&mut conn.conn).poll(cx).is_ready() || !conn.sender.is_ready() {
+                continue;
+            }
+            return Some(conn);
+        }
+    }
+}
+
+/// One idle connection.
+struct Idle {
+    conn: Box<Conn>,
+    since: Instant,
+}
+
+/// A challenge's idle connections on this thread.
+struct Slot {
+    upstream: u64,
+    conns: VecDeque<Idle>,
+}
+
+thread_local! {
+    /// This thread's idle connections, by upstream (a handful of
+    /// challenges: a list beats a map).
+    static IDLE: RefCell<Vec<Slot>> = const { RefCell::new(Vec::new()) };
+}
+
+/// An open HTTP/1 connection to a challenge: the request half and the
+/// connection future that does its IO.
+pub(crate) struct Conn {
+    sender: SendRequest<Upload>,
+    conn: Connection<TokioIo<TcpStream>, Upload>,
+    upstream: u64,
+}
+
+impl Conn {
+    /// Sends `request` and drives the connection until the response head
+    /// arrives. On failure, the request comes back when it was not sent.
+    #[allow(clippy::type_complexity)]
+    async fn exchange(
+        mut self: Box<Self>,
+        request: Request<Upload>,
+    ) -> Result<(Response<Incoming>, Option<Box<Conn>>), (Option<Request<Upload>>, hyper::Error)>
+    {
+        let mut open = true;
+        let answer = {
+            let mut sent = pin!(self.sender.try_send_request(request));
+            let conn = &mut self.conn;
+            poll_fn(|cx| {
+                if open && Pin::new(&mut *conn).poll(cx).is_ready() {
+                    // Closed or failed: the response future now resolves
+                    // (with the answer read before, or the error).
+                    open = false;
+                }
+                sent.as_mut().poll(cx)
+            })
+            .await
+        };
+        match answer {
+            Ok(response) => Ok((response, open.then_some(self))),
+            Err(mut e) => Err((e.take_message(), e.into_error())),
+        }
+    }
+
+    /// Back into this thread's pool if the connection is idle and usable.
+    fn release(mut self: Box<Self>) {
+        // One more poll lets the connection finish the exchange and ask
+        // for the next request; nothing waits on it, hence the no-op waker.
+        let mut cx = Context::from_waker(Waker::noop());
+        if Pin::new(&mut self.conn).poll(&mut cx).is_ready() || !self.sender.is_ready() {
+            return;
+        }
+        let _ = IDLE.try_with(|pool| {
+            let mut pool = pool.borrow_mut();
+            let now = Instant::now();
+            // Drop connections idle for too long, whichever upstream.
+            for slot in pool.iter_mut() {
+                while slot
+                    .conns
+                    .front()
+                    .is_some_and(|i| now.duration_since(i.since) >= IDLE_TIMEOUT)
+                {
+                    slot.conns.pop_front();
+                }
+            }
+            pool.retain(|s| !s.conns.is_empty() || s.upstream == self.upstream);
+            let slot = match pool.iter().position(|s| s.upstream == self.upstream) {
+                Some(i) => &mut pool[i],
+                None => {
+                    pool.push(Slot {
+                        upstream: self.upstream,
+                        conns: VecDeque::new(),
+                    });
+                    let last = pool.len() - 1;
+                    &mut pool[last]
+                }
+            };
+            if slot.conns.len() >= MAX_IDLE {
+                slot.conns.pop_front();
+            }
+            slot.conns.push_back(Idle {
+                conn: self,
+                since: now,
+            });
+        });
+    }
+}
+
+/// The request body as sent upstream: the miner's, counted as it streams;
+/// past `limit` it fails and raises `over`, which aborts the upstream
+/// request (the challenge never sees the body complete) and makes the
+/// answer 413.
+pub struct Upload {
+    inner: Body,
+    seen: u64,
+    limit: u64,
+    over: Option<Arc<AtomicBool>>,
+}
+
+impl Upload {
+    /// `body`, failing past `limit` bytes and then setting `over`.
+    pub fn limited(body: Body, limit: u64, over: Arc<AtomicBool>) -> Self {
+        Self {
+            inner: body,
+            seen: 0,
+            limit,
+            over: Some(over),
+        }
+    }
+
+    /// `body` as it is (already checked, e.g. the bridge's).
+    pub fn plain(body: Body) -> Self {
+        Self {
+            inner: body,
+            seen: 0,
+            limit: u64::MAX,
+            over: None,
+        }
+    }
+
+    /// No body.
+    pub fn empty() -> Self {
+        Self::plain(Body::empty())
+    }
+}
+
+impl http_body::Body for Upload {
+    type Data = Bytes;
+    type Error = axum::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, axum::Error>>> {
+        let frame = std::task::ready!(Pin::new(&mut self.inner).poll_frame(cx));
+        if let Some(Ok(frame)) = &frame
+            && let Some(data) = frame.data_ref()
+        {
+            self.seen = self.seen.saturating_add(data.len() as u64);
+            if self.seen > self.limit {
+                if let Some(over) = &self.over {
+                    over.store(true, Ordering::Release);
+                }
+                return Poll::Ready(Some(Err(axum::Error::new("request body over the limit"))));
+            }
+        }
+        Poll::Ready(frame)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+/// The challenge's response body on its way to the miner. It drives the
+/// upstream connection (the body's bytes arrive through it), holds the
+/// challenge's concurrency permit until it is finished or dropped, and
+/// returns the connection to the pool when the body ended cleanly.
+pub(crate) struct Relay {
+    body: Incoming,
+    conn: Option<Box<Conn>>,
+    ended: bool,
+    _permit: OwnedSemaphorePermit,
+}
+
+impl Relay {
+    /// `body`, driving `conn` (if still open), holding `permit`.
+    pub(crate) fn new(
+        body: Incoming,
+        conn: Option<Box<Conn>>,
+        permit: OwnedSemaphorePermit,
+    ) -> Self {
+        Self {
+            body,
+            conn,
+            ended: false,
+            _permit: permit,
+        }
+    }
+}
+
+impl http_body::Body for Relay {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let this = &mut *self;
+        if let Some(conn) = &mut this.conn
+            && Pin::new(&mut conn.conn).poll(cx).is_ready()
+        {
+            // Closed (`Connection: close`, an error): what was read is
+            // still delivered below, but the connection is not reused.
+            this.conn = None;
+        }
+        let frame = Pin::new(&mut this.body).poll_frame(cx);
+        if let Poll::Ready(None) = frame {
+            this.ended = true;
+        }
+        frame
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
+    }
+}
+
+impl Drop for Relay {
+    fn drop(&mut self) {
+        // The server stops polling a body once it reports its end, so
+        // "ended" is also a body that says it is complete.
+        if (self.ended || http_body::Body::is_end_stream(&self.body))
+            && let Some(conn) = self.conn.take()
+        {
+            conn.release();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn upstream(url: &str) -> Result<Upstream, UpstreamError> {
+        Upstream::new(&reqwest::Url::parse(url).unwrap())
+    }
+
+    #[test]
+    fn upstreams_keep_prefix_authority_and_raw_query() {
+        let u = upstream("http://challenge-echo:8000").unwrap();
+        assert_eq!((u.host.as_str(), u.port), ("challenge-echo", 8000));
+        assert_eq!(u.authority, "challenge-echo:8000");
+        assert_eq!(
+            u.target("/a%20b/c", Some("x=1&y=%2F")).unwrap(),
+            "/a%20b/c?x=1&y=%2F"
+        );
+        let u = upstream("http://10.0.0.5/prefix/").unwrap();
+        assert_eq!((u.port, u.authority.to_str().unwrap()), (80, "10.0.0.5"));
+        assert_eq!(u.target("/tasks/", None).unwrap(), "/prefix/tasks/");
+        let u = upstream("http://[::1]:9000").unwrap();
+        assert_eq!((u.host.as_str(), u.port), ("::1", 9000));
+        assert_eq!(u.authority, "[::1]:9000");
+        assert!(upstream("http://a:1").unwrap().id != upstream("http://a:1").unwrap().id);
+    }
+
+    #[test]
+    fn only_plain_http_is_proxied() {
+        assert!(matches!(
+            upstream("https://x:443"),
+            Err(UpstreamError::Url(_))
+        ));
+        assert!(matches!(
+            upstream("http://x/?q=1"),
+            Err(UpstreamError::Url(_))
+        ));
+    }
+}

@@ -1,0 +1,212 @@
+//! The master's public listener: one single-threaded tokio runtime per
+//! core, each accepting on its own `SO_REUSEPORT` socket, so that a proxied
+//! request — the miner's connection, the handler and the upstream
+//! connection — stays on one thread from accept to the last byte.
+//!
+//! `axum::serve` runs every connection as a task of the shared
+//! work-stealing runtime: a request and its upstream connection hop
+//! between worker threads, and each hop is a cross-thread wake-up. On the
+//! 2-core manager that cost a measurable share of the proxy's throughput
+//! (docs/benchmarks.md). Here the kernel spreads connections over the
+//! listeners (`SO_REUSEPORT` hashes the 4-tuple), and each runtime serves
+//! its own with hyper's HTTP/1 server and the same axum [`Router`].
+//!
+//! Only the passthrough (`/challenges/{slug}…`) runs on these threads,
+//! and it is called directly, without the router's matching, its boxed
+//! handler future and the request extensions it fills. Every
+//! other route (registry, weights, admin, the bridges) is handed to the
+//! runtime `serve` was called from, where the database pool, the
+//! orchestrator client and their background tasks live: those are
+//! registered with that runtime's IO driver and must not end up owned by
+//! a listener thread that stops at shutdown.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::ConnectInfo;
+use axum::http::{Request, Response, StatusCode};
+use axum::response::IntoResponse as _;
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::server::graceful::GracefulShutdown;
+use tokio::sync::watch;
+use tower::ServiceExt as _;
+
+use crate::state::AppState;
+
+/// The number of listener threads when the operator sets none: one per
+/// core the process may use.
+pub fn default_threads() -> usize {
+    std::thread::available_parallelism().map_or(1, usize::from)
+}
+
+/// `n` (at least one) listening sockets on `addr`, all with
+/// `SO_REUSEPORT`, so the kernel balances new connections between them.
+/// With port 0 the first socket picks the port and the others join it.
+pub fn bind(addr: SocketAddr, n: usize) -> std::io::Result<Vec<std::net::TcpListener>> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let mut addr = addr;
+    let mut out = Vec::with_capacity(n.max(1));
+    for _ in 0..n.max(1) {
+        let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+        socket.set_reuse_address(true)?;
+        socket.set_reuse_port(true)?;
+        socket.set_nonblocking(true)?;
+        socket.bind(&addr.into())?;
+        socket.listen(1024)?;
+        let listener: std::net::TcpListener = socket.into();
+        addr = listener.local_addr()?;
+        out.push(listener);
+    }
+    Ok(out)
+}
+
+/// Serves the API of `state` on `listeners`, one thread with a current-thread
+/// runtime per listener, until `shutdown` resolves; then stops accepting,
+/// lets the open connections finish their requests, and returns.
+///
+/// Must be called from within a tokio runtime: non-passthrough requests
+/// run there. Each request carries `ConnectInfo<SocketAddr>` (the rate
+/// limiter reads the client's address from it), as with
+/// `into_make_service_with_connect_info`.
+pub async fn serve(
+    listeners: Vec<std::net::TcpListener>,
+    state: AppState,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> std::io::Result<()> {
+    let main = tokio::runtime::Handle::current();
+    let router = crate::app(state.clone());
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let mut done = Vec::with_capacity(listeners.len());
+    for (i, listener) in listeners.into_iter().enumerate() {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()?;
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let (state, router, main, stop) =
+            (state.clone(), router.clone(), main.clone(), stop_rx.clone());
+        std::thread::Builder::new()
+            .name(format!("base-listen-{i}"))
+            .spawn(move || {
+                let result = runtime.block_on(accept_loop(listener, state, router, main, stop));
+                // Connections the graceful drain gave up on end here.
+                drop(runtime);
+                let _ = tx.send(result);
+            })?;
+        done.push(rx);
+    }
+    // The shutdown future may not be `Sync` or cheap to share; one task
+    // turns it into a signal every listener thread watches.
+    let signal = tokio::spawn(async move {
+        shutdown.await;
+        let _ = stop_tx.send(true);
+    });
+    let mut result = Ok(());
+    for rx in done {
+        match rx.await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => result = Err(e),
+            Err(_) => result = Err(std::io::Error::other("a listener thread panicked")),
+        }
+    }
+    signal.abort();
+    result
+}
+
+/// One listener thread: accepts until `stop`, serving each connection as a
+/// task of this thread's runtime.
+async fn accept_loop(
+    listener: std::net::TcpListener,
+    state: AppState,
+    router: Router,
+    main: tokio::runtime::Handle,
+    mut stop: watch::Receiver<bool>,
+) -> std::io::Result<()> {
+    let listener = tokio::net::TcpListener::from_std(listener)?;
+    let graceful = GracefulShutdown::new();
+    let mut http = hyper::server::conn::http1::Builder::new();
+    // The timer arms hyper's 30 s limit on reading request headers
+    // (slowloris) — this port is the subnet's attack surface.
+    http.timer(TokioTimer::new());
+    loop {
+        let (tcp, peer) = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok(conn) => conn,
+                Err(e) => {
+                    // Out of file descriptors and the like: back off
+                    // rather than spin, as axum::serve does.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            _ = stop.wait_for(|s| *s) => break,
+        };
+        // Without TCP_NODELAY a streamed response (headers, then body
+        // frames as the challenge sends them) waits on Nagle and delayed
+        // ACKs: the proxy measured 3x slower.
+        if let Err(e) = tcp.set_nodelay(true) {
+            tracing::debug!(error = %e, "cannot set TCP_NODELAY");
+        }
+        let service = {
+            let (state, router, main) = (state.clone(), router.clone(), main.clone());
+            hyper::service::service_fn(move |req: Request<Incoming>| {
+                handle(state.clone(), router.clone(), main.clone(), peer, req)
+            })
+        };
+        let conn = graceful.watch(http.serve_connection(TokioIo::new(tcp), service));
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::trace!(error = %e, "connection ended with an error");
+            }
+        });
+    }
+    drop(listener);
+    graceful.shutdown().await;
+    Ok(())
+}
+
+/// Routes one request: the passthrough here, everything else on `main`.
+async fn handle(
+    state: AppState,
+    router: Router,
+    main: tokio::runtime::Handle,
+    peer: SocketAddr,
+    req: Request<Incoming>,
+) -> Result<Response<Body>, std::convert::Infallible> {
+    let mut req = req.map(Body::new);
+    if crate::proxy::is_passthrough(req.uri().path()) {
+        return Ok(crate::proxy::forward(&state, Some(peer.ip()), req)
+            .await
+            .into_response());
+    }
+    req.extensions_mut().insert(ConnectInfo(peer));
+    match main.spawn(router.oneshot(req)).await {
+        Ok(response) => response,
+        // The main runtime is shutting down (or the handler panicked).
+        Err(_) => {
+            let mut response = Response::new(Body::empty());
+            *response.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
+            Ok(response)
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reuseport_sockets_share_one_port() {
+        let listeners = bind("127.0.0.1:0".parse().unwrap(), 3).unwrap();
+        let ports: Vec<u16> = listeners
+            .iter()
+            .map(|l| l.local_addr().unwrap().port())
+            .collect();
+        assert_eq!(ports.len(), 3);
+        assert!(ports.iter().all(|p| *p == ports[0] && *p != 0), "{ports:?}");
+    }
+}

@@ -106,6 +106,21 @@ fn filters(pairs: &[(&str, &str)]) -> HashMap<String, Vec<String>> {
     map
 }
 
+/// The options of an update of `service`: the engine applies it only to
+/// the version it was read at (optimistic concurrency).
+fn update_options(
+    name: &str,
+    service: &Service,
+) -> Result<bollard::query_parameters::UpdateServiceOptions, SwarmError> {
+    let index = service.version.as_ref().and_then(|v| v.index).unwrap_or(0);
+    let version = i32::try_from(index).map_err(|_| {
+        SwarmError::Spec(format!(
+            "service {name} version {index} exceeds the API's range"
+        ))
+    })?;
+    Ok(UpdateServiceOptionsBuilder::new().version(version).build())
+}
+
 /// Whether an engine error is "not found".
 fn is_status(e: &SwarmError, code: u16) -> bool {
     e.status() == Some(code)
@@ -206,14 +221,11 @@ impl SwarmOrchestrator {
     /// first if it has no copy (the manager may never run the image, but
     /// only it can be asked; a registry is then needed as for any job).
     async fn image_entrypoint(&self, image: &str) -> Result<Vec<String>, SwarmError> {
-        let inspect = |docker: Docker| async move { docker.inspect_image(image).await };
-        let found = match inspect(self.docker.clone()).await {
+        let inspect_err = |e| SwarmError::docker(format!("inspecting image {image}"), e);
+        let found = match self.docker.inspect_image(image).await.map_err(inspect_err) {
             Ok(found) => found,
-            Err(e) => {
-                let err = SwarmError::docker(format!("inspecting image {image}"), e);
-                if !is_status(&err, 404) {
-                    return Err(err);
-                }
+            Err(e) if !is_status(&e, 404) => return Err(e),
+            Err(_) => {
                 let opts = bollard::query_parameters::CreateImageOptionsBuilder::new()
                     .from_image(image)
                     .build();
@@ -226,9 +238,10 @@ impl SwarmOrchestrator {
                         ))
                     })?;
                 }
-                inspect(self.docker.clone())
+                self.docker
+                    .inspect_image(image)
                     .await
-                    .map_err(|e| SwarmError::docker(format!("inspecting image {image}"), e))?
+                    .map_err(inspect_err)?
             }
         };
         Ok(found.config.and_then(|c| c.entrypoint).unwrap_or_default())
@@ -492,13 +505,7 @@ impl SwarmOrchestrator {
                     if !spec::needs_update(&current, &desired) {
                         return Ok(());
                     }
-                    let index = current.version.and_then(|v| v.index).unwrap_or(0);
-                    let version = i32::try_from(index).map_err(|_| {
-                        SwarmError::Spec(format!(
-                            "service {name} version {index} exceeds the API's range"
-                        ))
-                    })?;
-                    let opts = UpdateServiceOptionsBuilder::new().version(version).build();
+                    let opts = update_options(name, &current)?;
                     match self
                         .docker
                         .update_service(name, desired.clone(), opts, None)
@@ -745,13 +752,7 @@ impl SwarmOrchestrator {
             else {
                 return Ok(());
             };
-            let index = service.version.as_ref().and_then(|v| v.index).unwrap_or(0);
-            let version = i32::try_from(index).map_err(|_| {
-                SwarmError::Spec(format!(
-                    "service {name} version {index} exceeds the API's range"
-                ))
-            })?;
-            let opts = UpdateServiceOptionsBuilder::new().version(version).build();
+            let opts = update_options(name, &service)?;
             match self
                 .docker
                 .update_service(name, spec::stopped_job_spec(current), opts, None)

@@ -104,6 +104,7 @@ NGINX_PORT="$(free_port)"
 log "upstream on 127.0.0.1:$UP_PORT"
 "$BIN/examples/echo_upstream" "127.0.0.1:$UP_PORT" &
 PIDS+=($!)
+UP_PID=$!
 wait_http "http://127.0.0.1:$UP_PORT/hello"
 
 # Starts a base-server master ($1 binary, $2 port, $3 data dir name, then
@@ -122,6 +123,7 @@ start_base() {
         BASE_LOG=warn \
         "$@" "$bin" master &
     PIDS+=($!)
+    LAST_BASE_PID=$!
     wait_http "http://127.0.0.1:$port/health"
     curl -fsS -o /dev/null -X POST "http://127.0.0.1:$port/v1/admin/challenges" \
         -H "X-Admin-Token: $TOKEN" -H 'Content-Type: application/json' \
@@ -130,9 +132,12 @@ start_base() {
 }
 
 start_base "$BASE_BIN" "$BASE_PORT" base
+BASE_PID=$LAST_BASE_PID
+BASE_B_PID=
 if [[ -n "$BASE_BIN_B" ]]; then
     # shellcheck disable=SC2086 # BASE_ENV_B is a list of words on purpose
     start_base "$BASE_BIN_B" "$BASE_B_PORT" base-b $BASE_ENV_B
+    BASE_B_PID=$LAST_BASE_PID
 fi
 
 log "nginx on 127.0.0.1:$NGINX_PORT ($NGINX_WORKERS workers)"
@@ -167,22 +172,66 @@ http {
 EOF
 nginx -c "$WORK_DIR/nginx/nginx.conf" &
 PIDS+=($!)
+NGINX_PID=$!
 wait_http "http://127.0.0.1:$NGINX_PORT/challenges/echo/hello"
 
-# Runs wrk and prints "<req/s> <p50 ms> <p99 ms>".
+# CPU time (clock ticks, user and system) and context switches so far of
+# the processes $@ with their threads and child processes (nginx's
+# workers): "<user> <system> <switches>".
+cpu_use() {
+    python3 - "$@" <<'PY'
+import os, sys
+pids, todo = set(), list(sys.argv[1:])
+while todo:
+    p = todo.pop()
+    if p in pids:
+        continue
+    pids.add(p)
+    try:
+        for t in os.listdir(f"/proc/{p}/task"):
+            with open(f"/proc/{p}/task/{t}/children") as f:
+                todo.extend(f.read().split())
+    except OSError:
+        pass
+user = system = switches = 0
+for p in pids:
+    try:
+        fields = open(f"/proc/{p}/stat").read().rsplit(")", 1)[1].split()
+        user += int(fields[11]); system += int(fields[12])
+        for t in os.listdir(f"/proc/{p}/task"):
+            for line in open(f"/proc/{p}/task/{t}/status"):
+                if line.startswith(("voluntary_ctxt_switches", "nonvoluntary_ctxt_switches")):
+                    switches += int(line.split()[-1])
+    except OSError:
+        continue
+print(user, system, switches)
+PY
+}
+
+# Runs wrk against $1 and prints "<req/s> <p50 ms> <p99 ms> <proxy us/req
+# user> <system> <switches/req> <upstream us/req>", the CPU figures of
+# the proxy process $2 (none for direct) and of the upstream.
 measure() {
-    local out
+    local out before_p before_u after_p after_u
+    before_p="$(cpu_use ${2:-})"
+    before_u="$(cpu_use "$UP_PID")"
     out="$(wrk -t"$THREADS" -c"$CONNECTIONS" -d"$DURATION" --latency "$1")"
+    after_p="$(cpu_use ${2:-})"
+    after_u="$(cpu_use "$UP_PID")"
     printf '%s\n' "$out" >&2
-    python3 - "$out" <<'PY'
+    python3 - "$out" "$before_p" "$after_p" "$before_u" "$after_u" "$(getconf CLK_TCK)" <<'PY'
 import re, sys
 text = sys.argv[1]
 def ms(label):
     m = re.search(r"^\s*" + label + r"%\s+([\d.]+)(us|ms|s)\s*$", text, re.M)
     v, unit = float(m.group(1)), m.group(2)
     return v / 1000 if unit == "us" else v * 1000 if unit == "s" else v
+total = int(re.search(r"(\d+) requests in", text).group(1))
 rps = float(re.search(r"Requests/sec:\s+([\d.]+)", text).group(1))
-print(f"{rps:.0f} {ms('50'):.3f} {ms('99'):.3f}")
+(bp, ap, bu, au), tick = [list(map(int, a.split())) for a in sys.argv[2:6]], int(sys.argv[6])
+per = lambda ticks: 1e6 * ticks / tick / max(total, 1)
+print(f"{rps:.0f} {ms('50'):.3f} {ms('99'):.3f} {per(ap[0] - bp[0]):.1f} {per(ap[1] - bp[1]):.1f} "
+      f"{(ap[2] - bp[2]) / max(total, 1):.2f} {per(au[0] + au[1] - bu[0] - bu[1]):.1f}")
 PY
 }
 
@@ -194,30 +243,38 @@ for url in "${WARM[@]}"; do
 done
 
 log "direct"
-read -r D_RPS D_P50 D_P99 < <(measure "http://127.0.0.1:$UP_PORT/hello")
+read -r D_RPS D_P50 D_P99 D_U D_S D_C D_UP < <(measure "http://127.0.0.1:$UP_PORT/hello")
 log "through BASE"
-read -r B_RPS B_P50 B_P99 < <(measure "http://127.0.0.1:$BASE_PORT/challenges/echo/hello")
-X_RPS=0 X_P50=0 X_P99=0
+read -r B_RPS B_P50 B_P99 B_U B_S B_C B_UP < <(measure "http://127.0.0.1:$BASE_PORT/challenges/echo/hello" "$BASE_PID")
+X_RPS=0 X_P50=0 X_P99=0 X_U=0 X_S=0 X_C=0 X_UP=0
 if [[ -n "$BASE_BIN_B" ]]; then
     log "through BASE B"
-    read -r X_RPS X_P50 X_P99 < <(measure "http://127.0.0.1:$BASE_B_PORT/challenges/echo/hello")
+    read -r X_RPS X_P50 X_P99 X_U X_S X_C X_UP < <(measure "http://127.0.0.1:$BASE_B_PORT/challenges/echo/hello" "$BASE_B_PID")
 fi
 log "through nginx"
-read -r N_RPS N_P50 N_P99 < <(measure "http://127.0.0.1:$NGINX_PORT/challenges/echo/hello")
+read -r N_RPS N_P50 N_P99 N_U N_S N_C N_UP < <(measure "http://127.0.0.1:$NGINX_PORT/challenges/echo/hello" "$NGINX_PID")
 
 status=0
-python3 - "$D_RPS" "$D_P50" "$D_P99" "$B_RPS" "$B_P50" "$B_P99" "$N_RPS" "$N_P50" "$N_P99" "$CONNECTIONS" "$THREADS" "$DURATION" "$X_RPS" "$X_P50" "$X_P99" <<'PY' || status=$?
+python3 - "$CONNECTIONS" "$THREADS" "$DURATION" \
+    "$D_RPS" "$D_P50" "$D_P99" "$D_U" "$D_S" "$D_C" "$D_UP" \
+    "$B_RPS" "$B_P50" "$B_P99" "$B_U" "$B_S" "$B_C" "$B_UP" \
+    "$N_RPS" "$N_P50" "$N_P99" "$N_U" "$N_S" "$N_C" "$N_UP" \
+    "$X_RPS" "$X_P50" "$X_P99" "$X_U" "$X_S" "$X_C" "$X_UP" <<'PY' || status=$?
 import sys
-d, b, n, x = [tuple(map(float, sys.argv[i:i+3])) for i in (1, 4, 7, 13)]
-conns, threads, dur = sys.argv[10:13]
+conns, threads, dur = sys.argv[1:4]
+d, b, n, x = [tuple(map(float, sys.argv[i:i + 7])) for i in (4, 11, 18, 25)]
 print(f"wrk -t{threads} -c{conns} -d{dur} --latency, loopback, GET of a 25-byte body")
-print("| path | requests/s | % of direct | p50 ms | p99 ms | added p50 ms | added p99 ms |")
-print("|---|---:|---:|---:|---:|---:|---:|")
+print("| path | requests/s | % of direct | p50 ms | p99 ms | added p50 ms | added p99 ms "
+      "| proxy CPU µs/req (user + sys) | proxy switches/req | upstream CPU µs/req |")
+print("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
 rows = [("direct", d), ("BASE proxy", b)] + ([("BASE B proxy", x)] if x[0] > 0 else []) + [("nginx proxy", n)]
-for name, (rps, p50, p99) in rows:
+for name, (rps, p50, p99, user, system, switches, up) in rows:
     add50 = "" if name == "direct" else f"{p50 - d[1]:.3f}"
     add99 = "" if name == "direct" else f"{p99 - d[2]:.3f}"
-    print(f"| {name} | {rps:.0f} | {100 * rps / d[0]:.0f} % | {p50:.3f} | {p99:.3f} | {add50} | {add99} |")
+    cpu = "" if name == "direct" else f"{user + system:.1f} ({user:.1f} + {system:.1f})"
+    sw = "" if name == "direct" else f"{switches:.2f}"
+    print(f"| {name} | {rps:.0f} | {100 * rps / d[0]:.0f} % | {p50:.3f} | {p99:.3f} | {add50} | {add99} "
+          f"| {cpu} | {sw} | {up:.1f} |")
 ok = b[0] > n[0] and (b[2] - d[2]) < 1.0
 print(f"target (BASE > nginx, p99 added < 1 ms): {'met' if ok else 'MISSED'}")
 if x[0] > 0:

@@ -215,6 +215,10 @@ pub struct Settings {
     pub proxy_rate_limit_burst: u32,
     /// Whether loopback clients are rate limited too (`BASE_PROXY_RATE_LIMIT_LOOPBACK`).
     pub proxy_rate_limit_loopback: bool,
+    /// Whether the public listener serves plain passthrough requests on
+    /// its byte-level fast path (`BASE_PROXY_FAST_PATH`, default true;
+    /// false sends every request through the general HTTP server).
+    pub proxy_fast_path: bool,
     /// Accepted clock difference of a miner signature, ± seconds
     /// (`BASE_BRIDGE_SIGNATURE_WINDOW_SECONDS`).
     pub bridge_signature_window_seconds: u32,
@@ -316,6 +320,7 @@ struct Defaults {
     proxy_rate_limit_per_minute: u32,
     proxy_rate_limit_burst: u32,
     proxy_rate_limit_loopback: bool,
+    proxy_fast_path: bool,
     bridge_signature_window_seconds: u32,
     bridge_blocked_uids: &'static str,
     bridge_nonce_retention_hours: u32,
@@ -339,6 +344,7 @@ const DEFAULTS: Defaults = Defaults {
     proxy_rate_limit_per_minute: 600,
     proxy_rate_limit_burst: 120,
     proxy_rate_limit_loopback: false,
+    proxy_fast_path: true,
     bridge_signature_window_seconds: 300,
     bridge_blocked_uids: "0",
     bridge_nonce_retention_hours: 24,
@@ -407,6 +413,7 @@ impl Settings {
                 u64::from(self.bridge_nonce_retention_hours) * 3600,
             ),
             blocked_uids: self.bridge_blocked_uids.clone(),
+            fast_path: self.proxy_fast_path,
             ..crate::proxy::ProxyConfig::default()
         }
     }

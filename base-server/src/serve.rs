@@ -11,10 +11,13 @@
 //! listeners (`SO_REUSEPORT` hashes the 4-tuple), and each runtime serves
 //! its own with hyper's HTTP/1 server and the same axum [`Router`].
 //!
-//! Only the passthrough (`/challenges/{slug}…`) runs on these threads,
-//! and it is called directly, without the router's matching, its boxed
-//! handler future and the request extensions it fills. Every
-//! other route (registry, weights, admin, the bridges) is handed to the
+//! A connection starts on the proxy's byte-level fast path
+//! (`base_sdk::proxy::http1`), which answers plain passthrough requests
+//! itself; the first request it does not take hands the connection, with
+//! what was read, to hyper's server for good. There the passthrough
+//! (`/challenges/{slug}…`) is also called directly, without the router's
+//! matching, its boxed handler future and the request extensions it
+//! fills. Every other route (registry, weights, admin, the bridges) is handed to the
 //! runtime `serve` was called from, where the database pool, the
 //! orchestrator client and their background tasks live: those are
 //! registered with that runtime's IO driver and must not end up owned by
@@ -24,11 +27,14 @@ use std::future::Future;
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use std::sync::Arc;
+
 use axum::Router;
 use axum::body::Body;
 use axum::extract::ConnectInfo;
 use axum::http::{Request, Response, StatusCode};
 use axum::response::IntoResponse as _;
+use base_sdk::proxy::http1::FastPath;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
@@ -79,6 +85,7 @@ pub async fn serve(
 ) -> std::io::Result<()> {
     let main = tokio::runtime::Handle::current();
     let router = crate::app(state.clone());
+    let fast = fast_path(&state);
     let (stop_tx, stop_rx) = watch::channel(false);
     let mut done = Vec::with_capacity(listeners.len());
     for (i, listener) in listeners.into_iter().enumerate() {
@@ -86,12 +93,18 @@ pub async fn serve(
             .enable_all()
             .build()?;
         let (tx, rx) = tokio::sync::oneshot::channel();
-        let (state, router, main, stop) =
-            (state.clone(), router.clone(), main.clone(), stop_rx.clone());
+        let (state, router, main, stop, fast) = (
+            state.clone(),
+            router.clone(),
+            main.clone(),
+            stop_rx.clone(),
+            fast.clone(),
+        );
         std::thread::Builder::new()
             .name(format!("base-listen-{i}"))
             .spawn(move || {
-                let result = runtime.block_on(accept_loop(listener, state, router, main, stop));
+                let result =
+                    runtime.block_on(accept_loop(listener, state, router, main, fast, stop));
                 // Connections the graceful drain gave up on end here.
                 drop(runtime);
                 let _ = tx.send(result);
@@ -116,6 +129,21 @@ pub async fn serve(
     result
 }
 
+/// The proxy's fast path, unless the master has no proxy or the operator
+/// turned it off; refusals are rendered as the API renders them.
+fn fast_path(state: &AppState) -> Option<Arc<FastPath>> {
+    let proxy = state.proxy()?;
+    if !proxy.config().fast_path {
+        return None;
+    }
+    Some(Arc::new(FastPath::new(
+        proxy.clone(),
+        state.registry().clone(),
+        state.orchestrator().cloned(),
+        Arc::new(|e| crate::error::ApiError::from(e).into_response()),
+    )))
+}
+
 /// One listener thread: accepts until `stop`, serving each connection as a
 /// task of this thread's runtime.
 async fn accept_loop(
@@ -123,10 +151,15 @@ async fn accept_loop(
     state: AppState,
     router: Router,
     main: tokio::runtime::Handle,
+    fast: Option<Arc<FastPath>>,
     mut stop: watch::Receiver<bool>,
 ) -> std::io::Result<()> {
     let listener = tokio::net::TcpListener::from_std(listener)?;
     let graceful = GracefulShutdown::new();
+    // Every connection task holds a clone; when all are gone after the
+    // drain, `open.recv()` ends (fast-path connections are not hyper's, so
+    // the graceful watcher does not see them).
+    let (alive, mut open) = tokio::sync::mpsc::channel::<()>(1);
     let mut http = hyper::server::conn::http1::Builder::new();
     // The timer arms hyper's 30 s limit on reading request headers
     // (slowloris) — this port is the subnet's attack surface.
@@ -157,15 +190,38 @@ async fn accept_loop(
                 handle(state.clone(), router.clone(), main.clone(), peer, req)
             })
         };
-        let conn = graceful.watch(http.serve_connection(TokioIo::new(tcp), service));
+        let (watcher, http, fast, stop, alive) = (
+            graceful.watcher(),
+            http.clone(),
+            fast.clone(),
+            stop.clone(),
+            alive.clone(),
+        );
         tokio::spawn(async move {
+            let _alive = alive;
+            let io = match fast {
+                Some(fast) => match fast.serve(tcp, peer.ip(), stop).await {
+                    Some(handover) => handover.into_io(),
+                    None => return,
+                },
+                None => base_sdk::proxy::http1::Handover {
+                    tcp,
+                    buffered: Default::default(),
+                }
+                .into_io(),
+            };
+            let conn = watcher.watch(http.serve_connection(TokioIo::new(io), service));
             if let Err(e) = conn.await {
                 tracing::trace!(error = %e, "connection ended with an error");
             }
         });
     }
     drop(listener);
+    drop(alive);
     graceful.shutdown().await;
+    // Fast-path connections close once idle (they watch `stop`); a
+    // request in progress is answered first.
+    let _ = open.recv().await;
     Ok(())
 }
 

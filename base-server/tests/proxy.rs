@@ -1041,3 +1041,392 @@ async fn upstream_connections_are_reused_and_closed_ones_replaced() {
     // and replaced, without failing a request.
     assert_eq!(close_count.load(Ordering::SeqCst), 5);
 }
+
+/// One answer read off a raw connection: status, headers (lower-case
+/// names), body (de-chunked).
+#[derive(Debug)]
+struct RawAnswer {
+    status: u16,
+    headers: Vec<(String, String)>,
+    body: Vec<u8>,
+}
+
+impl RawAnswer {
+    fn header(&self, name: &str) -> Option<&str> {
+        self.headers
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_str())
+    }
+}
+
+/// Splits what a server sent on one connection into its answers (to
+/// requests none of which was HEAD).
+fn raw_answers(mut data: &[u8]) -> Vec<RawAnswer> {
+    let mut out = Vec::new();
+    while !data.is_empty() {
+        let mut storage = [httparse::EMPTY_HEADER; 64];
+        let mut res = httparse::Response::new(&mut storage);
+        let httparse::Status::Complete(n) = res.parse(data).unwrap() else {
+            panic!("incomplete answer: {:?}", String::from_utf8_lossy(data))
+        };
+        let headers: Vec<(String, String)> = res
+            .headers
+            .iter()
+            .map(|h| {
+                (
+                    h.name.to_ascii_lowercase(),
+                    String::from_utf8_lossy(h.value).to_string(),
+                )
+            })
+            .collect();
+        let status = res.code.unwrap();
+        data = &data[n..];
+        let mut body = Vec::new();
+        let get = |name: &str| {
+            headers
+                .iter()
+                .find(|(k, _)| k == name)
+                .map(|(_, v)| v.clone())
+        };
+        if get("transfer-encoding").is_some() {
+            loop {
+                let line_end = data.windows(2).position(|w| w == b"\r\n").unwrap();
+                let size_text = std::str::from_utf8(&data[..line_end]).unwrap();
+                let size = usize::from_str_radix(size_text.split(';').next().unwrap(), 16).unwrap();
+                data = &data[line_end + 2..];
+                if size == 0 {
+                    let end = data.windows(2).position(|w| w == b"\r\n").unwrap();
+                    data = &data[end + 2..];
+                    break;
+                }
+                body.extend_from_slice(&data[..size]);
+                data = &data[size + 2..];
+            }
+        } else if let Some(len) = get("content-length") {
+            let len: usize = len.parse().unwrap();
+            body.extend_from_slice(&data[..len]);
+            data = &data[len..];
+        }
+        out.push(RawAnswer {
+            status,
+            headers,
+            body,
+        });
+    }
+    out
+}
+
+/// Writes `requests` at once on one connection (pipelined) and reads until
+/// the server closes it.
+async fn raw_session(addr: SocketAddr, requests: &[u8]) -> Vec<RawAnswer> {
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.write_all(requests).await.unwrap();
+    let mut buf = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut buf))
+        .await
+        .expect("the server did not close the connection")
+        .unwrap();
+    raw_answers(&buf)
+}
+
+#[tokio::test]
+async fn fast_and_general_requests_share_one_pipelined_connection() {
+    let h = harness(no_limits()).await;
+    let answers = raw_session(
+        h.addr,
+        b"GET /challenges/echo/one?a=1 HTTP/1.1\r\nHost: t\r\n\r\n\
+          GET /challenges/ECHO/%2e%2e/health HTTP/1.1\r\nHost: t\r\n\r\n\
+          POST /challenges/echo/two HTTP/1.1\r\nHost: t\r\nContent-Length: 3\r\n\r\nabc\
+          POST /challenges/echo/three HTTP/1.1\r\nHost: t\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nxyz\r\n0\r\n\r\n\
+          GET /challenges/echo/four HTTP/1.1\r\nHost: t\r\n\r\n\
+          GET /health HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    let statuses: Vec<u16> = answers.iter().map(|a| a.status).collect();
+    assert_eq!(statuses, [200, 403, 200, 200, 200, 200], "{answers:?}");
+    let json = |i: usize| serde_json::from_slice::<Value>(&answers[i].body).unwrap();
+    assert_eq!(
+        (json(0)["path"].clone(), json(0)["query"].clone()),
+        (json!("/one"), json!("a=1"))
+    );
+    assert_eq!(json(1), json!({"detail": "Proxy path is not allowed"}));
+    assert_eq!(
+        (json(2)["path"].clone(), json(2)["body"].clone()),
+        (json!("/two"), json!("abc"))
+    );
+    // The chunked upload went to the general server, which carried on.
+    assert_eq!(
+        (json(3)["path"].clone(), json(3)["body"].clone()),
+        (json!("/three"), json!("xyz"))
+    );
+    assert_eq!(json(4)["path"], "/four");
+    assert_eq!(json(5)["status"], "ok");
+    assert_eq!(
+        h.up.paths.lock().unwrap().as_slice(),
+        ["/one", "/two", "/three", "/four"]
+    );
+}
+
+#[tokio::test]
+async fn both_paths_forward_the_same_request() {
+    let mut seen = Vec::new();
+    for fast_path in [true, false] {
+        let h = harness(ProxyConfig {
+            fast_path,
+            ..no_limits()
+        })
+        .await;
+        let r = h
+            .client
+            .put(format!(
+                "{}/challenges/Echo/a/./b/../c%20d/?q=%2F&x",
+                h.base
+            ))
+            .header("X-Base-Verified-Hotkey", "5Spoof")
+            .header("x-base-proxy", "false")
+            .header("Authorization", "Bearer stolen")
+            .header("Forwarded", "for=1.2.3.4")
+            .header("Connection", "keep-alive, X-Hop")
+            .header("X-Hop", "1")
+            .header("Accept", "a")
+            .header("X-Miner-Note", "kept")
+            .body("payload")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        let mut headers: Vec<(String, String)> = r
+            .headers()
+            .iter()
+            .filter(|(k, _)| *k != "date")
+            .map(|(k, v)| (k.to_string(), v.to_str().unwrap().to_string()))
+            .collect();
+        headers.sort();
+        let mut v = r.json::<Value>().await.unwrap();
+        // The one difference: each run has its own upstream.
+        let host = v["headers"]
+            .as_object_mut()
+            .unwrap()
+            .remove("host")
+            .unwrap();
+        assert_eq!(
+            Some(host.as_str().unwrap()),
+            h.upstream.strip_prefix("http://")
+        );
+        seen.push((v, headers));
+    }
+    assert_eq!(seen[0], seen[1], "fast path vs general path");
+    assert_eq!(seen[0].0["path"], "/a/c%20d/");
+    assert_eq!(seen[0].0["headers"]["x-miner-note"], "kept");
+    assert!(seen[0].0["headers"].get("x-hop").is_none());
+}
+
+/// A challenge that answers each request with the raw bytes its path asks
+/// for, closing the connection after the ones that say so; it counts its
+/// connections.
+async fn scripted_upstream() -> (SocketAddr, Arc<AtomicU64>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let accepted = Arc::new(AtomicU64::new(0));
+    let count = accepted.clone();
+    tokio::spawn(async move {
+        loop {
+            let (mut s, _) = listener.accept().await.unwrap();
+            count.fetch_add(1, Ordering::SeqCst);
+            tokio::spawn(async move {
+                let mut buf = Vec::new();
+                let mut chunk = [0u8; 4096];
+                let mut served = 0;
+                loop {
+                    let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") else {
+                        let n = s.read(&mut chunk).await.unwrap_or(0);
+                        if n == 0 {
+                            return;
+                        }
+                        buf.extend_from_slice(&chunk[..n]);
+                        continue;
+                    };
+                    let head = String::from_utf8_lossy(&buf[..end]).to_string();
+                    buf.drain(..end + 4);
+                    let path = head.split(' ').nth(1).unwrap_or("").to_string();
+                    served += 1;
+                    let (answer, close): (&[u8], bool) = match path.as_str() {
+                        "/until-close" => (b"HTTP/1.1 200 OK\r\nx-kind: eof\r\n\r\nhello until close", true),
+                        "/chunked" => (
+                            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nTrailer: x-t\r\n\r\n5;e=1\r\nhello\r\n6\r\n world\r\n0\r\nx-t: 1\r\n\r\n",
+                            false,
+                        ),
+                        "/hints" => (
+                            b"HTTP/1.1 103 Early Hints\r\nlink: </a>\r\n\r\nHTTP/1.1 201 Created\r\ncontent-length: 2\r\n\r\nok",
+                            false,
+                        ),
+                        "/empty" => (b"HTTP/1.1 204 No Content\r\nx-kind: none\r\n\r\n", false),
+                        "/both" => (
+                            b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nok\r\n0\r\n\r\n",
+                            false,
+                        ),
+                        "/bad-length" => (b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Length: 3\r\n\r\nok", true),
+                        "/bad-chunk" => (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n", true),
+                        "/hang" => {
+                            tokio::time::sleep(Duration::from_secs(30)).await;
+                            return;
+                        }
+                        // Answers the first request of a connection only; a
+                        // second is read and the connection closed unanswered.
+                        _ if served > 1 => return,
+                        _ => (b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nfresh", false),
+                    };
+                    if s.write_all(answer).await.is_err() || close {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    (addr, accepted)
+}
+
+/// A master whose one challenge, "sc", is `upstream`.
+async fn master_for(upstream: SocketAddr, config: ProxyConfig) -> (SocketAddr, TempSqlite) {
+    let db = base_sdk::testing::sqlite().await.unwrap();
+    let registry = Registry::new(db.store.clone(), Environment::Development);
+    add_challenge(
+        &registry,
+        "sc",
+        format!("http://{upstream}"),
+        ChallengeStatus::Active,
+    )
+    .await;
+    let state = AppState::new(registry, AdminAuth::new(None), 100)
+        .with_proxy(Arc::new(Proxy::new(config, None)));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(base_server::serve(listener, state, std::future::pending()));
+    (addr, db)
+}
+
+#[tokio::test]
+async fn challenge_answers_of_every_framing_are_relayed() {
+    let (up, connections) = scripted_upstream().await;
+    let (addr, _db) = master_for(
+        up,
+        ProxyConfig {
+            upstream_timeout: Duration::from_millis(300),
+            ..no_limits()
+        },
+    )
+    .await;
+    let get = |path: &str| format!("GET /challenges/sc{path} HTTP/1.1\r\nHost: t\r\n\r\n");
+    let mut session = String::new();
+    for path in [
+        "/until-close",
+        "/chunked",
+        "/hints",
+        "/empty",
+        "/both",
+        "/bad-length",
+        "/bad-chunk",
+        "/hang",
+    ] {
+        session.push_str(&get(path));
+    }
+    session.push_str("GET /challenges/sc/last HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n");
+    let a = raw_session(addr, session.as_bytes()).await;
+    let statuses: Vec<u16> = a.iter().map(|a| a.status).collect();
+    assert_eq!(
+        statuses,
+        [200, 200, 201, 204, 200, 502, 502, 504, 200],
+        "{a:?}"
+    );
+    // A body the challenge ended by closing arrives whole, re-framed, and
+    // the miner's connection stays open.
+    assert_eq!(a[0].body, b"hello until close");
+    assert_eq!(a[0].header("transfer-encoding"), Some("chunked"));
+    assert_eq!(a[0].header("x-kind"), Some("eof"));
+    // Chunked bodies are relayed with their framing; `Trailer` is
+    // hop-by-hop and dropped.
+    assert_eq!(a[1].body, b"hello world");
+    assert_eq!(a[1].header("trailer"), None);
+    // The interim answer is not relayed, the final one is.
+    assert_eq!(
+        (a[2].body.as_slice(), a[2].header("link")),
+        (&b"ok"[..], None)
+    );
+    assert_eq!((a[3].body.len(), a[3].header("x-kind")), (0, Some("none")));
+    // Both framings: the chunked one wins, the length is not relayed.
+    assert_eq!(
+        (a[4].body.as_slice(), a[4].header("content-length")),
+        (&b"ok"[..], None)
+    );
+    assert_eq!(a[8].body, b"fresh");
+    // New connections: the first (closed by the challenge), after the
+    // double-framed answer, after each broken answer, after the timeout.
+    assert!(
+        connections.load(Ordering::SeqCst) >= 5,
+        "{}",
+        connections.load(Ordering::SeqCst)
+    );
+}
+
+#[tokio::test]
+async fn a_pooled_connection_closed_unanswered_is_retried_only_when_repeatable() {
+    let (up, connections) = scripted_upstream().await;
+    let (addr, _db) = master_for(up, no_limits()).await;
+    let a = raw_session(
+        addr,
+        b"GET /challenges/sc/1 HTTP/1.1\r\nHost: t\r\n\r\n\
+          GET /challenges/sc/2 HTTP/1.1\r\nHost: t\r\n\r\n\
+          POST /challenges/sc/3 HTTP/1.1\r\nHost: t\r\nContent-Length: 1\r\n\r\nx\
+          GET /challenges/sc/4 HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n",
+    )
+    .await;
+    let statuses: Vec<u16> = a.iter().map(|a| a.status).collect();
+    // 1 opens a connection; 2 finds it closed without an answer and goes
+    // again on a new one; 3 (not repeatable) gets 502 when the same
+    // happens; 4 opens the third connection.
+    assert_eq!(statuses, [200, 200, 502, 200], "{a:?}");
+    assert_eq!(connections.load(Ordering::SeqCst), 3);
+}
+
+#[tokio::test]
+async fn shutdown_closes_idle_fast_path_connections() {
+    let (up, _) = scripted_upstream().await;
+    let db = base_sdk::testing::sqlite().await.unwrap();
+    let registry = Registry::new(db.store.clone(), Environment::Development);
+    add_challenge(
+        &registry,
+        "sc",
+        format!("http://{up}"),
+        ChallengeStatus::Active,
+    )
+    .await;
+    let state = AppState::new(registry, AdminAuth::new(None), 100)
+        .with_proxy(Arc::new(Proxy::new(no_limits(), None)));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let stop = Arc::new(Notify::new());
+    let signal = stop.clone();
+    let served = tokio::spawn(base_server::serve(listener, state, async move {
+        signal.notified().await
+    }));
+    let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
+    s.write_all(b"GET /challenges/sc/x HTTP/1.1\r\nHost: t\r\n\r\n")
+        .await
+        .unwrap();
+    let mut buf = vec![0u8; 1024];
+    let n = s.read(&mut buf).await.unwrap();
+    assert!(
+        buf[..n].starts_with(b"HTTP/1.1 200"),
+        "{:?}",
+        String::from_utf8_lossy(&buf[..n])
+    );
+    // The kept-alive connection is idle: shutdown closes it and returns.
+    stop.notify_one();
+    tokio::time::timeout(Duration::from_secs(10), served)
+        .await
+        .expect("serve did not return with an idle connection open")
+        .unwrap()
+        .unwrap();
+    assert_eq!(s.read(&mut buf).await.unwrap(), 0, "connection left open");
+}

@@ -17,80 +17,97 @@ pub const X_BASE_PROXY: HeaderName = HeaderName::from_static("x-base-proxy");
 pub const X_BASE_CHALLENGE_SLUG: HeaderName = HeaderName::from_static("x-base-challenge-slug");
 
 /// Hop-by-hop headers of RFC 9110 §7.6.1, plus the legacy
-/// `proxy-connection` and `keep-alive` that clients still send.
-static HOP_BY_HOP: [HeaderName; 9] = [
-    header::CONNECTION,
-    HeaderName::from_static("keep-alive"),
-    HeaderName::from_static("proxy-connection"),
-    header::PROXY_AUTHENTICATE,
-    header::PROXY_AUTHORIZATION,
-    header::TE,
-    header::TRAILER,
-    header::TRANSFER_ENCODING,
-    header::UPGRADE,
+/// `proxy-connection` and `keep-alive` that clients still send (lower
+/// case; names are compared without regard to case).
+pub const HOP_BY_HOP: [&str; 9] = [
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
 ];
 
 /// Request headers that carry credentials or claims about who the client
 /// is. Dropped so a challenge never mistakes a miner's claim for BASE's.
-static IDENTITY: [HeaderName; 16] = [
-    header::HOST,
-    header::AUTHORIZATION,
-    header::COOKIE,
+pub const IDENTITY: [&str; 16] = [
+    "host",
+    "authorization",
+    "cookie",
     // The proxy reads the body itself; a client's `Expect: 100-continue`
     // has already been answered by our server.
-    header::EXPECT,
-    header::FORWARDED,
-    HeaderName::from_static("x-admin-token"),
-    HeaderName::from_static("x-hotkey"),
-    HeaderName::from_static("x-signature"),
-    HeaderName::from_static("x-nonce"),
-    HeaderName::from_static("x-timestamp"),
-    HeaderName::from_static("x-real-ip"),
-    HeaderName::from_static("x-client-ip"),
-    HeaderName::from_static("true-client-ip"),
-    HeaderName::from_static("cf-connecting-ip"),
-    HeaderName::from_static("x-original-url"),
-    HeaderName::from_static("x-rewrite-url"),
+    "expect",
+    "forwarded",
+    "x-admin-token",
+    "x-hotkey",
+    "x-signature",
+    "x-nonce",
+    "x-timestamp",
+    "x-real-ip",
+    "x-client-ip",
+    "true-client-ip",
+    "cf-connecting-ip",
+    "x-original-url",
+    "x-rewrite-url",
 ];
 
 /// Prefixes of request header names that are dropped whatever follows.
-const IDENTITY_PREFIXES: &[&str] = &["x-base-", "x-forwarded-"];
+pub const IDENTITY_PREFIXES: [&str; 2] = ["x-base-", "x-forwarded-"];
 
-/// Whether `name` is listed in one of the `Connection` header's values,
-/// which makes it hop-by-hop for this message.
-fn named_by_connection(connection: &[HeaderName], name: &HeaderName) -> bool {
-    connection.iter().any(|c| c == name)
+fn listed(list: &[&str], name: &str) -> bool {
+    list.iter().any(|l| l.eq_ignore_ascii_case(name))
 }
 
-/// The header names the `Connection` header lists (RFC 9110 §7.6.1).
-fn connection_names(headers: &HeaderMap) -> Vec<HeaderName> {
+fn has_prefix(name: &str, prefix: &str) -> bool {
+    name.len() >= prefix.len()
+        && name.as_bytes()[..prefix.len()].eq_ignore_ascii_case(prefix.as_bytes())
+}
+
+/// Whether `name` (any case) is hop-by-hop.
+pub fn is_hop_by_hop_name(name: &str) -> bool {
+    listed(&HOP_BY_HOP, name)
+}
+
+/// Whether a request header called `name` (any case) is dropped before
+/// forwarding: the one rule both the general path (over [`HeaderMap`]s)
+/// and the fast path (over the raw head, [`super::wire`]) apply.
+pub fn is_dropped_request_name(name: &str) -> bool {
+    is_hop_by_hop_name(name)
+        || listed(&IDENTITY, name)
+        || IDENTITY_PREFIXES.iter().any(|p| has_prefix(name, p))
+}
+
+/// Whether one of the `Connection` header values `connection` lists
+/// `name` (any case), which makes it hop-by-hop for this message.
+pub fn named_by_connection<'a>(connection: impl IntoIterator<Item = &'a str>, name: &str) -> bool {
+    connection
+        .into_iter()
+        .flat_map(|v| v.split(','))
+        .any(|t| t.trim().eq_ignore_ascii_case(name))
+}
+
+/// The `Connection` header's values that are text.
+fn connection_values(headers: &HeaderMap) -> Vec<&str> {
     headers
         .get_all(header::CONNECTION)
         .iter()
         .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(','))
-        .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
         .collect()
-}
-
-fn is_hop_by_hop(name: &HeaderName) -> bool {
-    HOP_BY_HOP.contains(name)
 }
 
 /// Whether a request header is dropped before forwarding.
 pub fn is_dropped_request_header(name: &HeaderName) -> bool {
-    is_hop_by_hop(name)
-        || IDENTITY.contains(name)
-        || IDENTITY_PREFIXES
-            .iter()
-            .any(|p| name.as_str().starts_with(p))
+    is_dropped_request_name(name.as_str())
 }
 
 /// The headers sent upstream for a proxied request: the inbound ones
 /// minus hop-by-hop, credential and identity headers, plus the canonical
 /// `X-Base-Proxy: true` and `X-Base-Challenge-Slug: <slug>`.
 pub fn request_headers(inbound: &HeaderMap, slug: &HeaderValue) -> HeaderMap {
-    let connection = connection_names(inbound);
+    let connection = connection_values(inbound);
     // With `transfer-encoding` the body is re-framed (chunked) upstream; a
     // `content-length` sent beside it would disagree with the body and is
     // the classic request-smuggling shape.
@@ -98,7 +115,7 @@ pub fn request_headers(inbound: &HeaderMap, slug: &HeaderValue) -> HeaderMap {
     let mut out = HeaderMap::with_capacity(inbound.len() + 2);
     for (name, value) in inbound {
         if is_dropped_request_header(name)
-            || named_by_connection(&connection, name)
+            || named_by_connection(connection.iter().copied(), name.as_str())
             || (chunked && name == header::CONTENT_LENGTH)
         {
             continue;
@@ -115,9 +132,13 @@ pub fn request_headers(inbound: &HeaderMap, slug: &HeaderValue) -> HeaderMap {
 /// is relayed byte for byte (no decompression), so `content-length` and
 /// `content-encoding` still describe it and are kept.
 pub fn strip_response_headers(headers: &mut HeaderMap) {
-    let connection = connection_names(headers);
+    let connection: Vec<HeaderName> = connection_values(headers)
+        .iter()
+        .flat_map(|v| v.split(','))
+        .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
+        .collect();
     for name in &HOP_BY_HOP {
-        headers.remove(name);
+        headers.remove(*name);
     }
     for name in &connection {
         headers.remove(name);

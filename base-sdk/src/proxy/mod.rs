@@ -13,10 +13,12 @@ pub mod bridge;
 pub mod directory;
 pub mod forward;
 pub mod headers;
+pub mod http1;
 pub mod limit;
 pub mod path;
 pub mod pool;
 pub mod signature;
+pub mod wire;
 
 use std::net::IpAddr;
 use std::sync::Arc;
@@ -57,6 +59,9 @@ pub struct ProxyConfig {
     pub nonce_retention: Duration,
     /// Uids whose hotkeys may not use the bridge (the owner's uid 0).
     pub blocked_uids: Vec<u16>,
+    /// Whether plain passthrough requests take the byte-level fast path
+    /// ([`http1`]) on the master's listener threads.
+    pub fast_path: bool,
 }
 
 impl Default for ProxyConfig {
@@ -75,6 +80,7 @@ impl Default for ProxyConfig {
             signature_window_seconds: 300,
             nonce_retention: Duration::from_secs(24 * 3600),
             blocked_uids: vec![0],
+            fast_path: true,
         }
     }
 }

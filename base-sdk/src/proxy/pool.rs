@@ -46,7 +46,7 @@ pub const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 /// Idle connections kept per challenge and thread.
 pub const MAX_IDLE: usize = 512;
 /// How long opening a connection may take.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+pub(crate) const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Why a challenge could not be reached (the proxy answers 502).
 #[derive(Debug, thiserror::Error)]
@@ -113,6 +113,31 @@ impl Upstream {
             authority: HeaderValue::from_str(&authority).map_err(|_| unusable())?,
             prefix: base.path().trim_end_matches('/').to_string(),
         })
+    }
+
+    /// Identifies this upstream's connections in the per-thread pools.
+    pub(crate) fn id(&self) -> u64 {
+        self.id
+    }
+
+    /// Host name or address to connect to.
+    pub(crate) fn host(&self) -> &str {
+        &self.host
+    }
+
+    /// TCP port.
+    pub(crate) fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// The `Host` header: the URL's authority.
+    pub(crate) fn authority(&self) -> &HeaderValue {
+        &self.authority
+    }
+
+    /// The base URL's path without a trailing `/`.
+    pub(crate) fn prefix(&self) -> &str {
+        &self.prefix
     }
 
     /// The origin-form request target for `path` (encoded, starting with

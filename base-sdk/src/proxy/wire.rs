@@ -911,6 +911,30 @@ mod tests {
             let _ = parse_request(&data, &mut h);
         }
 
+        /// Whatever bytes a header value holds, a request the fast path
+        /// takes is forwarded with one line per header it lets through:
+        /// no CR or LF of the miner's ends up inside the upstream head.
+        #[test]
+        fn no_header_injection(value in prop::collection::vec(any::<u8>(), 0..40)) {
+            let mut raw = b"GET /challenges/s/x HTTP/1.1\r\nx-note: ".to_vec();
+            raw.extend_from_slice(&value);
+            raw.extend_from_slice(b"\r\naccept: a\r\n\r\n");
+            let mut h = [httparse::EMPTY_HEADER; MAX_HEADERS];
+            if let Parsed::Done(req) = parse_request(&raw, &mut h) {
+                let mut out = Vec::new();
+                write_upstream_request(&mut out, &req, Target { prefix: "", path: "/x", authority: b"a", slug: b"s" }, b"");
+                let head = &out[..out.len() - 4];
+                let lines: Vec<&[u8]> = head.split(|b| *b == b'\n').collect();
+                for line in &lines {
+                    prop_assert!(!line.strip_suffix(b"\r").unwrap_or(line).contains(&b'\r'));
+                }
+                // Request line, host, the miner's headers the rules let
+                // through, the two canonical ones.
+                let kept = req.headers.iter().filter(|f| !headers::is_dropped_request_name(f.name)).count();
+                prop_assert_eq!(lines.len(), 2 + kept + 2);
+            }
+        }
+
         /// The fast path drops exactly the request headers the general
         /// path drops, whatever their case.
         #[test]

@@ -415,23 +415,37 @@ async fn send(
     mut timer: Pin<&mut Sleep>,
 ) -> Result<(Box<RawConn>, Framing, bool), ProxyError> {
     let upstream = &entry.upstream;
+    // One deadline for connecting, sending and the answer's head, retry
+    // included, as the general path's.
+    timer.as_mut().reset(Instant::now() + timeout);
     let mut pooled = checkout(upstream);
     loop {
         let reused = pooled.is_some();
         let mut conn = match pooled.take() {
             Some(conn) => conn,
-            None => connect(upstream).await.map_err(|e| {
-                tracing::warn!(slug = %entry.slug.as_str(), error = %e, "challenge unreachable");
-                ProxyError::Unavailable
-            })?,
+            None => {
+                let connected = tokio::select! {
+                    biased;
+                    connected = connect(upstream) => connected,
+                    () = timer.as_mut() => return Err(ProxyError::Timeout),
+                };
+                connected.map_err(|e| {
+                    tracing::warn!(slug = %entry.slug.as_str(), error = %e, "challenge unreachable");
+                    ProxyError::Unavailable
+                })?
+            }
         };
-        if conn.tcp.write_all(request).await.is_err() {
+        let written = tokio::select! {
+            biased;
+            written = conn.tcp.write_all(request) => written,
+            () = timer.as_mut() => return Err(ProxyError::Timeout),
+        };
+        if written.is_err() {
             if reused {
                 continue;
             }
             return Err(ProxyError::Unavailable);
         }
-        timer.as_mut().reset(Instant::now() + timeout);
         loop {
             if !conn.buf.is_empty() {
                 head.clear();

@@ -188,11 +188,17 @@ impl FastPath {
         &self,
         mut tcp: TcpStream,
         client: IpAddr,
-        mut stop: watch::Receiver<bool>,
+        stop: watch::Receiver<bool>,
     ) -> Option<Handover> {
         let mut buf = BytesMut::with_capacity(READ_ROOM * 2);
         let mut io = Buffers::default();
         let mut timer = pin!(tokio::time::sleep(HEAD_TIMEOUT));
+        // Made once per connection: it then stays registered with the
+        // signal instead of registering and leaving again per request.
+        let mut signal = stop.clone();
+        let mut stopped = pin!(async move {
+            let _ = signal.wait_for(|stop| *stop).await;
+        });
         'requests: loop {
             timer.as_mut().reset(Instant::now() + HEAD_TIMEOUT);
             // Bytes needed before parsing again: a request's whole length
@@ -236,14 +242,16 @@ impl FastPath {
                         Parsed::Done(req) => need = req.len(),
                     }
                 }
-                if buf.is_empty() && *stop.borrow() {
+                // Between requests, a shutdown closes the connection (a
+                // version check: no lock).
+                if buf.is_empty() && stop.has_changed().unwrap_or(true) {
                     return None;
                 }
                 reserve(&mut buf);
                 let read = tokio::select! {
                     biased;
                     read = tcp.read_buf(&mut buf) => read,
-                    _ = stop.changed(), if buf.is_empty() => return None,
+                    () = stopped.as_mut(), if buf.is_empty() => return None,
                     () = timer.as_mut() => return None,
                 };
                 match read {

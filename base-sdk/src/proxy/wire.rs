@@ -182,6 +182,10 @@ pub fn parse_request<'h, 'b>(
     let (Some(method), Some(target), Some(1)) = (req.method, req.path, req.version) else {
         return Parsed::General;
     };
+    // A 2xx answer to CONNECT opens a tunnel: not a passthrough exchange.
+    if method == "CONNECT" {
+        return Parsed::General;
+    }
     if !target.bytes().all(plain_target_byte) {
         return Parsed::General;
     }
@@ -627,6 +631,7 @@ mod tests {
             b"GET /challenges/ HTTP/1.1\r\n\r\n",
             b"GET /challenges//x HTTP/1.1\r\n\r\n",
             b"GET /challenges/echo/x HTTP/1.0\r\n\r\n",
+            b"CONNECT /challenges/echo/x HTTP/1.1\r\n\r\n",
             b"GET http://h/challenges/echo/x HTTP/1.1\r\n\r\n",
             b"GET /challenges/echo/a\"b HTTP/1.1\r\n\r\n",
             b"GET /challenges/echo/a{b} HTTP/1.1\r\n\r\n",

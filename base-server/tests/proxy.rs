@@ -1430,3 +1430,29 @@ async fn shutdown_closes_idle_fast_path_connections() {
         .unwrap();
     assert_eq!(s.read(&mut buf).await.unwrap(), 0, "connection left open");
 }
+
+#[tokio::test]
+async fn head_answers_carry_no_body_on_either_outcome() {
+    let h = harness(no_limits()).await;
+    let mut s = tokio::net::TcpStream::connect(h.addr).await.unwrap();
+    s.write_all(
+        b"HEAD /challenges/echo/x HTTP/1.1\r\nHost: t\r\n\r\n\
+          HEAD /challenges/nope/x HTTP/1.1\r\nHost: t\r\n\r\n\
+          GET /challenges/echo/last HTTP/1.1\r\nHost: t\r\nConnection: close\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    let mut buf = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut buf))
+        .await
+        .unwrap()
+        .unwrap();
+    let text = String::from_utf8_lossy(&buf).to_string();
+    // Each head is followed directly by the next answer: a body after a
+    // HEAD answer would be read as the start of the next one.
+    let heads: Vec<&str> = text.split("\r\n\r\n").collect();
+    assert!(heads[0].starts_with("HTTP/1.1 200 "), "{text}");
+    assert!(heads[1].starts_with("HTTP/1.1 404 "), "{text}");
+    assert!(heads[2].starts_with("HTTP/1.1 200 "), "{text}");
+    assert!(heads[3].contains("\"path\":\"/last\""), "{text}");
+}

@@ -275,7 +275,7 @@ impl FastPath {
         io.request.clear();
         let (entry, permit) = match self.prepare(req, body, client, &mut io.request).await {
             Ok(ready) => ready,
-            Err(e) => return self.refuse(tcp, e, req.close, &mut io.response).await,
+            Err(e) => return self.refuse(tcp, e, req, &mut io.response).await,
         };
         let sent = send(
             &entry,
@@ -289,7 +289,7 @@ impl FastPath {
         .await;
         let (conn, framing, reusable) = match sent {
             Ok(answer) => answer,
-            Err(e) => return self.refuse(tcp, e, req.close, &mut io.response).await,
+            Err(e) => return self.refuse(tcp, e, req, &mut io.response).await,
         };
         match relay(tcp, conn, framing, reusable, &mut io.response).await {
             Relayed::Done => {}
@@ -297,7 +297,7 @@ impl FastPath {
                 // Nothing was sent yet: the miner gets the general path's 502.
                 tracing::warn!(slug = %entry.slug.as_str(), "challenge sent a malformed chunked body");
                 return self
-                    .refuse(tcp, ProxyError::Unavailable, req.close, &mut io.response)
+                    .refuse(tcp, ProxyError::Unavailable, req, &mut io.response)
                     .await;
             }
             // The head is out; the miner's connection is all that can
@@ -350,15 +350,16 @@ impl FastPath {
         Ok((entry, permit))
     }
 
-    /// Writes the general path's answer to `e`; whether the connection may
-    /// carry another request.
+    /// Writes the general path's answer to `e` for `req` (its body left
+    /// out for HEAD); whether the connection may carry another request.
     async fn refuse(
         &self,
         tcp: &mut TcpStream,
         e: ProxyError,
-        close: bool,
+        req: &Request<'_, '_>,
         out: &mut Vec<u8>,
     ) -> bool {
+        let close = req.close;
         let (parts, body) = (self.render)(e).into_parts();
         let body = match http_body_util::BodyExt::collect(body).await {
             Ok(collected) => collected.to_bytes(),
@@ -386,7 +387,9 @@ impl FastPath {
             out.extend_from_slice(b"connection: close\r\n");
         }
         out.extend_from_slice(b"\r\n");
-        out.extend_from_slice(&body);
+        if !req.is_head() {
+            out.extend_from_slice(&body);
+        }
         tcp.write_all(out).await.is_ok() && !close
     }
 }

@@ -576,7 +576,10 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
-    fn parse(raw: &[u8]) -> Parsed<(usize, String, String, String, Option<String>, u64, bool)> {
+    /// Head length, method, slug, rest, query, body length, close.
+    type Fields = (usize, String, String, String, Option<String>, u64, bool);
+
+    fn parse(raw: &[u8]) -> Parsed<Fields> {
         let mut h = [httparse::EMPTY_HEADER; MAX_HEADERS];
         match parse_request(raw, &mut h) {
             Parsed::Partial => Parsed::Partial,

@@ -1344,6 +1344,11 @@ async fn challenge_answers_of_every_framing_are_relayed() {
     assert_eq!(a[0].body, b"hello until close");
     assert_eq!(a[0].header("transfer-encoding"), Some("chunked"));
     assert_eq!(a[0].header("x-kind"), Some("eof"));
+    // The challenge sent no `Date`; the proxy adds one (RFC 9110 §6.6.1).
+    assert!(
+        a[0].header("date").is_some_and(|d| d.ends_with(" GMT")),
+        "{a:?}"
+    );
     // Chunked bodies are relayed with their framing; `Trailer` is
     // hop-by-hop and dropped.
     assert_eq!(a[1].body, b"hello world");

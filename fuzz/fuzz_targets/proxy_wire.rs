@@ -32,7 +32,8 @@ fuzz_target!(|data: &[u8]| {
         }
     }
     let mut out = Vec::new();
-    let _ = wire::parse_response(data, data.first().is_some_and(|b| b & 1 == 1), &mut out);
+    let head = data.first().is_some_and(|b| b & 1 == 1);
+    let _ = wire::parse_response(data, head, || "Thu, 01 Jan 1970 00:00:00 GMT".into(), &mut out);
     let mut scanner = ChunkedScanner::new();
     let (a, b) = data.split_at(data.len() / 2);
     for part in [a, b] {

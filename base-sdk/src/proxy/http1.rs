@@ -382,6 +382,9 @@ impl FastPath {
             out.extend_from_slice(value.as_bytes());
             out.extend_from_slice(b"\r\n");
         }
+        if !parts.headers.contains_key(header::DATE) {
+            let _ = write!(out, "date: {}\r\n", http_date());
+        }
         let _ = write!(out, "content-length: {}\r\n", body.len());
         if close {
             out.extend_from_slice(b"connection: close\r\n");
@@ -460,7 +463,7 @@ async fn send(
         loop {
             if !conn.buf.is_empty() {
                 head.clear();
-                match wire::parse_response(&conn.buf, head_request, head) {
+                match wire::parse_response(&conn.buf, head_request, http_date, head) {
                     Ok(None) => {}
                     Ok(Some(wire::Response::Interim(n))) => {
                         conn.buf.advance(n);
@@ -699,6 +702,11 @@ fn checkout(upstream: &Upstream) -> Option<Box<RawConn>> {
             _ => continue,
         }
     }
+}
+
+/// Now, as an HTTP date.
+fn http_date() -> String {
+    httpdate::fmt_http_date(std::time::SystemTime::now())
 }
 
 /// A new connection to `upstream`.

@@ -315,11 +315,13 @@ pub enum Response {
 /// Reads a challenge's response head from `buf` (the answer to a HEAD
 /// request when `head`) and, for a final answer, appends the head the
 /// miner gets to `out`: the status, the headers minus hop-by-hop ones and
-/// those `Connection` names, and the framing of the relayed body.
-/// `Ok(None)`: more bytes are needed.
+/// those `Connection` names, a `Date` from `now` when the challenge sent
+/// none (RFC 9110 §6.6.1: a forwarding recipient with a clock adds one),
+/// and the framing of the relayed body. `Ok(None)`: more bytes are needed.
 pub fn parse_response(
     buf: &[u8],
     head: bool,
+    now: impl FnOnce() -> String,
     out: &mut Vec<u8>,
 ) -> Result<Option<Response>, WireError> {
     let mut storage = [httparse::EMPTY_HEADER; MAX_HEADERS];
@@ -391,7 +393,9 @@ pub fn parse_response(
     let has_connection = fields
         .iter()
         .any(|h| h.name.eq_ignore_ascii_case("connection"));
+    let mut has_date = false;
     for h in fields {
+        has_date |= h.name.eq_ignore_ascii_case("date");
         let framing_header =
             h.name.eq_ignore_ascii_case("content-length") && framing != Framing::Empty;
         if framing_header
@@ -403,6 +407,11 @@ pub fn parse_response(
         out.extend_from_slice(h.name.as_bytes());
         out.extend_from_slice(b": ");
         out.extend_from_slice(h.value);
+        out.extend_from_slice(b"\r\n");
+    }
+    if !has_date {
+        out.extend_from_slice(b"date: ");
+        out.extend_from_slice(now().as_bytes());
         out.extend_from_slice(b"\r\n");
     }
     match framing {
@@ -687,9 +696,13 @@ mod tests {
         );
     }
 
+    fn now() -> String {
+        "Thu, 26 Nov 2026 14:00:00 GMT".into()
+    }
+
     fn response(raw: &[u8], head: bool) -> Result<Option<(Response, String)>, WireError> {
         let mut out = Vec::new();
-        Ok(parse_response(raw, head, &mut out)?.map(|r| (r, String::from_utf8(out).unwrap())))
+        Ok(parse_response(raw, head, now, &mut out)?.map(|r| (r, String::from_utf8(out).unwrap())))
     }
 
     #[test]
@@ -707,7 +720,7 @@ mod tests {
         );
         assert_eq!(
             head,
-            "HTTP/1.1 200 OK\r\nx-c: 1\r\ncontent-length: 5\r\n\r\n"
+            "HTTP/1.1 200 OK\r\nx-c: 1\r\ndate: Thu, 26 Nov 2026 14:00:00 GMT\r\ncontent-length: 5\r\n\r\n"
         );
 
         let (r, head) = response(
@@ -726,7 +739,7 @@ mod tests {
         ));
         assert_eq!(
             head,
-            "HTTP/1.1 201 Created\r\ntransfer-encoding: chunked\r\n\r\n"
+            "HTTP/1.1 201 Created\r\ndate: Thu, 26 Nov 2026 14:00:00 GMT\r\ntransfer-encoding: chunked\r\n\r\n"
         );
 
         let (r, head) = response(b"HTTP/1.0 200 OK\r\nx: y\r\n\r\n", false)
@@ -742,7 +755,7 @@ mod tests {
         ));
         assert_eq!(
             head,
-            "HTTP/1.1 200 OK\r\nx: y\r\ntransfer-encoding: chunked\r\n\r\n"
+            "HTTP/1.1 200 OK\r\nx: y\r\ndate: Thu, 26 Nov 2026 14:00:00 GMT\r\ntransfer-encoding: chunked\r\n\r\n"
         );
 
         // HEAD keeps the length of the body it did not get.
@@ -757,7 +770,10 @@ mod tests {
                 ..
             }
         ));
-        assert_eq!(head, "HTTP/1.1 200 OK\r\nContent-Length: 9\r\n\r\n");
+        assert_eq!(
+            head,
+            "HTTP/1.1 200 OK\r\nContent-Length: 9\r\ndate: Thu, 26 Nov 2026 14:00:00 GMT\r\n\r\n"
+        );
         let (r, _) = response(b"HTTP/1.1 204 No Content\r\n\r\n", false)
             .unwrap()
             .unwrap();
@@ -786,7 +802,7 @@ mod tests {
         ));
         assert_eq!(
             head,
-            "HTTP/1.1 200 OK\r\ntransfer-encoding: chunked\r\n\r\n"
+            "HTTP/1.1 200 OK\r\ndate: Thu, 26 Nov 2026 14:00:00 GMT\r\ntransfer-encoding: chunked\r\n\r\n"
         );
         let (r, _) = response(
             b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nConnection: close\r\n\r\n",
@@ -811,6 +827,24 @@ mod tests {
             response(b"HTTP/1.1 200 OK\r\nContent-Le", false).unwrap(),
             None
         );
+    }
+
+    #[test]
+    fn the_challenges_date_is_kept_and_a_missing_one_added() {
+        let (_, head) = response(
+            b"HTTP/1.1 200 OK\r\nDate: Mon, 02 Jan 2026 00:00:00 GMT\r\nContent-Length: 0\r\n\r\n",
+            false,
+        )
+        .unwrap()
+        .unwrap();
+        assert_eq!(
+            head,
+            "HTTP/1.1 200 OK\r\nDate: Mon, 02 Jan 2026 00:00:00 GMT\r\ncontent-length: 0\r\n\r\n"
+        );
+        let (_, head) = response(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n", false)
+            .unwrap()
+            .unwrap();
+        assert_eq!(head.matches("date: ").count(), 1, "{head}");
     }
 
     #[test]
@@ -914,7 +948,7 @@ mod tests {
         fn arbitrary_bytes_are_handled(data in prop::collection::vec(any::<u8>(), 0..600)) {
             let _ = ChunkedScanner::new().feed(&data);
             let mut out = Vec::new();
-            let _ = parse_response(&data, false, &mut out);
+            let _ = parse_response(&data, false, now, &mut out);
             let mut h = [httparse::EMPTY_HEADER; MAX_HEADERS];
             let _ = parse_request(&data, &mut h);
         }

@@ -84,6 +84,16 @@ impl ForwardPath {
         &self.segments
     }
 
+    /// The length of [`ForwardPath::encoded`], without building it.
+    fn encoded_len(&self) -> usize {
+        let segments: usize = self
+            .segments
+            .iter()
+            .map(|s| 1 + utf8_percent_encode(s, SEGMENT).map(str::len).sum::<usize>())
+            .sum();
+        segments + usize::from(segments == 0 || self.trailing_slash)
+    }
+
     /// The path to request upstream: `/` plus the re-encoded segments.
     pub fn encoded(&self) -> String {
         let mut out =
@@ -129,10 +139,17 @@ pub fn check(raw: &str) -> Result<ForwardPath, PathError> {
     {
         return Err(PathError::Private);
     }
-    Ok(ForwardPath {
+    let path = ForwardPath {
         segments,
         trailing_slash,
-    })
+    };
+    // The limit holds for what is forwarded too: re-encoding a character
+    // the miner sent raw (non-ASCII text, say) makes it up to three times
+    // longer. Only a path that could grow past the limit is measured.
+    if 3 * once.len() + 1 > MAX_PATH_BYTES && path.encoded_len() > MAX_PATH_BYTES {
+        return Err(PathError::TooLong);
+    }
+    Ok(path)
 }
 
 /// Whether decoding `text` again (up to [`MAX_DECODE_ROUNDS`] in all)
@@ -356,6 +373,13 @@ mod tests {
         let long = format!("/{}", "a".repeat(MAX_PATH_BYTES));
         assert_eq!(check(&long), Err(PathError::TooLong));
         assert!(check(&"/a".repeat(MAX_PATH_BYTES / 2)).is_ok());
+        // Under the limit as sent, over it once re-encoded (found by the
+        // proxy_path fuzz target): each `é` is forwarded as `%C3%A9`.
+        let raw = format!("/{}", "é".repeat(MAX_PATH_BYTES / 3));
+        assert!(raw.len() <= MAX_PATH_BYTES);
+        assert_eq!(check(&raw), Err(PathError::TooLong));
+        let fits = format!("/{}", "é".repeat((MAX_PATH_BYTES - 1) / 6));
+        assert!(check(&fits).unwrap().encoded().len() <= MAX_PATH_BYTES);
     }
 
     /// Path-ish strings: segments from a small alphabet that includes the
@@ -389,7 +413,10 @@ mod tests {
         /// Never panics, whatever the bytes.
         #[test]
         fn total_on_any_string(s in ".{0,300}") {
-            let _ = check(&s);
+            if let Ok(p) = check(&s) {
+                prop_assert_eq!(p.encoded_len(), p.encoded().len());
+                prop_assert!(p.encoded().len() <= MAX_PATH_BYTES);
+            }
         }
 
         /// What is forwarded is itself allowed and forwards to itself: the

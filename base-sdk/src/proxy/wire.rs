@@ -440,6 +440,15 @@ pub fn write_chunk(out: &mut Vec<u8>, data: &[u8]) {
     out.extend_from_slice(b"\r\n");
 }
 
+/// `b` must be `want`; otherwise the framing is malformed (`what`).
+fn expect(b: u8, want: u8, what: &'static str) -> Result<(), WireError> {
+    if b == want {
+        Ok(())
+    } else {
+        Err(WireError::Chunked(what))
+    }
+}
+
 /// The last chunk, ending a re-framed body.
 pub const LAST_CHUNK: &[u8] = b"0\r\n\r\n";
 
@@ -482,6 +491,23 @@ impl ChunkedScanner {
         self.state == ChunkState::Done
     }
 
+    /// One byte of a chunk extension or a trailer line (`what`): CR ends
+    /// the line and moves to `then`; bare LF and NUL are refused; together
+    /// they may not exceed [`MAX_CHUNK_META`].
+    fn meta_byte(&mut self, b: u8, then: ChunkState, what: &'static str) -> Result<(), WireError> {
+        match b {
+            b'\r' => self.state = then,
+            b'\n' | 0 => return Err(WireError::Chunked(what)),
+            _ => {
+                self.meta += 1;
+                if self.meta > MAX_CHUNK_META {
+                    return Err(WireError::Chunked("chunk extensions or trailers too long"));
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// Reads `data`, the body's next bytes; `Some(n)` when the body ends
     /// after the first `n` of them.
     pub fn feed(&mut self, data: &[u8]) -> Result<Option<usize>, WireError> {
@@ -504,20 +530,9 @@ impl ChunkedScanner {
                     b'\r' if self.digits > 0 => self.state = SizeLf,
                     _ => return Err(bad("invalid chunk size")),
                 },
-                Extension => match b {
-                    b'\r' => self.state = SizeLf,
-                    b'\n' | 0 => return Err(bad("invalid chunk extension")),
-                    _ => {
-                        self.meta += 1;
-                        if self.meta > MAX_CHUNK_META {
-                            return Err(bad("chunk extensions too long"));
-                        }
-                    }
-                },
+                Extension => self.meta_byte(b, SizeLf, "chunk extension")?,
                 SizeLf => {
-                    if b != b'\n' {
-                        return Err(bad("chunk size line not ended by CRLF"));
-                    }
+                    expect(b, b'\n', "chunk size line not ended by CRLF")?;
                     self.digits = 0;
                     self.state = if self.size == 0 { TrailerStart } else { Data };
                 }
@@ -532,43 +547,25 @@ impl ChunkedScanner {
                     continue;
                 }
                 DataCr => {
-                    if b != b'\r' {
-                        return Err(bad("chunk data not ended by CRLF"));
-                    }
+                    expect(b, b'\r', "chunk data not ended by CRLF")?;
                     self.state = DataLf;
                 }
                 DataLf => {
-                    if b != b'\n' {
-                        return Err(bad("chunk data not ended by CRLF"));
-                    }
+                    expect(b, b'\n', "chunk data not ended by CRLF")?;
                     self.state = Size;
                 }
+                TrailerStart if b == b'\r' => self.state = EndLf,
                 TrailerStart => {
-                    self.state = if b == b'\r' { EndLf } else { Trailer };
-                    if self.state == Trailer {
-                        continue;
-                    }
+                    self.state = Trailer;
+                    continue;
                 }
-                Trailer => match b {
-                    b'\r' => self.state = TrailerLf,
-                    b'\n' | 0 => return Err(bad("invalid trailer")),
-                    _ => {
-                        self.meta += 1;
-                        if self.meta > MAX_CHUNK_META {
-                            return Err(bad("trailers too long"));
-                        }
-                    }
-                },
+                Trailer => self.meta_byte(b, TrailerLf, "trailer")?,
                 TrailerLf => {
-                    if b != b'\n' {
-                        return Err(bad("trailer not ended by CRLF"));
-                    }
+                    expect(b, b'\n', "trailer not ended by CRLF")?;
                     self.state = TrailerStart;
                 }
                 EndLf => {
-                    if b != b'\n' {
-                        return Err(bad("last chunk not ended by CRLF"));
-                    }
+                    expect(b, b'\n', "last chunk not ended by CRLF")?;
                     self.state = Done;
                     return Ok(Some(i + 1));
                 }

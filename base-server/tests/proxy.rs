@@ -967,10 +967,24 @@ async fn the_orchestrators_endpoint_wins_over_the_records_url() {
     );
 }
 
-/// A bare HTTP/1.1 upstream that counts its connections; with
-/// `close_after_answer` it closes each connection after one answer
-/// without saying so (as a challenge's keep-alive timeout would).
-async fn counting_upstream(close_after_answer: bool) -> (SocketAddr, Arc<AtomicU64>) {
+/// What a raw upstream does with one request.
+enum Script {
+    /// Writes these bytes and waits for the next request.
+    Answer(&'static [u8]),
+    /// Writes these bytes, then closes the connection without saying so
+    /// (as a challenge's keep-alive timeout would), a moment later so the
+    /// proxy sees the answer before the FIN.
+    AnswerThenClose(&'static [u8]),
+    /// Never answers.
+    Hang,
+    /// Closes the connection without answering.
+    Close,
+}
+
+/// A bare HTTP/1.1 upstream: `script` decides, from the request's path
+/// and its number on the connection (from 1), what to do; the count is of
+/// connections accepted.
+async fn raw_upstream(script: fn(&str, usize) -> Script) -> (SocketAddr, Arc<AtomicU64>) {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let accepted = Arc::new(AtomicU64::new(0));
@@ -981,23 +995,36 @@ async fn counting_upstream(close_after_answer: bool) -> (SocketAddr, Arc<AtomicU
             count.fetch_add(1, Ordering::SeqCst);
             tokio::spawn(async move {
                 let mut buf = Vec::new();
-                let mut chunk = [0u8; 1024];
+                let mut chunk = [0u8; 4096];
+                let mut served = 0;
                 loop {
-                    let n = s.read(&mut chunk).await.unwrap_or(0);
-                    if n == 0 {
-                        return;
-                    }
-                    buf.extend_from_slice(&chunk[..n]);
-                    while let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-                        buf.drain(..end + 4);
-                        s.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
-                            .await
-                            .unwrap();
-                        if close_after_answer {
-                            // Let the proxy see the answer before the FIN.
+                    let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") else {
+                        let n = s.read(&mut chunk).await.unwrap_or(0);
+                        if n == 0 {
+                            return;
+                        }
+                        buf.extend_from_slice(&chunk[..n]);
+                        continue;
+                    };
+                    let head = String::from_utf8_lossy(&buf[..end]).to_string();
+                    buf.drain(..end + 4);
+                    served += 1;
+                    match script(head.split(' ').nth(1).unwrap_or(""), served) {
+                        Script::Answer(bytes) => {
+                            if s.write_all(bytes).await.is_err() {
+                                return;
+                            }
+                        }
+                        Script::AnswerThenClose(bytes) => {
+                            let _ = s.write_all(bytes).await;
                             tokio::time::sleep(Duration::from_millis(20)).await;
                             return;
                         }
+                        Script::Hang => {
+                            tokio::time::sleep(Duration::from_secs(30)).await;
+                            return;
+                        }
+                        Script::Close => return,
                     }
                 }
             });
@@ -1006,10 +1033,12 @@ async fn counting_upstream(close_after_answer: bool) -> (SocketAddr, Arc<AtomicU
     (addr, accepted)
 }
 
+const OK: &[u8] = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok";
+
 #[tokio::test]
 async fn upstream_connections_are_reused_and_closed_ones_replaced() {
-    let (keep_addr, keep_count) = counting_upstream(false).await;
-    let (close_addr, close_count) = counting_upstream(true).await;
+    let (keep_addr, keep_count) = raw_upstream(|_, _| Script::Answer(OK)).await;
+    let (close_addr, close_count) = raw_upstream(|_, _| Script::AnswerThenClose(OK)).await;
     let db = base_sdk::testing::sqlite().await.unwrap();
     let registry = Registry::new(db.store.clone(), Environment::Development);
     let keep = format!("http://{keep_addr}");
@@ -1222,69 +1251,29 @@ async fn both_paths_forward_the_same_request() {
     assert!(seen[0].0["headers"].get("x-hop").is_none());
 }
 
-/// A challenge that answers each request with the raw bytes its path asks
-/// for, closing the connection after the ones that say so; it counts its
-/// connections.
-async fn scripted_upstream() -> (SocketAddr, Arc<AtomicU64>) {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let accepted = Arc::new(AtomicU64::new(0));
-    let count = accepted.clone();
-    tokio::spawn(async move {
-        loop {
-            let (mut s, _) = listener.accept().await.unwrap();
-            count.fetch_add(1, Ordering::SeqCst);
-            tokio::spawn(async move {
-                let mut buf = Vec::new();
-                let mut chunk = [0u8; 4096];
-                let mut served = 0;
-                loop {
-                    let Some(end) = buf.windows(4).position(|w| w == b"\r\n\r\n") else {
-                        let n = s.read(&mut chunk).await.unwrap_or(0);
-                        if n == 0 {
-                            return;
-                        }
-                        buf.extend_from_slice(&chunk[..n]);
-                        continue;
-                    };
-                    let head = String::from_utf8_lossy(&buf[..end]).to_string();
-                    buf.drain(..end + 4);
-                    let path = head.split(' ').nth(1).unwrap_or("").to_string();
-                    served += 1;
-                    let (answer, close): (&[u8], bool) = match path.as_str() {
-                        "/until-close" => (b"HTTP/1.1 200 OK\r\nx-kind: eof\r\n\r\nhello until close", true),
-                        "/chunked" => (
-                            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nTrailer: x-t\r\n\r\n5;e=1\r\nhello\r\n6\r\n world\r\n0\r\nx-t: 1\r\n\r\n",
-                            false,
-                        ),
-                        "/hints" => (
-                            b"HTTP/1.1 103 Early Hints\r\nlink: </a>\r\n\r\nHTTP/1.1 201 Created\r\ncontent-length: 2\r\n\r\nok",
-                            false,
-                        ),
-                        "/empty" => (b"HTTP/1.1 204 No Content\r\nx-kind: none\r\n\r\n", false),
-                        "/both" => (
-                            b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nok\r\n0\r\n\r\n",
-                            false,
-                        ),
-                        "/bad-length" => (b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Length: 3\r\n\r\nok", true),
-                        "/bad-chunk" => (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n", true),
-                        "/hang" => {
-                            tokio::time::sleep(Duration::from_secs(30)).await;
-                            return;
-                        }
-                        // Answers the first request of a connection only; a
-                        // second is read and the connection closed unanswered.
-                        _ if served > 1 => return,
-                        _ => (b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nfresh", false),
-                    };
-                    if s.write_all(answer).await.is_err() || close {
-                        return;
-                    }
-                }
-            });
-        }
-    });
-    (addr, accepted)
+/// A challenge whose paths ask for the answer's shape: one per framing,
+/// two malformed ones, one that never answers; any other path is
+/// answered on a connection's first request only (a second is read and
+/// the connection closed unanswered).
+fn scripted(path: &str, served: usize) -> Script {
+    match path {
+        "/until-close" => Script::AnswerThenClose(b"HTTP/1.1 200 OK\r\nx-kind: eof\r\n\r\nhello until close"),
+        "/chunked" => Script::Answer(
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nTrailer: x-t\r\n\r\n5;e=1\r\nhello\r\n6\r\n world\r\n0\r\nx-t: 1\r\n\r\n",
+        ),
+        "/hints" => Script::Answer(
+            b"HTTP/1.1 103 Early Hints\r\nlink: </a>\r\n\r\nHTTP/1.1 201 Created\r\ncontent-length: 2\r\n\r\nok",
+        ),
+        "/empty" => Script::Answer(b"HTTP/1.1 204 No Content\r\nx-kind: none\r\n\r\n"),
+        "/both" => Script::Answer(
+            b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\nTransfer-Encoding: chunked\r\n\r\n2\r\nok\r\n0\r\n\r\n",
+        ),
+        "/bad-length" => Script::AnswerThenClose(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\nContent-Length: 3\r\n\r\nok"),
+        "/bad-chunk" => Script::AnswerThenClose(b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n"),
+        "/hang" => Script::Hang,
+        _ if served > 1 => Script::Close,
+        _ => Script::Answer(b"HTTP/1.1 200 OK\r\ncontent-length: 5\r\n\r\nfresh"),
+    }
 }
 
 /// A master whose one challenge, "sc", is `upstream`.
@@ -1308,7 +1297,7 @@ async fn master_for(upstream: SocketAddr, config: ProxyConfig) -> (SocketAddr, T
 
 #[tokio::test]
 async fn challenge_answers_of_every_framing_are_relayed() {
-    let (up, connections) = scripted_upstream().await;
+    let (up, connections) = raw_upstream(scripted).await;
     let (addr, _db) = master_for(
         up,
         ProxyConfig {
@@ -1376,7 +1365,7 @@ async fn challenge_answers_of_every_framing_are_relayed() {
 
 #[tokio::test]
 async fn a_pooled_connection_closed_unanswered_is_retried_only_when_repeatable() {
-    let (up, connections) = scripted_upstream().await;
+    let (up, connections) = raw_upstream(scripted).await;
     let (addr, _db) = master_for(up, no_limits()).await;
     let a = raw_session(
         addr,
@@ -1396,7 +1385,7 @@ async fn a_pooled_connection_closed_unanswered_is_retried_only_when_repeatable()
 
 #[tokio::test]
 async fn shutdown_closes_idle_fast_path_connections() {
-    let (up, _) = scripted_upstream().await;
+    let (up, _) = raw_upstream(scripted).await;
     let db = base_sdk::testing::sqlite().await.unwrap();
     let registry = Registry::new(db.store.clone(), Environment::Development);
     add_challenge(

@@ -27,7 +27,6 @@
 //! connection is moved for each wait rather than a new one made.
 
 use std::cell::RefCell;
-use std::collections::VecDeque;
 use std::io::Write as _;
 use std::net::IpAddr;
 use std::pin::{Pin, pin};
@@ -42,7 +41,7 @@ use tokio::net::TcpStream;
 use tokio::sync::{OwnedSemaphorePermit, watch};
 use tokio::time::{Instant, Sleep};
 
-use super::pool::{CONNECT_TIMEOUT, IDLE_TIMEOUT, MAX_IDLE, Upstream};
+use super::pool::{CONNECT_TIMEOUT, IdlePool, Upstream};
 use super::wire::{self, Framing, Parsed, Request};
 use super::{Entry, Proxy, ProxyError, headers, path};
 use crate::orchestrator::Orchestrator;
@@ -632,68 +631,28 @@ struct RawConn {
 }
 
 impl RawConn {
-    /// Back into this thread's pool, dropping connections idle too long.
+    /// Back into this thread's pool.
     fn release(self: Box<Self>) {
-        let _ = IDLE.try_with(|pool| {
-            let mut pool = pool.borrow_mut();
-            let now = std::time::Instant::now();
-            for slot in pool.iter_mut() {
-                while slot
-                    .conns
-                    .front()
-                    .is_some_and(|(_, since)| now.duration_since(*since) >= IDLE_TIMEOUT)
-                {
-                    slot.conns.pop_front();
-                }
-            }
-            pool.retain(|s| !s.conns.is_empty() || s.upstream == self.upstream);
-            let index = match pool.iter().position(|s| s.upstream == self.upstream) {
-                Some(i) => i,
-                None => {
-                    pool.push(Slot {
-                        upstream: self.upstream,
-                        conns: VecDeque::new(),
-                    });
-                    pool.len() - 1
-                }
-            };
-            let slot = &mut pool[index];
-            if slot.conns.len() >= MAX_IDLE {
-                slot.conns.pop_front();
-            }
-            slot.conns.push_back((self, now));
-        });
+        let upstream = self.upstream;
+        let _ = IDLE.try_with(|pool| pool.borrow_mut().push(upstream, self));
     }
 }
 
-/// A challenge's idle connections on this thread.
-struct Slot {
-    upstream: u64,
-    conns: VecDeque<(Box<RawConn>, std::time::Instant)>,
-}
-
 thread_local! {
-    /// This thread's idle fast-path connections, by upstream. Per thread
-    /// because a connection belongs to the IO driver of the runtime that
-    /// opened it (the listener threads each run their own).
-    static IDLE: RefCell<Vec<Slot>> = const { RefCell::new(Vec::new()) };
+    /// This thread's idle fast-path connections. Per thread because a
+    /// connection belongs to the IO driver of the runtime that opened it
+    /// (the listener threads each run their own).
+    static IDLE: RefCell<IdlePool<Box<RawConn>>> = const { RefCell::new(IdlePool::new()) };
 }
 
 /// The most recently used idle connection to `upstream` that is still
 /// open.
 fn checkout(upstream: &Upstream) -> Option<Box<RawConn>> {
     loop {
-        let (conn, since) = IDLE
-            .try_with(|pool| {
-                let mut pool = pool.borrow_mut();
-                let slot = pool.iter_mut().find(|s| s.upstream == upstream.id())?;
-                slot.conns.pop_back()
-            })
+        let conn = IDLE
+            .try_with(|pool| pool.borrow_mut().pop(upstream.id()))
             .ok()
             .flatten()?;
-        if since.elapsed() >= IDLE_TIMEOUT {
-            continue;
-        }
         // A connection the challenge closed (or wrote to) while idle is
         // dropped; with no event since it was pooled this is no syscall.
         let mut probe = [0u8; 1];

@@ -207,19 +207,10 @@ impl Upstream {
     /// The most recently used idle connection that is still open.
     fn checkout(&self, cx: &mut Context<'_>) -> Option<Box<Conn>> {
         loop {
-            let idle = IDLE
-                .try_with(|pool| {
-                    let mut pool = pool.borrow_mut();
-                    let slot = pool.iter_mut().find(|s| s.upstream == self.id)?;
-                    let idle = slot.conns.pop_back()?;
-                    Some(idle)
-                })
+            let mut conn = IDLE
+                .try_with(|pool| pool.borrow_mut().pop(self.id))
                 .ok()
                 .flatten()?;
-            let mut conn = idle.conn;
-            if idle.since.elapsed() >= IDLE_TIMEOUT {
-                continue;
-            }
             // Reads an EOF or error the challenge sent while the
             // connection was idle, and registers this task for its events.
             if Pin::new(&mut conn.conn).poll(cx).is_ready() || !conn.sender.is_ready() {
@@ -230,22 +221,77 @@ impl Upstream {
     }
 }
 
-/// One idle connection.
-struct Idle {
-    conn: Box<Conn>,
-    since: Instant,
+/// One thread's idle connections, by upstream: the most recently used
+/// is reused first, each is kept for at most [`IDLE_TIMEOUT`], and at
+/// most [`MAX_IDLE`] per upstream. Shared by the general path's hyper
+/// connections and the fast path's raw ones ([`super::http1`]); each keeps
+/// its own per-thread instance, since a connection belongs to the IO
+/// driver of the runtime that opened it.
+pub(crate) struct IdlePool<T> {
+    /// A handful of challenges: a list beats a map.
+    slots: Vec<Slot<T>>,
 }
 
-/// A challenge's idle connections on this thread.
-struct Slot {
+/// A challenge's idle connections, oldest first.
+struct Slot<T> {
     upstream: u64,
-    conns: VecDeque<Idle>,
+    conns: VecDeque<(T, Instant)>,
+}
+
+impl<T> IdlePool<T> {
+    /// An empty pool (usable in a `thread_local!` const initializer).
+    pub(crate) const fn new() -> Self {
+        Self { slots: Vec::new() }
+    }
+
+    /// The most recently pooled connection to `upstream`, unless it has
+    /// been idle too long (then every older one has too, and all go).
+    pub(crate) fn pop(&mut self, upstream: u64) -> Option<T> {
+        let slot = self.slots.iter_mut().find(|s| s.upstream == upstream)?;
+        let (conn, since) = slot.conns.pop_back()?;
+        if since.elapsed() >= IDLE_TIMEOUT {
+            slot.conns.clear();
+            return None;
+        }
+        Some(conn)
+    }
+
+    /// Pools `conn` for `upstream`, first dropping connections idle too
+    /// long (whichever upstream) and, at [`MAX_IDLE`], the oldest.
+    pub(crate) fn push(&mut self, upstream: u64, conn: T) {
+        let now = Instant::now();
+        for slot in &mut self.slots {
+            while slot
+                .conns
+                .front()
+                .is_some_and(|(_, since)| now.duration_since(*since) >= IDLE_TIMEOUT)
+            {
+                slot.conns.pop_front();
+            }
+        }
+        self.slots
+            .retain(|s| !s.conns.is_empty() || s.upstream == upstream);
+        let index = match self.slots.iter().position(|s| s.upstream == upstream) {
+            Some(i) => i,
+            None => {
+                self.slots.push(Slot {
+                    upstream,
+                    conns: VecDeque::new(),
+                });
+                self.slots.len() - 1
+            }
+        };
+        let slot = &mut self.slots[index];
+        if slot.conns.len() >= MAX_IDLE {
+            slot.conns.pop_front();
+        }
+        slot.conns.push_back((conn, now));
+    }
 }
 
 thread_local! {
-    /// This thread's idle connections, by upstream (a handful of
-    /// challenges: a list beats a map).
-    static IDLE: RefCell<Vec<Slot>> = const { RefCell::new(Vec::new()) };
+    /// This thread's idle connections of the general path.
+    static IDLE: RefCell<IdlePool<Box<Conn>>> = const { RefCell::new(IdlePool::new()) };
 }
 
 /// An open HTTP/1 connection to a challenge: the request half and the
@@ -293,39 +339,8 @@ impl Conn {
         if Pin::new(&mut self.conn).poll(&mut cx).is_ready() || !self.sender.is_ready() {
             return;
         }
-        let _ = IDLE.try_with(|pool| {
-            let mut pool = pool.borrow_mut();
-            let now = Instant::now();
-            // Drop connections idle for too long, whichever upstream.
-            for slot in pool.iter_mut() {
-                while slot
-                    .conns
-                    .front()
-                    .is_some_and(|i| now.duration_since(i.since) >= IDLE_TIMEOUT)
-                {
-                    slot.conns.pop_front();
-                }
-            }
-            pool.retain(|s| !s.conns.is_empty() || s.upstream == self.upstream);
-            let slot = match pool.iter().position(|s| s.upstream == self.upstream) {
-                Some(i) => &mut pool[i],
-                None => {
-                    pool.push(Slot {
-                        upstream: self.upstream,
-                        conns: VecDeque::new(),
-                    });
-                    let last = pool.len() - 1;
-                    &mut pool[last]
-                }
-            };
-            if slot.conns.len() >= MAX_IDLE {
-                slot.conns.pop_front();
-            }
-            slot.conns.push_back(Idle {
-                conn: self,
-                since: now,
-            });
-        });
+        let upstream = self.upstream;
+        let _ = IDLE.try_with(|pool| pool.borrow_mut().push(upstream, self));
     }
 }
 
@@ -494,6 +509,24 @@ mod tests {
         assert_eq!((u.host.as_str(), u.port), ("::1", 9000));
         assert_eq!(u.authority, "[::1]:9000");
         assert!(upstream("http://a:1").unwrap().id != upstream("http://a:1").unwrap().id);
+    }
+
+    #[test]
+    fn idle_pools_reuse_the_newest_per_upstream_and_keep_at_most_max_idle() {
+        let mut pool = IdlePool::new();
+        for n in 0..MAX_IDLE + 2 {
+            pool.push(1, n);
+        }
+        pool.push(2, 1000);
+        assert_eq!(pool.pop(2), Some(1000));
+        assert_eq!(pool.pop(2), None);
+        let mut got = Vec::new();
+        while let Some(n) = pool.pop(1) {
+            got.push(n);
+        }
+        // Newest first; the two oldest went when the cap was reached.
+        assert_eq!(got, (2..MAX_IDLE + 2).rev().collect::<Vec<_>>());
+        assert_eq!(pool.pop(3), None);
     }
 
     #[test]

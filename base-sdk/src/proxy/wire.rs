@@ -441,7 +441,7 @@ pub fn write_chunk(out: &mut Vec<u8>, data: &[u8]) {
 }
 
 /// `b` must be `want`; otherwise the framing is malformed (`what`).
-fn expect(b: u8, want: u8, what: &'static str) -> Result<(), WireError> {
+fn require_byte(b: u8, want: u8, what: &'static str) -> Result<(), WireError> {
     if b == want {
         Ok(())
     } else {
@@ -532,7 +532,7 @@ impl ChunkedScanner {
                 },
                 Extension => self.meta_byte(b, SizeLf, "chunk extension")?,
                 SizeLf => {
-                    expect(b, b'\n', "chunk size line not ended by CRLF")?;
+                    require_byte(b, b'\n', "chunk size line not ended by CRLF")?;
                     self.digits = 0;
                     self.state = if self.size == 0 { TrailerStart } else { Data };
                 }
@@ -547,11 +547,11 @@ impl ChunkedScanner {
                     continue;
                 }
                 DataCr => {
-                    expect(b, b'\r', "chunk data not ended by CRLF")?;
+                    require_byte(b, b'\r', "chunk data not ended by CRLF")?;
                     self.state = DataLf;
                 }
                 DataLf => {
-                    expect(b, b'\n', "chunk data not ended by CRLF")?;
+                    require_byte(b, b'\n', "chunk data not ended by CRLF")?;
                     self.state = Size;
                 }
                 TrailerStart if b == b'\r' => self.state = EndLf,
@@ -561,11 +561,11 @@ impl ChunkedScanner {
                 }
                 Trailer => self.meta_byte(b, TrailerLf, "trailer")?,
                 TrailerLf => {
-                    expect(b, b'\n', "trailer not ended by CRLF")?;
+                    require_byte(b, b'\n', "trailer not ended by CRLF")?;
                     self.state = TrailerStart;
                 }
                 EndLf => {
-                    expect(b, b'\n', "last chunk not ended by CRLF")?;
+                    require_byte(b, b'\n', "last chunk not ended by CRLF")?;
                     self.state = Done;
                     return Ok(Some(i + 1));
                 }

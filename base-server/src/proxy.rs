@@ -39,14 +39,8 @@ async fn challenge(
     proxy: &Arc<Proxy>,
     slug: &str,
 ) -> Result<Arc<Entry>, ApiError> {
-    // Slugs are stored lower-case; only a mixed-case request pays for a copy.
-    let slug = if slug.bytes().any(|b| b.is_ascii_uppercase()) {
-        std::borrow::Cow::Owned(slug.to_ascii_lowercase())
-    } else {
-        std::borrow::Cow::Borrowed(slug)
-    };
     Ok(proxy
-        .challenge(&slug, state.registry(), state.orchestrator())
+        .challenge(slug, state.registry(), state.orchestrator())
         .await?)
 }
 

@@ -318,15 +318,9 @@ impl FastPath {
     ) -> Result<(Arc<Entry>, OwnedSemaphorePermit), ProxyError> {
         self.proxy.check_rate(Some(client))?;
         let forward = path::check(req.rest).map_err(ProxyError::PathNotAllowed)?;
-        // Slugs are stored lower-case; only a mixed-case request pays for a copy.
-        let slug = if req.slug.bytes().any(|b| b.is_ascii_uppercase()) {
-            std::borrow::Cow::Owned(req.slug.to_ascii_lowercase())
-        } else {
-            std::borrow::Cow::Borrowed(req.slug)
-        };
         let entry = self
             .proxy
-            .challenge(&slug, &self.registry, self.orchestrator.as_ref())
+            .challenge(req.slug, &self.registry, self.orchestrator.as_ref())
             .await?;
         let limit = self.proxy.config.max_body_bytes;
         if req.body_len > limit {

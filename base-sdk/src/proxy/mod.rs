@@ -231,8 +231,9 @@ impl Proxy {
             })
     }
 
-    /// The active challenge `slug`, from memory. When the background
-    /// refresh is due, one is started without delaying this request.
+    /// The active challenge `slug` (any case: slugs are stored lower-case),
+    /// from memory. When the background refresh is due, one is started
+    /// without delaying this request.
     pub async fn challenge(
         self: &Arc<Self>,
         slug: &str,
@@ -266,9 +267,15 @@ impl Proxy {
                 None => drop(tokio::spawn(refresh)),
             }
         }
+        // Only a mixed-case request pays for a copy.
+        let slug = if slug.bytes().any(|b| b.is_ascii_uppercase()) {
+            std::borrow::Cow::Owned(slug.to_ascii_lowercase())
+        } else {
+            std::borrow::Cow::Borrowed(slug)
+        };
         self.directory
             .snapshot()
-            .get(slug)
+            .get(slug.as_ref())
             .cloned()
             .ok_or(ProxyError::NotFound)
     }

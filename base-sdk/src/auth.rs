@@ -9,6 +9,7 @@ use std::collections::HashMap;
 use std::net::{IpAddr, Ipv6Addr};
 use std::num::NonZeroU32;
 use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use governor::clock::{Clock, DefaultClock};
@@ -214,7 +215,14 @@ pub struct AdminGuard {
     limits: AdminLimits,
     rate: Option<DefaultKeyedRateLimiter<IpAddr>>,
     failures: Mutex<HashMap<IpAddr, Failures>>,
+    /// Admissions so far; every [`FORGET_EVERY`]th one drops the rate
+    /// limiter's state of clients whose allowance is full again.
+    admitted: AtomicU64,
 }
+
+/// How often (in admin requests) idle clients leave the rate limiter's
+/// table, so it does not grow with every address ever seen.
+const FORGET_EVERY: u64 = 1024;
 
 impl std::fmt::Debug for AdminGuard {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -241,6 +249,7 @@ impl AdminGuard {
             limits,
             rate,
             failures: Mutex::default(),
+            admitted: AtomicU64::new(0),
         }
     }
 
@@ -275,6 +284,9 @@ impl AdminGuard {
             });
         }
         if let Some(rate) = &self.rate {
+            if self.admitted.fetch_add(1, Ordering::Relaxed) % FORGET_EVERY == FORGET_EVERY - 1 {
+                rate.retain_recent();
+            }
             rate.check_key(&key)
                 .map_err(|not_until| AdminRefusal::RateLimited {
                     retry_after: not_until.wait_time_from(DefaultClock::default().now()),

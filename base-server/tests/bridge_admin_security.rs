@@ -291,6 +291,21 @@ async fn strangers_and_blocked_uids_are_refused_from_the_head_without_the_body()
             "{detail}"
         );
     }
+    // A client that waits for `100 Continue` before sending its body is
+    // answered with the refusal instead: the body is never asked for.
+    let sig = signature(&stranger(), &body, "n-expect");
+    let mut s = start_upload(
+        &m,
+        "127.0.0.2",
+        &head(&sig, "Content-Length: 900000\r\nExpect: 100-continue\r\n"),
+        b"",
+    )
+    .await;
+    let a = answer(&mut s, PROMPT, "refusal instead of 100 Continue").await;
+    assert_eq!(
+        (a.status, a.body),
+        (401, json!({"detail": "unknown hotkey"}))
+    );
     // Stale timestamps too (the clock is read before any body byte).
     let sig = signature_at(&miner(1), &body, "n-stale", 1_000_000_000);
     let mut s = start_upload(

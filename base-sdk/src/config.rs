@@ -264,6 +264,55 @@ pub struct Settings {
     /// (`BASE_SUBMITTER_IN_BLOCK`).
     #[serde(default)]
     pub submitter_in_block: bool,
+    /// Seconds the upload bridge waits for a whole signed upload body
+    /// (`BASE_BRIDGE_BODY_TIMEOUT_SECONDS`); slower is 408.
+    #[serde(default = "default_bridge_body_timeout")]
+    pub bridge_body_timeout_seconds: u64,
+    /// Signed uploads in progress at once, all miners together
+    /// (`BASE_BRIDGE_MAX_CONCURRENT_UPLOADS`); more get 503.
+    #[serde(default = "default_bridge_max_uploads")]
+    pub bridge_max_concurrent_uploads: usize,
+    /// Signed uploads one hotkey may have in progress
+    /// (`BASE_BRIDGE_MAX_CONCURRENT_UPLOADS_PER_HOTKEY`); more get 429.
+    #[serde(default = "default_bridge_max_uploads_per_hotkey")]
+    pub bridge_max_concurrent_uploads_per_hotkey: usize,
+    /// Admin requests per minute per client IP
+    /// (`BASE_ADMIN_RATE_LIMIT_PER_MINUTE`; 0 = off); loopback included.
+    #[serde(default = "default_admin_rate_per_minute")]
+    pub admin_rate_limit_per_minute: u32,
+    /// Admin requests a client may send in a burst (`BASE_ADMIN_RATE_LIMIT_BURST`).
+    #[serde(default = "default_admin_rate_burst")]
+    pub admin_rate_limit_burst: u32,
+    /// Failed admin authentications a client IP may make before it is
+    /// locked out (`BASE_ADMIN_MAX_FAILURES`).
+    #[serde(default = "default_admin_max_failures")]
+    pub admin_max_failures: u32,
+    /// Longest admin lockout, seconds (`BASE_ADMIN_LOCKOUT_MAX_SECONDS`):
+    /// lockouts double from 1 s with each further failure up to this.
+    #[serde(default = "default_admin_lockout_max")]
+    pub admin_lockout_max_seconds: u64,
+}
+
+fn default_bridge_body_timeout() -> u64 {
+    120
+}
+fn default_bridge_max_uploads() -> usize {
+    32
+}
+fn default_bridge_max_uploads_per_hotkey() -> usize {
+    2
+}
+fn default_admin_rate_per_minute() -> u32 {
+    60
+}
+fn default_admin_rate_burst() -> u32 {
+    30
+}
+fn default_admin_max_failures() -> u32 {
+    5
+}
+fn default_admin_lockout_max() -> u64 {
+    900
 }
 
 /// Source of the master's hotkey → uid mapping.
@@ -414,7 +463,20 @@ impl Settings {
             ),
             blocked_uids: self.bridge_blocked_uids.clone(),
             fast_path: self.proxy_fast_path,
+            upload_body_timeout: Duration::from_secs(self.bridge_body_timeout_seconds),
+            max_concurrent_uploads: self.bridge_max_concurrent_uploads,
+            max_concurrent_uploads_per_hotkey: self.bridge_max_concurrent_uploads_per_hotkey,
             ..crate::proxy::ProxyConfig::default()
+        }
+    }
+
+    /// The admin routes' rate limit and failed-authentication lockout.
+    pub fn admin_limits(&self) -> crate::auth::AdminLimits {
+        crate::auth::AdminLimits {
+            per_minute: self.admin_rate_limit_per_minute,
+            burst: self.admin_rate_limit_burst,
+            max_failures: self.admin_max_failures,
+            lockout_max: std::time::Duration::from_secs(self.admin_lockout_max_seconds),
         }
     }
 
@@ -481,6 +543,28 @@ impl Settings {
             (
                 u64::from(s.bridge_nonce_retention_hours),
                 "BASE_BRIDGE_NONCE_RETENTION_HOURS",
+            ),
+        ] {
+            if value == 0 {
+                return Err(ConfigError::Invalid(format!("{name} must be at least 1")));
+            }
+        }
+        for (value, name) in [
+            (
+                s.bridge_body_timeout_seconds,
+                "BASE_BRIDGE_BODY_TIMEOUT_SECONDS",
+            ),
+            (
+                s.bridge_max_concurrent_uploads as u64,
+                "BASE_BRIDGE_MAX_CONCURRENT_UPLOADS",
+            ),
+            (
+                s.bridge_max_concurrent_uploads_per_hotkey as u64,
+                "BASE_BRIDGE_MAX_CONCURRENT_UPLOADS_PER_HOTKEY",
+            ),
+            (
+                s.admin_lockout_max_seconds,
+                "BASE_ADMIN_LOCKOUT_MAX_SECONDS",
             ),
         ] {
             if value == 0 {
@@ -640,6 +724,31 @@ mod tests {
             jail.set_env("BASE_PROXY_UPSTREAM_TIMEOUT_SECONDS", "0");
             let e = Settings::load(None).unwrap_err().to_string();
             assert!(e.contains("BASE_PROXY_UPSTREAM_TIMEOUT_SECONDS"), "{e}");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn bridge_and_admin_limits_have_defaults_and_env_overrides() {
+        Jail::expect_with(|jail| {
+            let s = Settings::load(None).map_err(|e| e.to_string())?;
+            let p = s.proxy_config();
+            assert_eq!(p.upload_body_timeout.as_secs(), 120);
+            assert_eq!(p.max_concurrent_uploads, 32);
+            assert_eq!(p.max_concurrent_uploads_per_hotkey, 2);
+            let a = s.admin_limits();
+            assert_eq!((a.per_minute, a.burst, a.max_failures), (60, 30, 5));
+            assert_eq!(a.lockout_max.as_secs(), 900);
+            jail.set_env("BASE_BRIDGE_BODY_TIMEOUT_SECONDS", "7");
+            jail.set_env("BASE_BRIDGE_MAX_CONCURRENT_UPLOADS_PER_HOTKEY", "1");
+            jail.set_env("BASE_ADMIN_MAX_FAILURES", "3");
+            let s = Settings::load(None).map_err(|e| e.to_string())?;
+            assert_eq!(s.proxy_config().upload_body_timeout.as_secs(), 7);
+            assert_eq!(s.proxy_config().max_concurrent_uploads_per_hotkey, 1);
+            assert_eq!(s.admin_limits().max_failures, 3);
+            jail.set_env("BASE_BRIDGE_MAX_CONCURRENT_UPLOADS", "0");
+            let e = Settings::load(None).unwrap_err().to_string();
+            assert!(e.contains("BASE_BRIDGE_MAX_CONCURRENT_UPLOADS"), "{e}");
             Ok(())
         });
     }

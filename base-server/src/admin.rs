@@ -1,12 +1,15 @@
 //! Token-gated admin routes: the challenge registry's write side.
 //!
-//! Every route here runs behind [`require_admin`], which fails closed and
-//! hands the handler the actor name that goes into the audit log.
+//! Every route here runs behind [`require_admin`], which fails closed,
+//! rate limits and locks out guessing clients, and hands the handler the
+//! actor name that goes into the audit log.
+
+use std::net::SocketAddr;
 
 use axum::Extension;
 use axum::Json;
 use axum::body::Bytes;
-use axum::extract::{Path, Query, Request, State};
+use axum::extract::{ConnectInfo, OriginalUri, Path, Query, Request, State};
 use axum::http::{HeaderMap, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
@@ -25,19 +28,58 @@ pub struct Actor(pub String);
 
 /// Middleware: `X-Admin-Token` or `Authorization: Bearer`, compared in
 /// constant time; 401 for everything else, including no token configured.
+///
+/// Before the credential is looked at, the client must be within the
+/// admin rate and not locked out by earlier failures (429 with
+/// `Retry-After`, answered at once: nothing here sleeps). A failure is
+/// logged with the client's address and the reason, never the
+/// credential.
 pub async fn require_admin(
     State(state): State<AppState>,
     mut req: Request,
     next: Next,
 ) -> Result<Response, ApiError> {
+    let client = req
+        .extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|ConnectInfo(addr)| addr.ip());
+    let guard = state.admin_guard();
+    guard
+        .admit(client)
+        .map_err(|refusal| ApiError::TooManyRequests {
+            detail: refusal.to_string(),
+            retry_after: refusal.retry_after_seconds(),
+        })?;
     let headers = req.headers();
     let get = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
-    let actor = state
+    match state
         .admin()
         .check(get("x-admin-token"), get("authorization"))
-        .map_err(|_| ApiError::Unauthorized)?;
-    req.extensions_mut().insert(Actor(actor));
-    Ok(next.run(req).await)
+    {
+        Ok(actor) => {
+            guard.succeeded(client);
+            req.extensions_mut().insert(Actor(actor));
+            Ok(next.run(req).await)
+        }
+        Err(e) => {
+            let record = guard.failed(client);
+            // The router nests these routes: the full path is the original one.
+            let path = req
+                .extensions()
+                .get::<OriginalUri>()
+                .map_or_else(|| req.uri().path(), |OriginalUri(uri)| uri.path());
+            tracing::warn!(
+                client = %client.map_or_else(|| "unknown".to_string(), |ip| ip.to_string()),
+                method = %req.method(),
+                path = %path,
+                reason = e.reason(),
+                failures = record.failures,
+                locked_out_seconds = record.locked_for.map_or(0, |d| d.as_secs()),
+                "admin authentication failed"
+            );
+            Err(ApiError::Unauthorized)
+        }
+    }
 }
 
 /// `POST /v1/admin/challenges` response: the only time tokens are shown.

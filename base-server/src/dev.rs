@@ -157,7 +157,8 @@ pub async fn run(
         AdminAuth::new(Some(admin_token.clone())),
         settings.netuid,
     )
-    .with_orchestrator(orchestrator.clone());
+    .with_orchestrator(orchestrator.clone())
+    .with_admin_limits(settings.admin_limits());
     // A restart serves the last stored vector from the first request on,
     // not only once the first epoch has run.
     match registry.store().latest_snapshot().await {

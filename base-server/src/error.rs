@@ -38,6 +38,14 @@ pub enum ApiError {
     /// A proxied or bridged request refused or failed (its own status).
     #[error(transparent)]
     Proxy(#[from] ProxyError),
+    /// The client is over a limit (429 with `Retry-After`).
+    #[error("{detail}")]
+    TooManyRequests {
+        /// What limit, and when to retry.
+        detail: String,
+        /// Seconds for `Retry-After`.
+        retry_after: u64,
+    },
 }
 
 impl From<StoreError> for ApiError {
@@ -70,6 +78,7 @@ impl ApiError {
             Self::Unavailable(_) => StatusCode::SERVICE_UNAVAILABLE,
             Self::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
             Self::Proxy(e) => e.status(),
+            Self::TooManyRequests { .. } => StatusCode::TOO_MANY_REQUESTS,
             Self::Registry(e) => match e {
                 RegistryError::Invalid(_) => StatusCode::UNPROCESSABLE_ENTITY,
                 RegistryError::Policy(_) => StatusCode::BAD_REQUEST,
@@ -118,6 +127,7 @@ impl IntoResponse for ApiError {
         }
         let retry_after = match &self {
             Self::Proxy(e) => e.retry_after(),
+            Self::TooManyRequests { retry_after, .. } => Some(*retry_after),
             _ => None,
         };
         let mut response =

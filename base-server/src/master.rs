@@ -103,7 +103,8 @@ pub async fn run(
         registry.clone(),
         AdminAuth::new(settings.admin_token.clone()),
         settings.netuid,
-    );
+    )
+    .with_admin_limits(settings.admin_limits());
     if let Some(o) = &orchestrator {
         state = state.with_orchestrator(o.clone());
     }

@@ -3,12 +3,13 @@
 
 use std::sync::Arc;
 
-use base_sdk::auth::AdminAuth;
+use base_sdk::auth::{AdminAuth, AdminGuard, AdminLimits};
 use base_sdk::orchestrator::Orchestrator;
 use base_sdk::proxy::{Proxy, ProxyConfig};
 use base_sdk::registry::Registry;
 use tokio::sync::Notify;
 
+use crate::public::RegistryCache;
 use crate::weights::WeightsCache;
 
 /// Shared, cheaply cloned handler state.
@@ -27,6 +28,10 @@ struct Inner {
     /// The public proxy (always set; an `Option` so that handlers degrade
     /// to 503 rather than panic if a future constructor cannot build one).
     proxy: Option<Arc<Proxy>>,
+    /// Rate limit and failed-authentication lockout of the admin routes.
+    admin_guard: AdminGuard,
+    /// `GET /v1/registry`, serialized and kept in memory.
+    registry_view: Arc<RegistryCache>,
 }
 
 impl AppState {
@@ -47,8 +52,29 @@ impl AppState {
                     },
                     None,
                 ))),
+                admin_guard: AdminGuard::default(),
+                registry_view: Arc::default(),
             }),
         }
+    }
+
+    /// Sets the admin routes' rate limit and lockout. Call before cloning
+    /// the state.
+    pub fn with_admin_limits(mut self, limits: AdminLimits) -> Self {
+        if let Some(inner) = Arc::get_mut(&mut self.inner) {
+            inner.admin_guard = AdminGuard::new(limits);
+        }
+        self
+    }
+
+    /// The admin routes' rate limit and lockout.
+    pub fn admin_guard(&self) -> &AdminGuard {
+        &self.inner.admin_guard
+    }
+
+    /// The in-memory `GET /v1/registry` answer.
+    pub fn registry_view(&self) -> &Arc<RegistryCache> {
+        &self.inner.registry_view
     }
 
     /// Gives runtime operations (volume purge on delete) an orchestrator.
@@ -111,5 +137,6 @@ impl AppState {
         if let Some(p) = &self.inner.proxy {
             p.directory().invalidate();
         }
+        self.inner.registry_view.invalidate();
     }
 }

@@ -744,10 +744,12 @@ async fn signed_uploads_are_verified_then_bridged_with_fresh_headers() {
     let other_body = signed(&miner(), path, b"other", "nonce-3", now);
     let (code, v) = upload(&h, &other_body, body).await;
     assert_eq!((code, v), (401, json!({"detail": "invalid signature"})));
+    // Another (unregistered) key's address with this signature: refused
+    // from the head, before the body is read, as an unknown hotkey.
     let mut forged = signed(&miner(), path, body, "nonce-4", now);
     forged[0].1 = MinerKey::from_seed([5u8; 32]).unwrap().hotkey();
     let (code, v) = upload(&h, &forged, body).await;
-    assert_eq!((code, v), (401, json!({"detail": "invalid signature"})));
+    assert_eq!((code, v), (401, json!({"detail": "unknown hotkey"})));
 
     // Valid signature, hotkey not in the metagraph.
     let stranger = MinerKey::from_seed([9u8; 32]).unwrap();

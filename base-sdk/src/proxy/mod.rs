@@ -62,6 +62,15 @@ pub struct ProxyConfig {
     /// Whether plain passthrough requests take the byte-level fast path
     /// ([`http1`]) on the master's listener threads.
     pub fast_path: bool,
+    /// How long the upload bridge waits for a whole signed upload body
+    /// once its head passed the checks; slower is 408.
+    pub upload_body_timeout: Duration,
+    /// Signed uploads being received or forwarded at once, all hotkeys
+    /// together; more is 503. Bounds the memory bodies take (each up to
+    /// `max_body_bytes`).
+    pub max_concurrent_uploads: usize,
+    /// Signed uploads one hotkey may have in progress at once; more is 429.
+    pub max_concurrent_uploads_per_hotkey: usize,
 }
 
 impl Default for ProxyConfig {
@@ -81,6 +90,9 @@ impl Default for ProxyConfig {
             nonce_retention: Duration::from_secs(24 * 3600),
             blocked_uids: vec![0],
             fast_path: true,
+            upload_body_timeout: Duration::from_secs(120),
+            max_concurrent_uploads: 32,
+            max_concurrent_uploads_per_hotkey: 2,
         }
     }
 }
@@ -142,6 +154,24 @@ pub enum ProxyError {
     /// The store failed (503).
     #[error("database unavailable")]
     Store(#[source] StoreError),
+    /// A signed upload's body did not arrive within the deadline (408).
+    #[error("request body not received within {seconds} s")]
+    UploadTimeout {
+        /// The deadline in force.
+        seconds: u64,
+    },
+    /// The bridge has its maximum of uploads in progress (503).
+    #[error("too many uploads in progress ({limit}); retry shortly")]
+    UploadsBusy {
+        /// The global cap.
+        limit: usize,
+    },
+    /// This hotkey has its maximum of uploads in progress (429).
+    #[error("this hotkey already has {limit} uploads in progress; retry once one finishes")]
+    HotkeyBusy {
+        /// The per-hotkey cap.
+        limit: usize,
+    },
 }
 
 impl ProxyError {
@@ -160,6 +190,9 @@ impl ProxyError {
             Self::Timeout => StatusCode::GATEWAY_TIMEOUT,
             Self::Signature(_) | Self::UnknownHotkey => StatusCode::UNAUTHORIZED,
             Self::NonceUsed => StatusCode::CONFLICT,
+            Self::UploadTimeout { .. } => StatusCode::REQUEST_TIMEOUT,
+            Self::UploadsBusy { .. } => StatusCode::SERVICE_UNAVAILABLE,
+            Self::HotkeyBusy { .. } => StatusCode::TOO_MANY_REQUESTS,
         }
     }
 
@@ -167,7 +200,7 @@ impl ProxyError {
     pub fn retry_after(&self) -> Option<u64> {
         match self {
             Self::RateLimited { retry_after } => Some(*retry_after),
-            Self::Busy { .. } => Some(1),
+            Self::Busy { .. } | Self::UploadsBusy { .. } | Self::HotkeyBusy { .. } => Some(1),
             _ => None,
         }
     }
@@ -185,6 +218,8 @@ pub struct Proxy {
     runtime: Option<tokio::runtime::Handle>,
     limiter: ClientLimiter,
     metagraph: Option<Arc<dyn Metagraph>>,
+    /// Signed uploads in progress, counted against the bridge's caps.
+    uploads: bridge::UploadGate,
 }
 
 impl std::fmt::Debug for Proxy {
@@ -207,6 +242,10 @@ impl Proxy {
                 config.max_concurrent_per_challenge,
             ),
             limiter: ClientLimiter::new(config.rate_limit),
+            uploads: bridge::UploadGate::new(
+                config.max_concurrent_uploads,
+                config.max_concurrent_uploads_per_hotkey,
+            ),
             config,
             metagraph,
         }

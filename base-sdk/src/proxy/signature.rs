@@ -258,6 +258,29 @@ pub fn body_sha256_hex(body: &[u8]) -> String {
     hex::encode(Sha256::digest(body))
 }
 
+/// The SHA-256 of a body fed in the pieces it arrives in, so the bridge
+/// hashes an upload while reading it instead of in a second pass; the
+/// result is the same text [`body_sha256_hex`] gives for the whole body.
+#[derive(Debug, Clone, Default)]
+pub struct BodyDigest(Sha256);
+
+impl BodyDigest {
+    /// A digest of nothing yet.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Adds the next piece of the body.
+    pub fn update(&mut self, piece: &[u8]) {
+        self.0.update(piece);
+    }
+
+    /// Lowercase hex of the digest of everything added.
+    pub fn finish_hex(self) -> String {
+        hex::encode(self.0.finalize())
+    }
+}
+
 /// Verifies an sr25519 signature of `message` by `public_key`, accepting
 /// the plain message or the `<Bytes>…</Bytes>` wrapping of wallets.
 pub fn verify(
@@ -597,6 +620,24 @@ mod tests {
         #[test]
         fn ss58_round_trip(pk in any::<[u8; 32]>(), prefix in 0u16..16384) {
             prop_assert_eq!(ss58_decode(&ss58_encode(&pk, prefix)), Ok(pk));
+        }
+
+        /// Hashing a body piece by piece, however it is cut, gives the
+        /// hash of the whole body.
+        #[test]
+        fn streamed_digest_equals_whole_body_digest(
+            body in proptest::collection::vec(any::<u8>(), 0..4096),
+            cuts in proptest::collection::vec(any::<usize>(), 0..8),
+        ) {
+            let mut points: Vec<usize> = cuts.iter().map(|c| c % (body.len() + 1)).collect();
+            points.push(0);
+            points.push(body.len());
+            points.sort_unstable();
+            let mut d = BodyDigest::new();
+            for w in points.windows(2) {
+                d.update(&body[w[0]..w[1]]);
+            }
+            prop_assert_eq!(d.finish_hex(), body_sha256_hex(&body));
         }
 
         /// Flipping any bit of a valid signature makes it invalid.

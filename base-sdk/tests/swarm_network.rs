@@ -105,6 +105,19 @@ impl Drop for Cleanup {
             let _ = Command::new("docker")
                 .args(["service", "rm", &format!("base-job-{id}")])
                 .output();
+            // Docker 20.10 leaves a deleted job service's task running (and
+            // a finished one's container on the node): remove the test's
+            // containers, so none keeps a network in use.
+            let ids = Command::new("docker")
+                .args(["ps", "-aq", "--filter", &format!("label=base.job.id={id}")])
+                .output()
+                .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+                .unwrap_or_default();
+            for container in ids.split_whitespace() {
+                let _ = Command::new("docker")
+                    .args(["rm", "-f", container])
+                    .output();
+            }
         }
         // A network is refused while its task's container detaches.
         let deadline = Instant::now() + Duration::from_secs(30);

@@ -49,8 +49,14 @@ use crate::orchestrator::{
 };
 use crate::registry::token;
 use crate::store::{Store, StoreError};
+use backon::{ExponentialBuilder, Retryable};
 use base64::Engine as _;
 use futures::StreamExt;
+
+/// The longest pause between two tries of a store write that ends a job
+/// (see [`Broker::persist`]): short enough that a lease comes back within
+/// seconds of the database's return.
+pub const STORE_RETRY_MAX_DELAY: Duration = Duration::from_secs(2);
 
 /// Return code reported for a job that never produced an exit code of its
 /// own (it could not start, or vanished), after Docker's convention for
@@ -294,7 +300,15 @@ impl Broker {
                 .await
                 .map_err(|e| unavailable("recording the job", e))?;
             match admission {
-                Admission::Admitted => {}
+                // Registered before the service exists, so a finisher
+                // racing with the start always finds someone to tell; and
+                // inside the admission lock, so the reaper (which passes
+                // through this lock after listing open records) never takes
+                // a job being started for one whose driver is gone.
+                Admission::Admitted => {
+                    let (done_tx, _) = watch::channel(None);
+                    lock(&inner.done).insert(id.clone(), done_tx);
+                }
                 Admission::TooManyJobs { active, max } => {
                     return Err(BrokerError::TooManyJobs(format!(
                         "docker_quota_exceeded: challenge '{slug}' is at its concurrency cap ({active}/{max} active workloads)"
@@ -311,11 +325,6 @@ impl Broker {
                 }
             }
         }
-        // Registered before the service exists, so a finisher racing with
-        // the start always finds someone to tell.
-        let (done_tx, _) = watch::channel(None);
-        lock(&inner.done).insert(id.clone(), done_tx);
-
         if let Err(e) = inner.orchestrator.run_job(&spec).await {
             let message = format!("the cluster refused the job: {e}");
             tracing::warn!(job = %id, slug = %slug, error = %e, "job could not be created");
@@ -664,7 +673,7 @@ impl Broker {
             .map_err(|e| unavailable("listing the cluster's jobs", e))?;
         let now = Utc::now();
         let mut acted = 0;
-        for status in cluster {
+        for status in &cluster {
             let record = self
                 .inner
                 .store
@@ -673,7 +682,7 @@ impl Broker {
                 .map_err(|e| unavailable("reading a job", e))?;
             match record {
                 Some(r) if !r.state.is_terminal() => {
-                    if let Some(why) = overdue(&status, now) {
+                    if let Some(why) = overdue(status, now) {
                         self.finish(&status.id, Ending::TimedOut(why)).await;
                         acted += 1;
                     }
@@ -689,6 +698,10 @@ impl Broker {
                 }
             }
         }
+        match self.repair_abandoned(&cluster).await {
+            Ok(n) => acted += n,
+            Err(e) => tracing::warn!(error = %e, "reaper could not look for abandoned jobs"),
+        }
         // What removed jobs left (Swarm: their mount configs). Not counted
         // in `acted`, which counts jobs.
         match self.inner.orchestrator.prune_job_leftovers().await {
@@ -698,6 +711,53 @@ impl Broker {
         }
         self.purge_expired(now).await;
         Ok(acted)
+    }
+
+    /// Finishes the unfinished records that no driver of this broker
+    /// follows and whose job is no longer running on the cluster (`cluster`,
+    /// listed before): the job ended or its service is gone, but its end
+    /// was never written — a finisher that gave up, or a master that died
+    /// between removing the service and the write. Finishing them writes
+    /// the terminal record, which gives back the challenge's concurrency
+    /// slot and the job's GPU lease without a restart. Jobs still running
+    /// without a driver are left to the overdue check. A halted broker
+    /// repairs nothing (its jobs belong to whoever recovers them).
+    async fn repair_abandoned(&self, cluster: &[JobStatus]) -> Result<usize, BrokerError> {
+        if *self.inner.halted.borrow() {
+            return Ok(0);
+        }
+        let open = self
+            .inner
+            .store
+            .list_jobs(&JobFilter {
+                active_only: true,
+                ..JobFilter::default()
+            })
+            .await
+            .map_err(|e| unavailable("listing unfinished jobs", e))?;
+        // A barrier: an admission whose record is in `open` registers its
+        // driver before it releases this lock, so past this line every job
+        // being started has its entry in `done`.
+        drop(self.inner.admission.lock().await);
+        let on_cluster: HashMap<&str, &JobStatus> =
+            cluster.iter().map(|s| (s.id.as_str(), s)).collect();
+        let mut repaired = 0;
+        for record in &open {
+            if self.is_finishing(&record.id) || lock(&self.inner.done).contains_key(&record.id) {
+                continue;
+            }
+            let ending = match on_cluster.get(record.id.as_str()) {
+                None => Ending::Lost(
+                    "the job's service was gone and its end had not been recorded".to_string(),
+                ),
+                Some(status) if status.state.is_terminal() => Ending::Exited((*status).clone()),
+                Some(_) => continue,
+            };
+            tracing::warn!(job = %record.id, slug = %record.slug, "reaper finishes a job no driver follows (its end was never recorded)");
+            self.finish(&record.id, ending).await;
+            repaired += 1;
+        }
+        Ok(repaired)
     }
 
     /// Deletes outputs and finished job records past their retention, at
@@ -915,7 +975,12 @@ impl Broker {
 
     async fn finish_claimed(&self, id: &str, ending: Ending) -> Option<JobRecord> {
         let inner = &self.inner;
-        let mut record = match inner.store.get_job(id).await {
+        let read = self
+            .persist("reading the job to finish it", id, || {
+                inner.store.get_job(id)
+            })
+            .await?;
+        let mut record = match read {
             Ok(Some(r)) => r,
             Ok(None) => {
                 self.remove_service(id).await;
@@ -962,7 +1027,12 @@ impl Broker {
         if !outputs.is_empty() {
             // Before the terminal write, so whoever the ending wakes finds
             // them; a job someone else ended first keeps that ending's.
-            match inner.store.put_job_outputs(id, &outputs, now).await {
+            let stored = self
+                .persist("storing the job's outputs", id, || {
+                    inner.store.put_job_outputs(id, &outputs, now)
+                })
+                .await?;
+            match stored {
                 Ok(()) | Err(StoreError::JobFinished(_)) => {}
                 Err(e) => {
                     tracing::error!(job = %id, error = %e, "could not store the job's outputs")
@@ -997,27 +1067,61 @@ impl Broker {
                 record.error = Some(why);
             }
         }
-        // Terminal write: releases the GPU lease in the same transaction.
-        // Retried, since a record left open would keep its lease until the
-        // next start's recovery.
-        for attempt in 0..5u32 {
-            match inner.store.update_job(&record).await {
-                Ok(()) => break,
-                // Someone else recorded the ending first: theirs stands.
-                Err(StoreError::JobFinished(_)) => {
-                    return match inner.store.get_job(id).await {
-                        Ok(Some(stored)) => Some(stored),
-                        _ => Some(record),
-                    };
-                }
-                Err(e) => {
-                    tracing::error!(job = %id, attempt, error = %e, "could not record the job's end");
-                    tokio::time::sleep(Duration::from_millis(200 << attempt)).await;
-                }
+        // Terminal write: releases the GPU lease (and, the record being
+        // terminal, the challenge's concurrency slot) in the same
+        // transaction. Retried until it lands: the service is already
+        // gone, so a record left open would hold both until someone
+        // repaired it, and the job's real ending would be lost.
+        let written = self
+            .persist("recording the job's end", id, || {
+                inner.store.update_job(&record)
+            })
+            .await?;
+        match written {
+            Ok(()) => {}
+            // Someone else recorded the ending first: theirs stands.
+            Err(StoreError::JobFinished(_)) => {
+                return match inner.store.get_job(id).await {
+                    Ok(Some(stored)) => Some(stored),
+                    _ => Some(record),
+                };
+            }
+            Err(e) => {
+                tracing::error!(job = %id, error = %e, "could not record the job's end; the reaper will repair it");
+                return None;
             }
         }
         tracing::info!(job = %id, state = record.state.as_str(), exit_code = ?record.exit_code, "job finished");
         Some(record)
+    }
+
+    /// Runs a store operation until it answers with something other than
+    /// a transient failure (the database unreachable, restarting, or
+    /// dropping connections), backing off from 100 ms to
+    /// [`STORE_RETRY_MAX_DELAY`] between tries, for as long as it takes.
+    /// `None` when the broker is halted meanwhile (the job is then left to
+    /// the next broker's recovery, like every other job of a halted one).
+    async fn persist<T, F, Fut>(&self, what: &str, id: &str, op: F) -> Option<Result<T, StoreError>>
+    where
+        F: FnMut() -> Fut,
+        Fut: std::future::Future<Output = Result<T, StoreError>>,
+    {
+        let backoff = ExponentialBuilder::default()
+            .with_min_delay(Duration::from_millis(100))
+            .with_max_delay(STORE_RETRY_MAX_DELAY)
+            .without_max_times()
+            .with_jitter();
+        let retried = op
+            .retry(backoff)
+            .when(is_transient)
+            .notify(|e, after| {
+                tracing::warn!(job = %id, error = %e, retry_in = ?after, "{what} failed; retrying until the store answers");
+            });
+        let mut halted = self.inner.halted.subscribe();
+        tokio::select! {
+            result = retried => Some(result),
+            _ = halted.wait_for(|h| *h) => None,
+        }
     }
 
     /// Removes a job's service (and whatever else the orchestrator made
@@ -1027,6 +1131,14 @@ impl Broker {
             tracing::warn!(job = %id, error = %e, "could not remove the job; the reaper will retry");
         }
     }
+}
+
+/// Whether a store failure may go away by itself (the database down or
+/// restarting: connections refused or cut, the pool timing out), so the
+/// operation is worth retrying. Answers such as `JobFinished` or
+/// `NotFound` are final.
+fn is_transient(e: &StoreError) -> bool {
+    matches!(e, StoreError::Unavailable(_) | StoreError::Database(_))
 }
 
 /// Locks a std mutex, recovering the data if a panicking holder poisoned it

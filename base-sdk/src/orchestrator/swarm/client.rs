@@ -19,8 +19,9 @@ use bollard::container::LogOutput;
 use bollard::models::{Service, ServiceSpec, Task};
 use bollard::query_parameters::{
     EventsOptionsBuilder, InspectNetworkOptionsBuilder, ListConfigsOptionsBuilder,
-    ListSecretsOptionsBuilder, ListServicesOptionsBuilder, ListTasksOptionsBuilder,
-    LogsOptionsBuilder, RemoveVolumeOptionsBuilder, UpdateServiceOptionsBuilder,
+    ListNetworksOptionsBuilder, ListSecretsOptionsBuilder, ListServicesOptionsBuilder,
+    ListTasksOptionsBuilder, LogsOptionsBuilder, RemoveVolumeOptionsBuilder,
+    UpdateServiceOptionsBuilder,
 };
 use futures::StreamExt;
 use secrecy::SecretString;
@@ -64,6 +65,12 @@ const CONFIG_CONCURRENCY: usize = 8;
 /// pruned: `run_job` creates the configs, then the service, milliseconds
 /// apart; a minute leaves any such job alone.
 const ORPHAN_GRACE: Duration = Duration::from_secs(60);
+
+/// How old a job network without a job service must be before it is
+/// pruned: `run_job` creates it right before the service, one call apart.
+/// Short, since every `network: none` job leaves its network to the prune
+/// (the engine refuses the removal until the task's container detached).
+const JOB_NETWORK_GRACE: Duration = Duration::from_secs(15);
 
 /// Runs challenges and jobs on Docker Swarm through the Engine API.
 pub struct SwarmOrchestrator {
@@ -663,6 +670,94 @@ impl SwarmOrchestrator {
         }
     }
 
+    /// Creates the internal overlay a `network: none` job has to itself
+    /// (`spec::job_network_spec`); one that exists already (a retried
+    /// `run_job`) is fine.
+    async fn create_job_network(&self, job: &JobSpec) -> Result<(), SwarmError> {
+        let request = spec::job_network_spec(job)?;
+        let name = request.name.clone();
+        match self.docker.create_network(request).await {
+            Ok(_) => Ok(()),
+            Err(e) => {
+                let e = SwarmError::docker(format!("creating job network {name}"), e);
+                if is_status(&e, 409) { Ok(()) } else { Err(e) }
+            }
+        }
+    }
+
+    /// Deletes a job's own network; a missing one is fine.
+    async fn remove_job_network(&self, id: &str) -> Result<bool, SwarmError> {
+        let name = spec::job_network_name(id)?;
+        match self.docker.remove_network(&name).await {
+            Ok(()) => Ok(true),
+            Err(e) => {
+                let e = SwarmError::docker(format!("removing job network {name}"), e);
+                if is_status(&e, 404) {
+                    Ok(false)
+                } else {
+                    Err(e)
+                }
+            }
+        }
+    }
+
+    /// [`remove_job_network`](Self::remove_job_network) for a job that
+    /// failed to start, failures left to the reaper.
+    async fn discard_job_network(&self, id: &str, created: bool) {
+        if !created {
+            return;
+        }
+        if let Err(e) = self.remove_job_network(id).await {
+            tracing::warn!(job = id, error = %e, "cannot remove the network of a job that failed to start; the reaper will");
+        }
+    }
+
+    /// Deletes the job networks whose job has no service any more and that
+    /// are at least `grace` old (`spec::orphaned_job_networks`); returns how
+    /// many were deleted. One the engine still refuses (its container still
+    /// detaching) is tried again on the next pass.
+    pub async fn prune_job_networks(&self, grace: Duration) -> Result<usize, OrchestratorError> {
+        let component = format!("{}={}", spec::LABEL_COMPONENT, spec::COMPONENT_JOB_NETWORK);
+        let opts = ListNetworksOptionsBuilder::new()
+            .filters(&filters(&[("label", &component)]))
+            .build();
+        let networks = self
+            .docker
+            .list_networks(Some(opts))
+            .await
+            .map_err(|e| SwarmError::docker("listing job networks", e))?;
+        if networks.is_empty() {
+            return Ok(0);
+        }
+        let services = self
+            .services_labelled(&[(spec::LABEL_COMPONENT, spec::COMPONENT_JOB)])
+            .await?;
+        let live: HashSet<String> = services
+            .iter()
+            .filter_map(|s| s.spec.as_ref()?.labels.as_ref()?.get(spec::LABEL_JOB_ID))
+            .cloned()
+            .collect();
+        let orphans = spec::orphaned_job_networks(
+            &networks,
+            &live,
+            chrono::Utc::now(),
+            chrono::Duration::from_std(grace).unwrap_or(chrono::Duration::MAX),
+        );
+        let mut removed = 0;
+        for name in orphans {
+            match self.docker.remove_network(&name).await {
+                Ok(()) => {
+                    tracing::info!(network = %name, "removed orphaned job network");
+                    removed += 1;
+                }
+                Err(e) => {
+                    tracing::debug!(network = %name, error = %e, "orphaned job network not removed yet")
+                }
+            }
+        }
+        Ok(removed)
+    }
+
     /// The job-mount configs whose job service no longer exists, and are
     /// older than `grace` (younger ones may belong to a job whose service
     /// is being created right now).
@@ -991,9 +1086,6 @@ impl Orchestrator for SwarmOrchestrator {
             entrypoint: Vec::new(),
         });
         spec::job_service(job, &placeholders, stand_in.as_ref())?;
-        if job.limits.network == crate::orchestrator::JobNetwork::None {
-            self.networks_once().await?;
-        }
         if self.find_service(&name).await?.is_some() {
             self.watcher.kick.notify_one();
             return self.job_status(&job.id).await;
@@ -1007,6 +1099,13 @@ impl Orchestrator for SwarmOrchestrator {
             }
         };
         let desired = spec::job_service(job, &config_ids, shim.as_ref())?;
+        // Last before the service, so the window in which the reaper could
+        // take the network for an orphan (`JOB_NETWORK_GRACE`) is one call.
+        let own_network = job.limits.network == crate::orchestrator::JobNetwork::None;
+        if own_network && let Err(e) = self.create_job_network(job).await {
+            self.discard_job_configs(&job.id).await;
+            return Err(e.into());
+        }
         match self.docker.create_service(desired, None).await {
             Ok(created) => {
                 for w in created.warnings.iter().flatten() {
@@ -1020,6 +1119,7 @@ impl Orchestrator for SwarmOrchestrator {
                 // these same configs.
                 if !is_status(&e, 409) {
                     self.discard_job_configs(&job.id).await;
+                    self.discard_job_network(&job.id, own_network).await;
                     return Err(e.into());
                 }
             }
@@ -1170,6 +1270,12 @@ impl Orchestrator for SwarmOrchestrator {
         if has_configs {
             self.remove_job_configs(id).await?;
         }
+        // Not an error when it fails: the engine refuses while the task's
+        // container is still detaching, and the reaper's prune removes it
+        // a moment later.
+        if let Err(e) = self.remove_job_network(id).await {
+            tracing::debug!(job = id, error = %e, "job network not removed yet; the reaper will");
+        }
         Ok(())
     }
 
@@ -1204,7 +1310,8 @@ impl Orchestrator for SwarmOrchestrator {
     /// that joins, drains or goes down changes what the broker may lease
     /// without a restart; the rule is `nodes::gpu_capacity`.
     async fn prune_job_leftovers(&self) -> Result<usize, OrchestratorError> {
-        self.prune_job_mounts().await
+        let mounts = self.prune_job_mounts().await?;
+        Ok(mounts + self.prune_job_networks(JOB_NETWORK_GRACE).await?)
     }
 
     async fn gpu_capacity(&self) -> Result<u32, OrchestratorError> {

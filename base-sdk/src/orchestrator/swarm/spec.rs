@@ -87,6 +87,8 @@ pub const COMPONENT_JOB: &str = "job";
 pub const COMPONENT_NETWORK: &str = "network";
 /// `base.component` of the configs that carry a job's mounted files.
 pub const COMPONENT_JOB_MOUNT: &str = "job-mount";
+/// `base.component` of a job's own network (`network: none`).
+pub const COMPONENT_JOB_NETWORK: &str = "job-network";
 
 /// Largest file a job mount may hold: one Swarm config each, and Docker's
 /// documented config limit is 500 KiB, checked as `size < 512000` (newer
@@ -355,6 +357,72 @@ pub fn network_spec(net: BaseNetwork) -> NetworkCreateRequest {
         )])),
         ..Default::default()
     }
+}
+
+/// The name of the network a `network: none` job has to itself: the job's
+/// service name (networks and services are named apart by the engine).
+pub fn job_network_name(id: &str) -> Result<String, SwarmError> {
+    job_service_name(id)
+}
+
+/// The create request of a `network: none` job's own network: an internal
+/// overlay (no gateway, no route out, not even to the node) that no other
+/// container joins — the job alone on it, so it can reach nothing and
+/// nothing can reach it, not even another job of the same challenge.
+/// Not encrypted: with one member nothing ever crosses a node. Labelled
+/// with the job's id, so what a removal leaves is found and pruned.
+pub fn job_network_spec(job: &JobSpec) -> Result<NetworkCreateRequest, SwarmError> {
+    Ok(NetworkCreateRequest {
+        name: job_network_name(&job.id)?,
+        driver: Some("overlay".to_string()),
+        scope: Some("swarm".to_string()),
+        internal: Some(true),
+        attachable: Some(false),
+        options: Some(HashMap::from([(
+            "com.docker.network.driver.mtu".to_string(),
+            OVERLAY_MTU.to_string(),
+        )])),
+        labels: Some(HashMap::from([
+            (
+                LABEL_COMPONENT.to_string(),
+                COMPONENT_JOB_NETWORK.to_string(),
+            ),
+            (LABEL_JOB_ID.to_string(), job.id.clone()),
+            (LABEL_CHALLENGE.to_string(), job.slug.to_string()),
+        ])),
+        ..Default::default()
+    })
+}
+
+/// The names of the job networks whose job has no service any more (a
+/// removal that could not delete the network yet — Swarm refuses while the
+/// task's container is still detaching — or a broker killed between
+/// creating the network and the service). Only networks labelled by BASE as
+/// job networks count, and only those older than `grace`, so a job being
+/// created right now (network first, then its service) keeps its network.
+pub fn orphaned_job_networks(
+    networks: &[bollard::models::Network],
+    live_jobs: &HashSet<String>,
+    now: DateTime<Utc>,
+    grace: chrono::Duration,
+) -> Vec<String> {
+    let mut out: Vec<String> = networks
+        .iter()
+        .filter_map(|n| {
+            let labels = n.labels.as_ref()?;
+            if labels.get(LABEL_COMPONENT).map(String::as_str) != Some(COMPONENT_JOB_NETWORK) {
+                return None;
+            }
+            let job_id = labels.get(LABEL_JOB_ID)?;
+            if live_jobs.contains(job_id) {
+                return None;
+            }
+            let young = parse_time(n.created.as_ref()).is_some_and(|t| now - t < grace);
+            (!young).then(|| n.name.clone()).flatten()
+        })
+        .collect();
+    out.sort();
+    out
 }
 
 /// Why an existing network of the right name cannot be adopted, or `None`
@@ -1241,7 +1309,9 @@ pub fn job_service(
         }
     }
     let networks = match &limits.network {
-        JobNetwork::None => Some(vec![JOBS_INTERNAL_NETWORK.to_string()]),
+        // Its own network, not a shared one: jobs on one internal overlay
+        // could reach each other.
+        JobNetwork::None => Some(vec![job_network_name(&spec.id)?]),
         JobNetwork::Default => None,
         JobNetwork::Named(n) if n == CHALLENGES_NETWORK || !n.starts_with("base_") => {
             return Err(SwarmError::Spec(format!(
@@ -1767,6 +1837,22 @@ mod tests {
             json!({"GenericResources": [{"DiscreteResourceSpec": {"Kind": "NVIDIA-GPU", "Value": 2}}]})
         );
         assert!(v["TaskTemplate"].get("Networks").is_none());
+
+        // `none`: the job's own network, never a shared one.
+        j.limits.network = JobNetwork::None;
+        let v = serde_json::to_value(job_service(&j, &HashMap::new(), None).unwrap()).unwrap();
+        assert_eq!(
+            v["TaskTemplate"]["Networks"],
+            json!([{"Target": format!("base-job-{}", j.id)}])
+        );
+        let mut other = job();
+        other.id = "other-job".into();
+        other.limits.network = JobNetwork::None;
+        let w = serde_json::to_value(job_service(&other, &HashMap::new(), None).unwrap()).unwrap();
+        assert_ne!(
+            v["TaskTemplate"]["Networks"], w["TaskTemplate"]["Networks"],
+            "two none jobs of one challenge never share a network"
+        );
 
         j.limits.network = JobNetwork::Named("base_eval_net".into());
         let v = serde_json::to_value(job_service(&j, &HashMap::new(), None).unwrap()).unwrap();
@@ -2386,6 +2472,59 @@ mod tests {
         assert_eq!(ids, ["gone", "unparsed"]);
         assert_eq!(orphans[0].job_id, "j-gone");
         assert_eq!(orphans[0].name, "name-gone");
+    }
+
+    #[test]
+    fn a_none_jobs_network_is_internal_and_its_own() {
+        let j = job();
+        let v = serde_json::to_value(job_network_spec(&j).unwrap()).unwrap();
+        assert_eq!(
+            v,
+            json!({
+                "Name": format!("base-job-{}", j.id), "Driver": "overlay", "Scope": "swarm",
+                "Internal": true, "Attachable": false,
+                "Options": {"com.docker.network.driver.mtu": "1450"},
+                "Labels": {"base.component": "job-network", "base.job.id": j.id,
+                           "base.challenge": j.slug.as_str()}
+            })
+        );
+        let mut bad = job();
+        bad.id = "../x".into();
+        assert!(job_network_spec(&bad).is_err());
+    }
+
+    #[test]
+    fn orphaned_job_networks_are_old_base_networks_of_gone_jobs() {
+        let now = DateTime::parse_from_rfc3339("2030-01-01T00:10:00Z")
+            .unwrap()
+            .with_timezone(&Utc);
+        let net = |name: &str, labels: &[(&str, &str)], created: &str| bollard::models::Network {
+            name: Some(name.to_string()),
+            created: Some(created.to_string()),
+            labels: Some(
+                labels
+                    .iter()
+                    .map(|(k, v)| (k.to_string(), v.to_string()))
+                    .collect(),
+            ),
+            ..Default::default()
+        };
+        let of = |job: &'static str| [("base.component", "job-network"), ("base.job.id", job)];
+        let old = "2030-01-01T00:09:00Z";
+        let networks = vec![
+            net("base-job-gone", &of("gone"), old),
+            net("base-job-live", &of("live"), old),
+            net("base-job-young", &of("young"), "2030-01-01T00:09:55Z"),
+            net("base-job-unparsed", &of("unparsed"), "yesterday"),
+            net("base_challenges", &[("base.component", "network")], old),
+            net("foreign", &[("base.job.id", "gone")], old),
+            bollard::models::Network::default(),
+        ];
+        let live = HashSet::from(["live".to_string()]);
+        assert_eq!(
+            orphaned_job_networks(&networks, &live, now, chrono::Duration::seconds(15)),
+            ["base-job-gone", "base-job-unparsed"]
+        );
     }
 
     mod mount_props {

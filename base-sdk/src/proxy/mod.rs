@@ -24,16 +24,24 @@ use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::http::StatusCode;
+use axum::http::{HeaderMap, HeaderValue, StatusCode};
 
 use crate::metagraph::Metagraph;
 use crate::orchestrator::Orchestrator;
 use crate::registry::Registry;
 use crate::store::StoreError;
 pub use directory::{Directory, Entry};
-pub use limit::{ClientLimiter, RateLimit};
+pub use limit::{
+    ClientCaps, ClientLimiter, ClientSlots, LimitError, MinRate, RateLimit, RequestSlot,
+    TrustedProxies,
+};
 pub use path::PathError;
 pub use signature::SignatureError;
+
+/// The header a reverse proxy lists the addresses it forwarded for in.
+pub const FORWARDED_FOR: &str = "x-forwarded-for";
+/// The header a reverse proxy names the client it forwards for in.
+pub const REAL_IP: &str = "x-real-ip";
 
 /// The proxy's settings (each an operator setting; see docs/proxy.md).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -62,6 +70,21 @@ pub struct ProxyConfig {
     /// Whether plain passthrough requests take the byte-level fast path
     /// ([`http1`]) on the master's listener threads.
     pub fast_path: bool,
+    /// What one client may hold at once (requests, streams, connections)
+    /// and the total connection cap.
+    pub client_caps: ClientCaps,
+    /// The slowest a request body may arrive once past its grace period
+    /// (408 and the upstream request aborted).
+    pub body_min_rate: MinRate,
+    /// The slowest a miner may read an answer once past its grace period
+    /// (the connection is closed).
+    pub send_min_rate: MinRate,
+    /// How long a relayed answer's body may go without a byte from the
+    /// challenge (the connection is closed).
+    pub relay_idle_timeout: Duration,
+    /// Reverse proxies whose `X-Forwarded-For` / `X-Real-IP` name the
+    /// client (default none).
+    pub trusted_proxies: TrustedProxies,
 }
 
 impl Default for ProxyConfig {
@@ -81,6 +104,17 @@ impl Default for ProxyConfig {
             nonce_retention: Duration::from_secs(24 * 3600),
             blocked_uids: vec![0],
             fast_path: true,
+            client_caps: ClientCaps::default(),
+            body_min_rate: MinRate {
+                bytes_per_second: 1024,
+                grace: Duration::from_secs(10),
+            },
+            send_min_rate: MinRate {
+                bytes_per_second: 1024,
+                grace: Duration::from_secs(10),
+            },
+            relay_idle_timeout: Duration::from_secs(120),
+            trusted_proxies: TrustedProxies::default(),
         }
     }
 }
@@ -142,6 +176,15 @@ pub enum ProxyError {
     /// The store failed (503).
     #[error("database unavailable")]
     Store(#[source] StoreError),
+    /// The client holds its maximum (429), or the server its total (503).
+    #[error(transparent)]
+    Limit(#[from] LimitError),
+    /// The request body arrived more slowly than the minimum rate (408).
+    #[error("request body arrived too slowly (under {bytes_per_second} bytes/s)")]
+    BodyTooSlow {
+        /// The minimum rate in force.
+        bytes_per_second: u64,
+    },
 }
 
 impl ProxyError {
@@ -160,6 +203,9 @@ impl ProxyError {
             Self::Timeout => StatusCode::GATEWAY_TIMEOUT,
             Self::Signature(_) | Self::UnknownHotkey => StatusCode::UNAUTHORIZED,
             Self::NonceUsed => StatusCode::CONFLICT,
+            Self::Limit(e) if e.is_global() => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Limit(_) => StatusCode::TOO_MANY_REQUESTS,
+            Self::BodyTooSlow { .. } => StatusCode::REQUEST_TIMEOUT,
         }
     }
 
@@ -167,7 +213,7 @@ impl ProxyError {
     pub fn retry_after(&self) -> Option<u64> {
         match self {
             Self::RateLimited { retry_after } => Some(*retry_after),
-            Self::Busy { .. } => Some(1),
+            Self::Busy { .. } | Self::Limit(_) => Some(1),
             _ => None,
         }
     }
@@ -185,6 +231,8 @@ pub struct Proxy {
     runtime: Option<tokio::runtime::Handle>,
     limiter: ClientLimiter,
     metagraph: Option<Arc<dyn Metagraph>>,
+    /// What each client holds (shared with the listener threads).
+    slots: Arc<ClientSlots>,
 }
 
 impl std::fmt::Debug for Proxy {
@@ -207,6 +255,7 @@ impl Proxy {
                 config.max_concurrent_per_challenge,
             ),
             limiter: ClientLimiter::new(config.rate_limit),
+            slots: Arc::new(ClientSlots::new(config.client_caps)),
             config,
             metagraph,
         }
@@ -220,6 +269,43 @@ impl Proxy {
     /// The challenge directory.
     pub fn directory(&self) -> &Directory {
         &self.directory
+    }
+
+    /// The per-client counts (connections are counted by the listener).
+    pub fn slots(&self) -> &Arc<ClientSlots> {
+        &self.slots
+    }
+
+    /// The client a request from the TCP peer `peer` is for: `peer`, or
+    /// what a trusted proxy says in `X-Forwarded-For` / `X-Real-IP`.
+    pub fn client_address(&self, peer: IpAddr, headers: &HeaderMap) -> IpAddr {
+        let trusted = &self.config.trusted_proxies;
+        if trusted.is_empty() {
+            return peer;
+        }
+        trusted.client(
+            peer,
+            headers
+                .get_all(FORWARDED_FOR)
+                .iter()
+                .map(HeaderValue::as_bytes),
+            headers.get(REAL_IP).map(HeaderValue::as_bytes),
+        )
+    }
+
+    /// Counts a request of `client` to `entry` against its caps (429 when
+    /// over); an unknown client (no socket address) is not counted.
+    pub fn client_slot(
+        &self,
+        client: Option<IpAddr>,
+        entry: &Entry,
+    ) -> Result<Option<RequestSlot>, ProxyError> {
+        let Some(client) = client else {
+            return Ok(None);
+        };
+        // The permits live as long as the challenge (across reloads).
+        let challenge = Arc::as_ptr(&entry.permits) as usize;
+        Ok(Some(self.slots.request(client, challenge)?))
     }
 
     /// Refuses a client over its rate with 429.

@@ -213,7 +213,8 @@ pub struct Settings {
     pub proxy_rate_limit_per_minute: u32,
     /// Requests a client may send in a burst (`BASE_PROXY_RATE_LIMIT_BURST`).
     pub proxy_rate_limit_burst: u32,
-    /// Whether loopback clients are rate limited too (`BASE_PROXY_RATE_LIMIT_LOOPBACK`).
+    /// Whether loopback clients are rate limited and held to the per-client
+    /// caps too (`BASE_PROXY_RATE_LIMIT_LOOPBACK`).
     pub proxy_rate_limit_loopback: bool,
     /// Whether the public listener serves plain passthrough requests on
     /// its byte-level fast path (`BASE_PROXY_FAST_PATH`, default true;

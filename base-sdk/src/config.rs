@@ -213,7 +213,8 @@ pub struct Settings {
     pub proxy_rate_limit_per_minute: u32,
     /// Requests a client may send in a burst (`BASE_PROXY_RATE_LIMIT_BURST`).
     pub proxy_rate_limit_burst: u32,
-    /// Whether loopback clients are rate limited too (`BASE_PROXY_RATE_LIMIT_LOOPBACK`).
+    /// Whether loopback clients are rate limited and held to the per-client
+    /// caps too (`BASE_PROXY_RATE_LIMIT_LOOPBACK`).
     pub proxy_rate_limit_loopback: bool,
     /// Whether the public listener serves plain passthrough requests on
     /// its byte-level fast path (`BASE_PROXY_FAST_PATH`, default true;
@@ -291,6 +292,49 @@ pub struct Settings {
     /// lockouts double from 1 s with each further failure up to this.
     #[serde(default = "default_admin_lockout_max")]
     pub admin_lockout_max_seconds: u64,
+    /// Proxied requests one client may have in flight, all challenges
+    /// together (`BASE_PROXY_MAX_REQUESTS_PER_CLIENT`; 0 = no cap); more get 429.
+    #[serde(default = "default_requests_per_client")]
+    pub proxy_max_requests_per_client: u32,
+    /// Proxied requests one client may have in flight to one challenge
+    /// (`BASE_PROXY_MAX_REQUESTS_PER_CLIENT_PER_CHALLENGE`; 0 = no cap).
+    #[serde(default = "default_requests_per_client_per_challenge")]
+    pub proxy_max_requests_per_client_per_challenge: u32,
+    /// Open event streams (`text/event-stream` answers) per client
+    /// (`BASE_PROXY_MAX_STREAMS_PER_CLIENT`; 0 = no cap).
+    #[serde(default = "default_streams_per_client")]
+    pub proxy_max_streams_per_client: u32,
+    /// Open connections per client IP on the API port
+    /// (`BASE_PROXY_MAX_CONNECTIONS_PER_CLIENT`; 0 = no cap; trusted
+    /// proxies exempt).
+    #[serde(default = "default_connections_per_client")]
+    pub proxy_max_connections_per_client: u32,
+    /// Open connections on the API port in all (`BASE_PROXY_MAX_CONNECTIONS`;
+    /// 0 = no cap); more get 503.
+    #[serde(default = "default_connections_total")]
+    pub proxy_max_connections: u32,
+    /// Slowest request body accepted after the grace period, bytes/s
+    /// (`BASE_PROXY_MIN_BODY_RATE`; 0 = no minimum); slower gets 408.
+    #[serde(default = "default_min_rate")]
+    pub proxy_min_body_rate: u64,
+    /// Slowest a client may read an answer after the grace period, bytes/s
+    /// (`BASE_PROXY_MIN_SEND_RATE`; 0 = no minimum); slower is disconnected.
+    #[serde(default = "default_min_rate")]
+    pub proxy_min_send_rate: u64,
+    /// The grace period of both minimum rates, seconds
+    /// (`BASE_PROXY_MIN_RATE_GRACE_SECONDS`).
+    #[serde(default = "default_min_rate_grace")]
+    pub proxy_min_rate_grace_seconds: u64,
+    /// Seconds a relayed answer's body may go without a byte from the
+    /// challenge (`BASE_PROXY_RELAY_IDLE_TIMEOUT_SECONDS`; event streams
+    /// must send at least a comment this often).
+    #[serde(default = "default_relay_idle")]
+    pub proxy_relay_idle_timeout_seconds: u64,
+    /// Reverse proxies whose `X-Forwarded-For` / `X-Real-IP` are believed
+    /// (`BASE_TRUSTED_PROXIES`, comma-separated addresses and CIDRs;
+    /// default none).
+    #[serde(default, deserialize_with = "trusted_proxies")]
+    pub trusted_proxies: crate::proxy::TrustedProxies,
 }
 
 fn default_bridge_body_timeout() -> u64 {
@@ -348,6 +392,46 @@ fn default_submitter_interval() -> u64 {
 }
 fn default_submitter_max_age() -> u64 {
     1800
+}
+fn default_requests_per_client() -> u32 {
+    crate::proxy::ClientCaps::default().requests
+}
+fn default_requests_per_client_per_challenge() -> u32 {
+    crate::proxy::ClientCaps::default().requests_per_challenge
+}
+fn default_streams_per_client() -> u32 {
+    crate::proxy::ClientCaps::default().streams
+}
+fn default_connections_per_client() -> u32 {
+    crate::proxy::ClientCaps::default().connections
+}
+fn default_connections_total() -> u32 {
+    crate::proxy::ClientCaps::default().connections_total
+}
+fn default_min_rate() -> u64 {
+    crate::proxy::ProxyConfig::default()
+        .body_min_rate
+        .bytes_per_second
+}
+fn default_min_rate_grace() -> u64 {
+    crate::proxy::ProxyConfig::default()
+        .body_min_rate
+        .grace
+        .as_secs()
+}
+fn default_relay_idle() -> u64 {
+    crate::proxy::ProxyConfig::default()
+        .relay_idle_timeout
+        .as_secs()
+}
+
+fn trusted_proxies<'de, D: Deserializer<'de>>(
+    d: D,
+) -> Result<crate::proxy::TrustedProxies, D::Error> {
+    comma_list(d)?
+        .join(",")
+        .parse()
+        .map_err(serde::de::Error::custom)
 }
 
 #[derive(Serialize)]
@@ -466,6 +550,25 @@ impl Settings {
             upload_body_timeout: Duration::from_secs(self.bridge_body_timeout_seconds),
             max_concurrent_uploads: self.bridge_max_concurrent_uploads,
             max_concurrent_uploads_per_hotkey: self.bridge_max_concurrent_uploads_per_hotkey,
+            client_caps: crate::proxy::ClientCaps {
+                requests: self.proxy_max_requests_per_client,
+                requests_per_challenge: self.proxy_max_requests_per_client_per_challenge,
+                streams: self.proxy_max_streams_per_client,
+                connections: self.proxy_max_connections_per_client,
+                connections_total: self.proxy_max_connections,
+                // One loopback rule for every per-client limit.
+                include_loopback: self.proxy_rate_limit_loopback,
+            },
+            body_min_rate: crate::proxy::MinRate {
+                bytes_per_second: self.proxy_min_body_rate,
+                grace: Duration::from_secs(self.proxy_min_rate_grace_seconds),
+            },
+            send_min_rate: crate::proxy::MinRate {
+                bytes_per_second: self.proxy_min_send_rate,
+                grace: Duration::from_secs(self.proxy_min_rate_grace_seconds),
+            },
+            relay_idle_timeout: Duration::from_secs(self.proxy_relay_idle_timeout_seconds),
+            trusted_proxies: self.trusted_proxies.clone(),
             ..crate::proxy::ProxyConfig::default()
         }
     }
@@ -543,6 +646,10 @@ impl Settings {
             (
                 u64::from(s.bridge_nonce_retention_hours),
                 "BASE_BRIDGE_NONCE_RETENTION_HOURS",
+            ),
+            (
+                s.proxy_relay_idle_timeout_seconds,
+                "BASE_PROXY_RELAY_IDLE_TIMEOUT_SECONDS",
             ),
         ] {
             if value == 0 {
@@ -786,6 +893,40 @@ mod tests {
             jail.set_env("BASE_ENVIRONMENT", "production");
             let s = Settings::load(None).map_err(|e| e.to_string())?;
             assert!(s.effective_database_url().is_err());
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn client_limit_settings_have_the_proxy_defaults_and_env_overrides() {
+        Jail::expect_with(|jail| {
+            let p = Settings::load(None)
+                .map_err(|e| e.to_string())?
+                .proxy_config();
+            let d = crate::proxy::ProxyConfig::default();
+            assert_eq!(p.client_caps, d.client_caps);
+            assert_eq!(p.body_min_rate, d.body_min_rate);
+            assert_eq!(p.send_min_rate, d.send_min_rate);
+            assert_eq!(p.relay_idle_timeout, d.relay_idle_timeout);
+            assert!(p.trusted_proxies.is_empty());
+            jail.set_env("BASE_TRUSTED_PROXIES", "10.0.0.0/8, 192.0.2.1");
+            jail.set_env("BASE_PROXY_MAX_CONNECTIONS_PER_CLIENT", "5");
+            jail.set_env("BASE_PROXY_MIN_SEND_RATE", "0");
+            jail.set_env("BASE_PROXY_RATE_LIMIT_LOOPBACK", "true");
+            let p = Settings::load(None)
+                .map_err(|e| e.to_string())?
+                .proxy_config();
+            assert!(p.trusted_proxies.contains("10.9.9.9".parse().unwrap()));
+            assert!(p.trusted_proxies.contains("192.0.2.1".parse().unwrap()));
+            assert_eq!(p.client_caps.connections, 5);
+            assert!(p.client_caps.include_loopback);
+            assert!(p.send_min_rate.is_off());
+            jail.set_env("BASE_TRUSTED_PROXIES", "10.0.0.0/8,lb.internal");
+            let e = Settings::load(None).unwrap_err().to_string();
+            assert!(
+                e.contains("BASE_TRUSTED_PROXIES") && e.contains("lb.internal"),
+                "{e}"
+            );
             Ok(())
         });
     }

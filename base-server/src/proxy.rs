@@ -9,7 +9,7 @@ use std::sync::Arc;
 
 use axum::body::Body;
 use axum::extract::{ConnectInfo, Path, Request, State};
-use axum::http::{Extensions, Response};
+use axum::http::{Extensions, HeaderMap, Response};
 use base_sdk::proxy::forward::{Outbound, declares_body};
 use base_sdk::proxy::headers::request_headers;
 use base_sdk::proxy::{Entry, Proxy, ProxyError, bridge, path};
@@ -21,11 +21,12 @@ use crate::state::AppState;
 const PREFIX: &str = "/challenges/";
 
 /// The client's address, when the server was started with connection
-/// info (`serve` does; `oneshot` tests do not, and are not limited).
-fn client_ip(extensions: &Extensions) -> Option<IpAddr> {
+/// info (`serve` does; `oneshot` tests do not, and are not limited): the
+/// TCP peer, or the client a trusted reverse proxy names in `headers`.
+fn client_ip(proxy: &Proxy, extensions: &Extensions, headers: &HeaderMap) -> Option<IpAddr> {
     extensions
         .get::<ConnectInfo<SocketAddr>>()
-        .map(|ConnectInfo(addr)| addr.ip())
+        .map(|ConnectInfo(addr)| proxy.client_address(addr.ip(), headers))
 }
 
 fn proxy(state: &AppState) -> Result<&Arc<Proxy>, ApiError> {
@@ -51,8 +52,11 @@ pub async fn passthrough(
     State(state): State<AppState>,
     req: Request,
 ) -> Result<Response<Body>, ApiError> {
-    let client = client_ip(req.extensions());
-    forward(&state, client, req).await
+    let peer = req
+        .extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|ConnectInfo(addr)| addr.ip());
+    forward(&state, peer, req).await
 }
 
 /// Whether the router sends `path` to [`passthrough`]: `/challenges/`
@@ -63,14 +67,15 @@ pub fn is_passthrough(path: &str) -> bool {
         .is_some_and(|rest| !rest.is_empty() && !rest.starts_with('/'))
 }
 
-/// [`passthrough`] for a request from `client` (its TCP peer address).
+/// [`passthrough`] for a request from `peer` (its TCP peer address).
 pub async fn forward(
     state: &AppState,
-    client: Option<IpAddr>,
+    peer: Option<IpAddr>,
     req: Request,
 ) -> Result<Response<Body>, ApiError> {
     let proxy = proxy(state)?;
     let (parts, body) = req.into_parts();
+    let client = peer.map(|peer| proxy.client_address(peer, &parts.headers));
     proxy.check_rate(client)?;
     // The raw (still percent-encoded) path: the router matched on it, and
     // the rules must see the encoding the miner used.
@@ -86,7 +91,7 @@ pub async fn forward(
         query: parts.uri.query().map(str::to_string),
         body,
     };
-    Ok(proxy.forward(&entry, out).await?)
+    Ok(proxy.forward_for(client, &entry, out).await?)
 }
 
 /// `POST /v1/challenges/{slug}/submissions`: the signed upload bridge.
@@ -97,7 +102,7 @@ pub async fn upload(
 ) -> Result<Response<Body>, ApiError> {
     let proxy = proxy(&state)?;
     let (parts, body) = req.into_parts();
-    proxy.check_rate(client_ip(&parts.extensions))?;
+    proxy.check_rate(client_ip(proxy, &parts.extensions, &parts.headers))?;
     let entry = challenge(&state, proxy, &slug).await?;
     let upload = bridge::SignedUpload {
         method: parts.method,
@@ -117,7 +122,7 @@ pub async fn submission_status(
     req: Request,
 ) -> Result<Response<Body>, ApiError> {
     let proxy = proxy(&state)?;
-    proxy.check_rate(client_ip(req.extensions()))?;
+    proxy.check_rate(client_ip(proxy, req.extensions(), req.headers()))?;
     let entry = challenge(&state, proxy, &slug).await?;
     Ok(proxy.submission_status(&entry, &id, req.headers()).await?)
 }

@@ -22,6 +22,10 @@
 //! orchestrator client and their background tasks live: those are
 //! registered with that runtime's IO driver and must not end up owned by
 //! a listener thread that stops at shutdown.
+//!
+//! Connections are counted as they are accepted (`ClientSlots`): one over
+//! the per-client or the total cap gets a 429 / 503 written without
+//! waiting and is closed, before any task or buffer is made for it.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -35,6 +39,7 @@ use axum::extract::ConnectInfo;
 use axum::http::{Request, Response, StatusCode};
 use axum::response::IntoResponse as _;
 use base_sdk::proxy::http1::FastPath;
+use base_sdk::proxy::{LimitError, MinRate, ProxyError};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
@@ -155,6 +160,10 @@ async fn accept_loop(
     mut stop: watch::Receiver<bool>,
 ) -> std::io::Result<()> {
     let listener = tokio::net::TcpListener::from_std(listener)?;
+    let proxy = state.proxy().cloned();
+    let send_rate = proxy
+        .as_ref()
+        .map_or(MinRate::OFF, |p| p.config().send_min_rate);
     let graceful = GracefulShutdown::new();
     // Every connection task holds a clone; when all are gone after the
     // drain, `open.recv()` ends (fast-path connections are not hyper's, so
@@ -178,6 +187,19 @@ async fn accept_loop(
             },
             _ = stop.wait_for(|s| *s) => break,
         };
+        let counted = match &proxy {
+            Some(proxy) => {
+                let trusted = proxy.config().trusted_proxies.contains(peer.ip());
+                match proxy.slots().connect(peer.ip(), trusted) {
+                    Ok(slot) => Some(slot),
+                    Err(e) => {
+                        refuse_connection(&tcp, e);
+                        continue;
+                    }
+                }
+            }
+            None => None,
+        };
         // Without TCP_NODELAY a streamed response (headers, then body
         // frames as the challenge sends them) waits on Nagle and delayed
         // ACKs: the proxy measured 3x slower.
@@ -199,16 +221,17 @@ async fn accept_loop(
         );
         tokio::spawn(async move {
             let _alive = alive;
+            let _counted = counted;
             let io = match fast {
                 Some(fast) => match fast.serve(tcp, peer.ip(), stop).await {
-                    Some(handover) => handover.into_io(),
+                    Some(handover) => handover.into_io(send_rate),
                     None => return,
                 },
                 None => base_sdk::proxy::http1::Handover {
                     tcp,
                     buffered: Default::default(),
                 }
-                .into_io(),
+                .into_io(send_rate),
             };
             let conn = watcher.watch(http.serve_connection(TokioIo::new(io), service));
             if let Err(e) = conn.await {
@@ -223,6 +246,24 @@ async fn accept_loop(
     // request in progress is answered first.
     let _ = open.recv().await;
     Ok(())
+}
+
+/// Answers a connection over a connection cap with its 429 or 503, as
+/// far as the socket takes it at once, and closes it: no task, no
+/// buffer, no wait.
+fn refuse_connection(tcp: &tokio::net::TcpStream, e: LimitError) {
+    let e = ProxyError::from(e);
+    let status = e.status();
+    let body = serde_json::json!({ "detail": e.to_string() }).to_string();
+    let answer = format!(
+        "HTTP/1.1 {} {}\r\ncontent-type: application/json\r\ncontent-length: {}\r\nretry-after: {}\r\nconnection: close\r\n\r\n{body}",
+        status.as_u16(),
+        status.canonical_reason().unwrap_or(""),
+        body.len(),
+        e.retry_after().unwrap_or(1),
+    );
+    let _ = tcp.try_write(answer.as_bytes());
+    tracing::debug!(error = %e, "connection refused");
 }
 
 /// Routes one request: the passthrough here, everything else on `main`.

@@ -23,8 +23,17 @@
 //!
 //! Timing: a request's head (and short body) must arrive within
 //! [`HEAD_TIMEOUT`] of the connection becoming idle, the challenge's
-//! response head within the proxy's upstream timeout; one timer per
-//! connection is moved for each wait rather than a new one made.
+//! response head within the proxy's upstream timeout, each read of the
+//! answer's body within the relay idle timeout, and the miner must read
+//! the answer at the minimum send rate after its grace period
+//! ([`super::limit::RateBudget`], one per connection); one timer per
+//! connection is moved for each wait rather than a new one made, and only
+//! when a read or write would block. The client's caps
+//! ([`super::limit::ClientSlots`]) are taken with the challenge's permit
+//! and given back with it.
+//!
+//! The general server's connection is a [`Rewound`], which holds the
+//! miner to the same minimum send rate: hyper writes answers through it.
 
 use std::cell::RefCell;
 use std::io::Write as _;
@@ -41,9 +50,11 @@ use tokio::net::TcpStream;
 use tokio::sync::{OwnedSemaphorePermit, watch};
 use tokio::time::{Instant, Sleep};
 
-use super::pool::{CONNECT_TIMEOUT, IdlePool, Upstream};
+use super::forward::is_event_stream_type;
+use super::limit::{MinRate, RateBudget, RequestSlot};
+use super::pool::{CONNECT_TIMEOUT, IdlePool, Upstream, overdue};
 use super::wire::{self, Framing, Parsed, Request};
-use super::{Entry, Proxy, ProxyError, headers, path};
+use super::{Entry, FORWARDED_FOR, Proxy, ProxyError, REAL_IP, headers, path};
 use crate::orchestrator::Orchestrator;
 use crate::registry::Registry;
 
@@ -66,21 +77,76 @@ pub struct Handover {
 }
 
 impl Handover {
-    /// The connection as an IO object that first reads `buffered` again.
-    pub fn into_io(self) -> Rewound {
+    /// The connection as an IO object that first reads `buffered` again,
+    /// and fails a write the miner keeps waiting under `send_rate`.
+    pub fn into_io(self, send_rate: MinRate) -> Rewound {
         Rewound {
             prefix: self.buffered,
             tcp: self.tcp,
+            budget: RateBudget::new(send_rate),
+            waiting_since: None,
+            timer: None,
         }
     }
 }
 
 /// A handed-over connection: reads what the fast path had read, then the
-/// socket; writes go straight to the socket.
-#[derive(Debug)]
+/// socket; writes go to the socket, under the minimum send rate.
 pub struct Rewound {
     prefix: Bytes,
     tcp: TcpStream,
+    budget: RateBudget,
+    /// When a write started waiting on the miner, and its timer.
+    waiting_since: Option<Instant>,
+    timer: Option<Pin<Box<Sleep>>>,
+}
+
+impl std::fmt::Debug for Rewound {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Rewound")
+            .field("prefix", &self.prefix.len())
+            .field("tcp", &self.tcp)
+            .field("budget", &self.budget)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Rewound {
+    /// Accounts a write of `len` bytes that ended as `done`: a write that
+    /// waits on the miner past its allowance fails (hyper then closes
+    /// the connection, and the answer's permit and slot go back).
+    fn paced(
+        &mut self,
+        cx: &mut std::task::Context<'_>,
+        len: usize,
+        done: std::task::Poll<std::io::Result<usize>>,
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        use std::task::Poll;
+        match done {
+            Poll::Ready(Ok(n)) => {
+                let waited = self
+                    .waiting_since
+                    .take()
+                    .map_or(Duration::ZERO, |t| t.elapsed());
+                let _ = self.budget.spend(n, waited);
+                Poll::Ready(Ok(n))
+            }
+            Poll::Pending => {
+                let Some(allowed) = self.budget.allowance(len) else {
+                    return Poll::Pending;
+                };
+                let since = *self.waiting_since.get_or_insert_with(Instant::now);
+                if overdue(&mut self.timer, since, allowed, cx) {
+                    return Poll::Ready(Err(std::io::Error::new(
+                        std::io::ErrorKind::TimedOut,
+                        "the client reads too slowly",
+                    )));
+                }
+                Poll::Pending
+            }
+            error => error,
+        }
+    }
 }
 
 impl tokio::io::AsyncRead for Rewound {
@@ -105,7 +171,8 @@ impl tokio::io::AsyncWrite for Rewound {
         cx: &mut std::task::Context<'_>,
         data: &[u8],
     ) -> std::task::Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.tcp).poll_write(cx, data)
+        let done = Pin::new(&mut self.tcp).poll_write(cx, data);
+        self.paced(cx, data.len(), done)
     }
 
     fn poll_write_vectored(
@@ -113,7 +180,9 @@ impl tokio::io::AsyncWrite for Rewound {
         cx: &mut std::task::Context<'_>,
         data: &[std::io::IoSlice<'_>],
     ) -> std::task::Poll<std::io::Result<usize>> {
-        Pin::new(&mut self.tcp).poll_write_vectored(cx, data)
+        let done = Pin::new(&mut self.tcp).poll_write_vectored(cx, data);
+        let len = data.iter().map(|d| d.len()).sum();
+        self.paced(cx, len, done)
     }
 
     fn is_write_vectored(&self) -> bool {
@@ -180,17 +249,21 @@ impl FastPath {
         }
     }
 
-    /// Serves the connection `tcp` from `client` until it closes, `stop`
+    /// Serves the connection `tcp` from `peer` until it closes, `stop`
     /// turns true while it is idle, or a request the fast path does not
     /// take arrives — then returns it for the general server.
     pub async fn serve(
         &self,
         mut tcp: TcpStream,
-        client: IpAddr,
+        peer: IpAddr,
         stop: watch::Receiver<bool>,
     ) -> Option<Handover> {
         let mut buf = BytesMut::with_capacity(READ_ROOM * 2);
-        let mut io = Buffers::default();
+        let mut io = Buffers {
+            request: Vec::new(),
+            response: Vec::new(),
+            budget: RateBudget::new(self.proxy.config.send_min_rate),
+        };
         let mut timer = pin!(tokio::time::sleep(HEAD_TIMEOUT));
         // Made once per connection: it then stays registered with the
         // signal instead of registering and leaving again per request.
@@ -221,7 +294,7 @@ impl FastPath {
                                     &mut tcp,
                                     &req,
                                     &buf[req.head_len..total],
-                                    client,
+                                    peer,
                                     &mut io,
                                     timer.as_mut(),
                                 )
@@ -267,12 +340,14 @@ impl FastPath {
         tcp: &mut TcpStream,
         req: &Request<'_, '_>,
         body: &[u8],
-        client: IpAddr,
+        peer: IpAddr,
         io: &mut Buffers,
         mut timer: Pin<&mut Sleep>,
     ) -> bool {
         io.request.clear();
-        let (entry, permit) = match self.prepare(req, body, client, &mut io.request).await {
+        let client = self.client(peer, req.headers);
+        let (entry, permit, mut slot) = match self.prepare(req, body, client, &mut io.request).await
+        {
             Ok(ready) => ready,
             Err(e) => return self.refuse(tcp, e, req, &mut io.response).await,
         };
@@ -290,7 +365,21 @@ impl FastPath {
             Ok(answer) => answer,
             Err(e) => return self.refuse(tcp, e, req, &mut io.response).await,
         };
-        match relay(tcp, conn, framing, reusable, &mut io.response).await {
+        // Only a body without a known end can be an open-ended stream.
+        if matches!(framing, Framing::Chunked | Framing::UntilClose)
+            && head_is_event_stream(&io.response)
+            && let Some(slot) = &mut slot
+            && let Err(e) = slot.into_stream()
+        {
+            // `conn` is dropped unread: not reused.
+            return self.refuse(tcp, e.into(), req, &mut io.response).await;
+        }
+        let pace = Pace {
+            idle: self.proxy.config.relay_idle_timeout,
+            budget: &mut io.budget,
+            timer: timer.as_mut(),
+        };
+        match relay(tcp, conn, framing, reusable, &mut io.response, pace).await {
             Relayed::Done => {}
             Relayed::BadBody => {
                 // Nothing was sent yet: the miner gets the general path's 502.
@@ -304,7 +393,23 @@ impl FastPath {
             Relayed::Broken => return false,
         }
         drop(permit);
+        drop(slot);
         !req.close
+    }
+
+    /// The client `req` from `peer` is for (see [`Proxy::client_address`]).
+    fn client(&self, peer: IpAddr, fields: &[httparse::Header<'_>]) -> IpAddr {
+        let trusted = &self.proxy.config.trusted_proxies;
+        if trusted.is_empty() {
+            return peer;
+        }
+        let named = |name: &'static str| {
+            fields
+                .iter()
+                .filter(move |h| h.name.eq_ignore_ascii_case(name))
+                .map(|h| h.value)
+        };
+        trusted.client(peer, named(FORWARDED_FOR), named(REAL_IP).next())
     }
 
     /// The checks of the general path, in its order, then the upstream
@@ -315,7 +420,7 @@ impl FastPath {
         body: &[u8],
         client: IpAddr,
         out: &mut Vec<u8>,
-    ) -> Result<(Arc<Entry>, OwnedSemaphorePermit), ProxyError> {
+    ) -> Result<(Arc<Entry>, OwnedSemaphorePermit, Option<RequestSlot>), ProxyError> {
         self.proxy.check_rate(Some(client))?;
         let forward = path::check(req.rest).map_err(ProxyError::PathNotAllowed)?;
         let entry = self
@@ -326,6 +431,7 @@ impl FastPath {
         if req.body_len > limit {
             return Err(ProxyError::BodyTooLarge { limit });
         }
+        let slot = self.proxy.client_slot(Some(client), &entry)?;
         let permit = self.proxy.permit(&entry)?;
         let path = forward.encoded();
         let upstream = &entry.upstream;
@@ -340,7 +446,7 @@ impl FastPath {
             },
             body,
         );
-        Ok((entry, permit))
+        Ok((entry, permit, slot))
     }
 
     /// Writes the general path's answer to `e` for `req` (its body left
@@ -391,11 +497,12 @@ impl FastPath {
 }
 
 /// A connection's reusable buffers: the request going upstream (kept
-/// until answered, for a retry) and what goes back to the miner.
-#[derive(Default)]
+/// until answered, for a retry) and what goes back to the miner; and the
+/// miner's budget of waiting under the minimum send rate.
 struct Buffers {
     request: Vec<u8>,
     response: Vec<u8>,
+    budget: RateBudget,
 }
 
 impl Buffers {
@@ -510,6 +617,75 @@ enum Relayed {
     Broken,
 }
 
+/// The timing of one relayed answer: how long the challenge may pause,
+/// the miner's send budget, and the connection's timer.
+struct Pace<'a> {
+    idle: Duration,
+    budget: &'a mut RateBudget,
+    timer: Pin<&'a mut Sleep>,
+}
+
+impl Pace<'_> {
+    /// Writes `data` to the miner, failing when the miner keeps the write
+    /// waiting longer than its budget allows. A write the socket takes at
+    /// once (the common case) touches no timer.
+    async fn write(&mut self, tcp: &TcpStream, data: &[u8]) -> bool {
+        let mut rest = data;
+        let mut since = None;
+        while !rest.is_empty() {
+            match tcp.try_write(rest) {
+                Ok(n) => rest = &rest[n..],
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                    let limited = match since {
+                        Some(_) => self.budget.allowance(data.len()).is_some(),
+                        None => {
+                            let now = Instant::now();
+                            since = Some(now);
+                            match self.budget.allowance(data.len()) {
+                                Some(allowed) => {
+                                    self.timer.as_mut().reset(now + allowed);
+                                    true
+                                }
+                                None => false,
+                            }
+                        }
+                    };
+                    tokio::select! {
+                        biased;
+                        ready = tcp.writable() => if ready.is_err() { return false },
+                        () = self.timer.as_mut(), if limited => return false,
+                    }
+                }
+                Err(_) => return false,
+            }
+        }
+        let waited = since.map_or(Duration::ZERO, |t: Instant| t.elapsed());
+        self.budget.spend(data.len(), waited)
+    }
+
+    /// Reads more of the answer from the challenge into `conn`'s buffer;
+    /// a pause longer than the idle timeout is an error.
+    async fn read(&mut self, conn: &mut RawConn) -> std::io::Result<usize> {
+        reserve(&mut conn.buf);
+        match conn.tcp.try_read_buf(&mut conn.buf) {
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+            done => return done,
+        }
+        self.timer.as_mut().reset(Instant::now() + self.idle);
+        loop {
+            tokio::select! {
+                biased;
+                ready = conn.tcp.readable() => ready?,
+                () = self.timer.as_mut() => return Err(std::io::ErrorKind::TimedOut.into()),
+            }
+            match conn.tcp.try_read_buf(&mut conn.buf) {
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {}
+                done => return done,
+            }
+        }
+    }
+}
+
 /// Relays the answer whose head is in `out` and whose body starts in
 /// `conn`'s buffer to the miner, then pools `conn` if it is reusable.
 async fn relay(
@@ -518,9 +694,10 @@ async fn relay(
     framing: Framing,
     reusable: bool,
     out: &mut Vec<u8>,
+    mut pace: Pace<'_>,
 ) -> Relayed {
     let ended = match framing {
-        Framing::Empty => tcp.write_all(out).await.is_ok(),
+        Framing::Empty => pace.write(tcp, out).await,
         Framing::Length(n) => {
             let mut left = n;
             let take = usize::try_from(left)
@@ -529,19 +706,18 @@ async fn relay(
             out.extend_from_slice(&conn.buf[..take]);
             conn.buf.advance(take);
             left -= take as u64;
-            if tcp.write_all(out).await.is_err() {
+            if !pace.write(tcp, out).await {
                 return Relayed::Broken;
             }
             while left > 0 {
-                reserve(&mut conn.buf);
-                match conn.tcp.read_buf(&mut conn.buf).await {
+                match pace.read(&mut conn).await {
                     Ok(0) | Err(_) => return Relayed::Broken,
                     Ok(_) => {}
                 }
                 let take = usize::try_from(left)
                     .unwrap_or(usize::MAX)
                     .min(conn.buf.len());
-                if tcp.write_all(&conn.buf[..take]).await.is_err() {
+                if !pace.write(tcp, &conn.buf[..take]).await {
                     return Relayed::Broken;
                 }
                 conn.buf.advance(take);
@@ -558,12 +734,11 @@ async fn relay(
             let take = end.unwrap_or(conn.buf.len());
             out.extend_from_slice(&conn.buf[..take]);
             conn.buf.advance(take);
-            if tcp.write_all(out).await.is_err() {
+            if !pace.write(tcp, out).await {
                 return Relayed::Broken;
             }
             while !scanner.is_done() {
-                reserve(&mut conn.buf);
-                match conn.tcp.read_buf(&mut conn.buf).await {
+                match pace.read(&mut conn).await {
                     Ok(0) | Err(_) => return Relayed::Broken,
                     Ok(_) => {}
                 }
@@ -573,7 +748,7 @@ async fn relay(
                 };
                 // Each read goes out at once: a Server-Sent Event reaches
                 // the miner when the challenge sends it.
-                if tcp.write_all(&conn.buf[..take]).await.is_err() {
+                if !pace.write(tcp, &conn.buf[..take]).await {
                     return Relayed::Broken;
                 }
                 conn.buf.advance(take);
@@ -585,12 +760,11 @@ async fn relay(
                 wire::write_chunk(out, &conn.buf);
                 conn.buf.clear();
             }
-            if tcp.write_all(out).await.is_err() {
+            if !pace.write(tcp, out).await {
                 return Relayed::Broken;
             }
             loop {
-                reserve(&mut conn.buf);
-                match conn.tcp.read_buf(&mut conn.buf).await {
+                match pace.read(&mut conn).await {
                     Ok(0) => break,
                     Err(_) => return Relayed::Broken,
                     Ok(_) => {}
@@ -598,11 +772,11 @@ async fn relay(
                 out.clear();
                 wire::write_chunk(out, &conn.buf);
                 conn.buf.clear();
-                if tcp.write_all(out).await.is_err() {
+                if !pace.write(tcp, out).await {
                     return Relayed::Broken;
                 }
             }
-            tcp.write_all(wire::LAST_CHUNK).await.is_ok()
+            pace.write(tcp, wire::LAST_CHUNK).await
         }
     };
     if !ended {
@@ -614,6 +788,17 @@ async fn relay(
         conn.release();
     }
     Relayed::Done
+}
+
+/// Whether the (rewritten) response head `head` has an event-stream
+/// `Content-Type`.
+fn head_is_event_stream(head: &[u8]) -> bool {
+    const NAME: &[u8] = b"content-type:";
+    head.split(|b| *b == b'\n').any(|line| {
+        line.len() > NAME.len()
+            && line[..NAME.len()].eq_ignore_ascii_case(NAME)
+            && is_event_stream_type(line[NAME.len()..].trim_ascii_end())
+    })
 }
 
 /// A connection to a challenge with the bytes read from it and not yet

@@ -24,16 +24,24 @@ use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use axum::http::StatusCode;
+use axum::http::{HeaderMap, HeaderValue, StatusCode};
 
 use crate::metagraph::Metagraph;
 use crate::orchestrator::Orchestrator;
 use crate::registry::Registry;
 use crate::store::StoreError;
 pub use directory::{Directory, Entry};
-pub use limit::{ClientLimiter, RateLimit};
+pub use limit::{
+    ClientCaps, ClientLimiter, ClientSlots, LimitError, MinRate, RateLimit, RequestSlot,
+    TrustedProxies,
+};
 pub use path::PathError;
 pub use signature::SignatureError;
+
+/// The header a reverse proxy lists the addresses it forwarded for in.
+pub const FORWARDED_FOR: &str = "x-forwarded-for";
+/// The header a reverse proxy names the client it forwards for in.
+pub const REAL_IP: &str = "x-real-ip";
 
 /// The proxy's settings (each an operator setting; see docs/proxy.md).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -71,6 +79,21 @@ pub struct ProxyConfig {
     pub max_concurrent_uploads: usize,
     /// Signed uploads one hotkey may have in progress at once; more is 429.
     pub max_concurrent_uploads_per_hotkey: usize,
+    /// What one client may hold at once (requests, streams, connections)
+    /// and the total connection cap.
+    pub client_caps: ClientCaps,
+    /// The slowest a request body may arrive once past its grace period
+    /// (408 and the upstream request aborted).
+    pub body_min_rate: MinRate,
+    /// The slowest a miner may read an answer once past its grace period
+    /// (the connection is closed).
+    pub send_min_rate: MinRate,
+    /// How long a relayed answer's body may go without a byte from the
+    /// challenge (the connection is closed).
+    pub relay_idle_timeout: Duration,
+    /// Reverse proxies whose `X-Forwarded-For` / `X-Real-IP` name the
+    /// client (default none).
+    pub trusted_proxies: TrustedProxies,
 }
 
 impl Default for ProxyConfig {
@@ -93,6 +116,17 @@ impl Default for ProxyConfig {
             upload_body_timeout: Duration::from_secs(120),
             max_concurrent_uploads: 32,
             max_concurrent_uploads_per_hotkey: 2,
+            client_caps: ClientCaps::default(),
+            body_min_rate: MinRate {
+                bytes_per_second: 1024,
+                grace: Duration::from_secs(10),
+            },
+            send_min_rate: MinRate {
+                bytes_per_second: 1024,
+                grace: Duration::from_secs(10),
+            },
+            relay_idle_timeout: Duration::from_secs(120),
+            trusted_proxies: TrustedProxies::default(),
         }
     }
 }
@@ -172,6 +206,15 @@ pub enum ProxyError {
         /// The per-hotkey cap.
         limit: usize,
     },
+    /// The client holds its maximum (429), or the server its total (503).
+    #[error(transparent)]
+    Limit(#[from] LimitError),
+    /// The request body arrived more slowly than the minimum rate (408).
+    #[error("request body arrived too slowly (under {bytes_per_second} bytes/s)")]
+    BodyTooSlow {
+        /// The minimum rate in force.
+        bytes_per_second: u64,
+    },
 }
 
 impl ProxyError {
@@ -193,6 +236,9 @@ impl ProxyError {
             Self::UploadTimeout { .. } => StatusCode::REQUEST_TIMEOUT,
             Self::UploadsBusy { .. } => StatusCode::SERVICE_UNAVAILABLE,
             Self::HotkeyBusy { .. } => StatusCode::TOO_MANY_REQUESTS,
+            Self::Limit(e) if e.is_global() => StatusCode::SERVICE_UNAVAILABLE,
+            Self::Limit(_) => StatusCode::TOO_MANY_REQUESTS,
+            Self::BodyTooSlow { .. } => StatusCode::REQUEST_TIMEOUT,
         }
     }
 
@@ -200,7 +246,7 @@ impl ProxyError {
     pub fn retry_after(&self) -> Option<u64> {
         match self {
             Self::RateLimited { retry_after } => Some(*retry_after),
-            Self::Busy { .. } | Self::UploadsBusy { .. } | Self::HotkeyBusy { .. } => Some(1),
+            Self::Busy { .. } | Self::UploadsBusy { .. } | Self::HotkeyBusy { .. } | Self::Limit(_) => Some(1),
             _ => None,
         }
     }
@@ -220,6 +266,8 @@ pub struct Proxy {
     metagraph: Option<Arc<dyn Metagraph>>,
     /// Signed uploads in progress, counted against the bridge's caps.
     uploads: bridge::UploadGate,
+    /// What each client holds (shared with the listener threads).
+    slots: Arc<ClientSlots>,
 }
 
 impl std::fmt::Debug for Proxy {
@@ -246,6 +294,7 @@ impl Proxy {
                 config.max_concurrent_uploads,
                 config.max_concurrent_uploads_per_hotkey,
             ),
+            slots: Arc::new(ClientSlots::new(config.client_caps)),
             config,
             metagraph,
         }
@@ -259,6 +308,43 @@ impl Proxy {
     /// The challenge directory.
     pub fn directory(&self) -> &Directory {
         &self.directory
+    }
+
+    /// The per-client counts (connections are counted by the listener).
+    pub fn slots(&self) -> &Arc<ClientSlots> {
+        &self.slots
+    }
+
+    /// The client a request from the TCP peer `peer` is for: `peer`, or
+    /// what a trusted proxy says in `X-Forwarded-For` / `X-Real-IP`.
+    pub fn client_address(&self, peer: IpAddr, headers: &HeaderMap) -> IpAddr {
+        let trusted = &self.config.trusted_proxies;
+        if trusted.is_empty() {
+            return peer;
+        }
+        trusted.client(
+            peer,
+            headers
+                .get_all(FORWARDED_FOR)
+                .iter()
+                .map(HeaderValue::as_bytes),
+            headers.get(REAL_IP).map(HeaderValue::as_bytes),
+        )
+    }
+
+    /// Counts a request of `client` to `entry` against its caps (429 when
+    /// over); an unknown client (no socket address) is not counted.
+    pub fn client_slot(
+        &self,
+        client: Option<IpAddr>,
+        entry: &Entry,
+    ) -> Result<Option<RequestSlot>, ProxyError> {
+        let Some(client) = client else {
+            return Ok(None);
+        };
+        // The permits live as long as the challenge (across reloads).
+        let challenge = Arc::as_ptr(&entry.permits) as usize;
+        Ok(Some(self.slots.request(client, challenge)?))
     }
 
     /// Refuses a client over its rate with 429.

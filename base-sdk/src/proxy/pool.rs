@@ -40,6 +40,9 @@ use hyper::client::conn::http1::{Connection, SendRequest};
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpStream;
 use tokio::sync::OwnedSemaphorePermit;
+use tokio::time::Sleep;
+
+use super::limit::{MinRate, RateBudget, RequestSlot};
 
 /// How long an idle connection is kept.
 pub const IDLE_TIMEOUT: Duration = Duration::from_secs(60);
@@ -353,6 +356,34 @@ pub struct Upload {
     seen: u64,
     limit: u64,
     over: Option<Arc<AtomicBool>>,
+    /// The minimum rate the miner must send at ([`Upload::min_rate`]).
+    pace: Option<Pace>,
+}
+
+/// A request body's minimum rate: the budget, when the body started
+/// keeping the upstream request waiting, the timer for that wait, and the
+/// flag raised when the miner fell behind (the answer is then 408).
+struct Pace {
+    budget: RateBudget,
+    waiting_since: Option<tokio::time::Instant>,
+    timer: Option<Pin<Box<Sleep>>>,
+    slow: Arc<AtomicBool>,
+}
+
+/// Waits on `since` + `allowed` with `timer` (made on first use, then
+/// moved): ready when that moment has passed.
+pub(crate) fn overdue(
+    timer: &mut Option<Pin<Box<Sleep>>>,
+    since: tokio::time::Instant,
+    allowed: Duration,
+    cx: &mut Context<'_>,
+) -> bool {
+    let deadline = since + allowed;
+    let timer = timer.get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
+    if timer.deadline() != deadline {
+        timer.as_mut().reset(deadline);
+    }
+    timer.as_mut().poll(cx).is_ready()
 }
 
 impl Upload {
@@ -363,7 +394,23 @@ impl Upload {
             seen: 0,
             limit,
             over: Some(over),
+            pace: None,
         }
+    }
+
+    /// Also fails once the miner sends more slowly than `rate` after its
+    /// grace period (only time the upstream request waits on the miner
+    /// counts), then setting `slow`.
+    pub fn min_rate(mut self, rate: MinRate, slow: Arc<AtomicBool>) -> Self {
+        if !rate.is_off() {
+            self.pace = Some(Pace {
+                budget: RateBudget::new(rate),
+                waiting_since: None,
+                timer: None,
+                slow,
+            });
+        }
+        self
     }
 
     /// `body` as it is (already checked, e.g. the bridge's).
@@ -373,6 +420,7 @@ impl Upload {
             seen: 0,
             limit: u64::MAX,
             over: None,
+            pace: None,
         }
     }
 
@@ -390,7 +438,41 @@ impl http_body::Body for Upload {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, axum::Error>>> {
-        let frame = std::task::ready!(Pin::new(&mut self.inner).poll_frame(cx));
+        let this = &mut *self;
+        let frame = match Pin::new(&mut this.inner).poll_frame(cx) {
+            Poll::Ready(frame) => frame,
+            Poll::Pending => {
+                if let Some(pace) = &mut this.pace {
+                    let since = *pace
+                        .waiting_since
+                        .get_or_insert_with(tokio::time::Instant::now);
+                    let allowed = pace.budget.allowance(0).unwrap_or(Duration::MAX);
+                    if overdue(&mut pace.timer, since, allowed, cx) {
+                        pace.slow.store(true, Ordering::Release);
+                        return Poll::Ready(Some(Err(axum::Error::new(
+                            "request body arrived too slowly",
+                        ))));
+                    }
+                }
+                return Poll::Pending;
+            }
+        };
+        if let Some(pace) = &mut this.pace {
+            let waited = pace
+                .waiting_since
+                .take()
+                .map_or(Duration::ZERO, |t| t.elapsed());
+            let n = match &frame {
+                Some(Ok(frame)) => frame.data_ref().map_or(0, Bytes::len),
+                _ => 0,
+            };
+            if !pace.budget.spend(n, waited) {
+                pace.slow.store(true, Ordering::Release);
+                return Poll::Ready(Some(Err(axum::Error::new(
+                    "request body arrived too slowly",
+                ))));
+            }
+        }
         if let Some(Ok(frame)) = &frame
             && let Some(data) = frame.data_ref()
         {
@@ -423,6 +505,13 @@ pub(crate) struct Relay {
     conn: Option<Box<Conn>>,
     ended: bool,
     _permit: OwnedSemaphorePermit,
+    /// The client's count of requests (or streams), given back with the permit.
+    _slot: Option<RequestSlot>,
+    /// How long the challenge may go without sending a byte of the body.
+    idle: Option<Duration>,
+    /// When the body started waiting on the challenge, and its timer.
+    waiting_since: Option<tokio::time::Instant>,
+    timer: Option<Pin<Box<Sleep>>>,
 }
 
 impl Relay {
@@ -437,18 +526,45 @@ impl Relay {
             conn,
             ended: false,
             _permit: permit,
+            _slot: None,
+            idle: None,
+            waiting_since: None,
+            timer: None,
         }
     }
+
+    /// Also holds the client's `slot` until the body ends.
+    pub(crate) fn holding(mut self, slot: Option<RequestSlot>) -> Self {
+        self._slot = slot;
+        self
+    }
+
+    /// Fails the body when the challenge sends nothing for `idle`.
+    pub(crate) fn idle_timeout(mut self, idle: Duration) -> Self {
+        self.idle = Some(idle);
+        self
+    }
+}
+
+/// Why a relayed body broke off.
+#[derive(Debug, thiserror::Error)]
+pub enum RelayError {
+    /// The challenge's connection failed.
+    #[error(transparent)]
+    Http(#[from] hyper::Error),
+    /// The challenge sent nothing for the relay idle timeout.
+    #[error("the challenge sent nothing for {0:?}")]
+    Idle(Duration),
 }
 
 impl http_body::Body for Relay {
     type Data = Bytes;
-    type Error = hyper::Error;
+    type Error = RelayError;
 
     fn poll_frame(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
-    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+    ) -> Poll<Option<Result<Frame<Bytes>, RelayError>>> {
         let this = &mut *self;
         if let Some(conn) = &mut this.conn
             && Pin::new(&mut conn.conn).poll(cx).is_ready()
@@ -458,10 +574,24 @@ impl http_body::Body for Relay {
             this.conn = None;
         }
         let frame = Pin::new(&mut this.body).poll_frame(cx);
-        if let Poll::Ready(None) = frame {
-            this.ended = true;
+        match &frame {
+            Poll::Ready(None) => this.ended = true,
+            Poll::Ready(Some(_)) => this.waiting_since = None,
+            Poll::Pending => {
+                if let Some(idle) = this.idle {
+                    // The server polls the body only when it can take
+                    // more: a wait here is a wait on the challenge.
+                    let since = *this
+                        .waiting_since
+                        .get_or_insert_with(tokio::time::Instant::now);
+                    if overdue(&mut this.timer, since, idle, cx) {
+                        this.conn = None;
+                        return Poll::Ready(Some(Err(RelayError::Idle(idle))));
+                    }
+                }
+            }
         }
-        frame
+        frame.map(|f| f.map(|r| r.map_err(RelayError::from)))
     }
 
     fn is_end_stream(&self) -> bool {

@@ -253,6 +253,15 @@ pub enum WeightsCommand {
         #[arg(long, default_value_t = 1800)]
         max_age_seconds: u64,
     },
+    /// Print the public key of the master's weights signing key
+    /// (BASE_WEIGHTS_KEY / BASE_WEIGHTS_KEY_FILE, read locally on the
+    /// master's host): what validators set as BASE_MASTER_PUBKEY. Run it
+    /// where the key is; nothing secret is printed.
+    Pubkey {
+        /// TOML settings file, as `base-server --config`; env vars override it.
+        #[arg(long, env = "BASE_CONFIG", hide_env_values = true, value_name = "PATH")]
+        config: Option<PathBuf>,
+    },
 }
 
 /// `base db …`.

@@ -68,6 +68,18 @@ pub async fn run(cli: Cli, out: &mut dyn Write) -> Result<(), Error> {
                 })
             }
         }
+        Command::Weights(WeightsCommand::Pubkey { config }) => {
+            let settings = base_sdk::config::Settings::load(config.as_deref())?;
+            let public = settings.weights_key()?.public();
+            if json {
+                output::json(&serde_json::json!({
+                    "public_key": public.to_string(),
+                    "ss58": public.ss58(),
+                }))?
+            } else {
+                format!("{public}\nss58: {}\n", public.ss58())
+            }
+        }
         Command::Db(DbCommand::Migrate { config }) => {
             let m = crate::db::migrate(config.as_deref()).await?;
             if json {

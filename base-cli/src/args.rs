@@ -241,7 +241,8 @@ pub enum WeightsCommand {
     /// Show what a validator's submitter would put on-chain now: the
     /// checks of `base-server submitter` (netuid, expiry, freshness,
     /// lengths) and the exact u16 values. Only `--dry-run` exists here: the
-    /// CLI never signs; `base-server submitter` does.
+    /// CLI never signs; `base-server submitter` does. With BASE_MASTER_PUBKEY
+    /// set, the master's signature is verified first, as the submitter does.
     Submit {
         /// Print, do not submit (required).
         #[arg(long, required = true)]

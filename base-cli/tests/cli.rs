@@ -680,3 +680,38 @@ async fn weights_pubkey_prints_the_public_key_only() {
         .await
         .assert_failed_with("BASE_WEIGHTS_KEY");
 }
+
+/// With BASE_MASTER_PUBKEY, `base weights submit --dry-run` verifies the
+/// master's signature like the submitter: an unsigned vector is refused,
+/// a signed one shown.
+#[tokio::test(flavor = "multi_thread")]
+async fn weights_submit_dry_run_verifies_the_signature_when_given_the_key() {
+    let m = start_master().await;
+    let key = base_sdk::weights::WeightsKey::from_seed(&[0x33; 32]);
+    let public = key.public().to_string();
+    let env = [
+        ("BASE_MASTER_URL", m.url.as_str()),
+        ("BASE_MASTER_PUBKEY", public.as_str()),
+    ];
+    m.state.weights().publish(&snapshot(720));
+    base(&["weights", "submit", "--dry-run"], &env)
+        .await
+        .assert_failed_with("unsigned");
+    m.state.weights().set_key(std::sync::Arc::new(key));
+    m.state.weights().publish(&snapshot(720));
+    base(&["weights", "submit", "--dry-run"], &env)
+        .await
+        .assert_ok();
+    let other = base_sdk::weights::WeightsKey::from_seed(&[0x34; 32])
+        .public()
+        .to_string();
+    base(
+        &["weights", "submit", "--dry-run"],
+        &[
+            ("BASE_MASTER_URL", m.url.as_str()),
+            ("BASE_MASTER_PUBKEY", other.as_str()),
+        ],
+    )
+    .await
+    .assert_failed_with("does not verify");
+}

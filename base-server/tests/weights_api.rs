@@ -438,3 +438,41 @@ async fn master_never_generates_its_keys() {
         "{files:?}"
     );
 }
+
+/// An epoch that cannot compute at all (the metagraph is unreadable)
+/// leaves the last vector served but reports the failure on it: `kept`,
+/// with the error in `last_epoch`. (Failed before the fix: nothing said the
+/// epochs were failing.)
+#[tokio::test]
+async fn an_unreadable_metagraph_is_reported_on_the_served_vector() {
+    let (state, flaky, _up, _db) = flaky_runner(chrono::Duration::seconds(720)).await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("metagraph.json");
+    std::fs::write(&path, r#"{"hotkeys": ["owner", "a", "b"]}"#).unwrap();
+    let runner = EpochRunner::new(
+        flaky.registry.clone(),
+        None,
+        flaky.source.clone(),
+        Arc::new(base_sdk::metagraph::FileMetagraph::new(&path)),
+        flaky.config.clone(),
+    );
+    let publish = state.weights().publisher();
+    runner.run_once(publish.as_ref()).await.unwrap();
+    let (_, good) = get_latest(&state).await;
+    assert_eq!(good["status"], "ok");
+
+    std::fs::remove_file(&path).unwrap();
+    assert!(runner.run_once(publish.as_ref()).await.is_err());
+    let (status, body) = get_latest(&state).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(body["uids"], good["uids"]);
+    assert_eq!(body["status"], "kept");
+    assert_eq!(body["last_epoch"]["ok"], false);
+    assert!(
+        body["last_epoch"]["error"]
+            .as_str()
+            .unwrap()
+            .contains("metagraph"),
+        "{body}"
+    );
+}

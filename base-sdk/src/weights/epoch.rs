@@ -259,7 +259,13 @@ impl EpochRunner {
         &self,
         publish: &(dyn Fn(&WeightsSnapshot) + Send + Sync),
     ) -> Result<WeightsSnapshot, WeightsError> {
-        let fresh = self.compute().await?;
+        let fresh = match self.compute().await {
+            Ok(f) => f,
+            Err(e) => {
+                self.report_failed_epoch(&e, publish).await;
+                return Err(e);
+            }
+        };
         let previous = self.last_served().await;
         let snapshot = settle(fresh, previous.as_ref(), model::now());
         if let Err(e) = self.registry.store().put_snapshot(&snapshot, 1000).await {
@@ -290,6 +296,30 @@ impl EpochRunner {
             ),
         }
         Ok(snapshot)
+    }
+
+    /// An epoch that could not compute at all (the metagraph is
+    /// unreadable) leaves the served vector in place — there is no uid to
+    /// name, not even for a burn vector — but says so on it: `last_epoch`
+    /// carries the failure, and an `ok` vector becomes `kept`.
+    async fn report_failed_epoch(
+        &self,
+        e: &WeightsError,
+        publish: &(dyn Fn(&WeightsSnapshot) + Send + Sync),
+    ) {
+        let Some(mut served) = self.last_served().await else {
+            return;
+        };
+        if served.status == SnapshotStatus::Ok {
+            served.status = SnapshotStatus::Kept;
+        }
+        served.last_epoch = Some(EpochReport {
+            at: model::now(),
+            ok: false,
+            error: Some(e.to_string()),
+        });
+        publish(&served);
+        self.remember(&served);
     }
 
     /// The snapshot last published by this runner, or else the stored one.

@@ -171,3 +171,46 @@ pub async fn run(
     tracing::info!("BASE submitter stopped");
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use figment::providers::Serialized;
+
+    fn settings(extra: serde_json::Value) -> Settings {
+        Settings::from_figment(Settings::figment_with(None, Serialized::defaults(extra)))
+            .expect("settings")
+    }
+
+    /// Staging/production refuse to submit unverified vectors; development
+    /// runs (and warns); a malformed key is named.
+    #[test]
+    fn the_master_public_key_is_required_outside_development() {
+        let e = feed(
+            &settings(serde_json::json!({"environment": "production"})),
+            "https://master.example",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("BASE_MASTER_PUBKEY"), "{e}");
+        assert!(feed(&settings(serde_json::json!({})), "http://127.0.0.1:1").is_ok());
+        let key = base_sdk::weights::WeightsKey::from_seed(&[1; 32]).public();
+        assert!(
+            feed(
+                &settings(serde_json::json!({"environment": "production", "master_pubkey": key.to_string()})),
+                "https://master.example",
+            )
+            .is_ok()
+        );
+        let e = feed(
+            &settings(serde_json::json!({"master_pubkey": "0xnope"})),
+            "http://127.0.0.1:1",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("BASE_MASTER_PUBKEY") && e.contains("0xnope"),
+            "{e}"
+        );
+    }
+}

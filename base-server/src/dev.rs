@@ -135,6 +135,7 @@ pub async fn run(
     // dev, and only dev, makes up its keys (in its data dir, mode 0600).
     let vault = Arc::new(settings.dev_vault()?);
     let weights_key = Arc::new(settings.dev_weights_key()?);
+    let weights_pubkey = weights_key.public();
     let registry = Registry::new(store, settings.environment).with_vault(vault);
     registry.check_sealing().await?;
     let admin_token = admin_token(&settings, &data_dir)?;
@@ -264,6 +265,7 @@ pub async fn run(
         admin_token_hint(&settings, &data_dir)
     );
     println!("  CLI             base --master http://{addr} weights latest");
+    println!("  weights pubkey  {weights_pubkey}   (BASE_MASTER_PUBKEY for a submitter)");
     if broker.is_some() {
         println!(
             "  broker          http://{}/v1/jobs   (jobs run as local processes; images base.local/*)",

@@ -42,6 +42,8 @@ env -i PATH="$PATH" HOME="$HOME" \
     BASE_DATA_DIR="$tmp" \
     BASE_DATABASE_URL="sqlite://$tmp/base.sqlite3" \
     BASE_ADMIN_TOKEN="$admin" \
+    BASE_SECRET_KEY="$(head -c32 /dev/urandom | od -An -tx1 | tr -d " \n")" \
+    BASE_WEIGHTS_KEY="0x$(head -c32 /dev/urandom | od -An -tx1 | tr -d " \n")" \
     BASE_LISTEN=127.0.0.1:18190 \
     BASE_BROKER_LISTEN=127.0.0.1:18192 \
     BASE_BROKER_ALLOWED_IMAGES=base.local/ \

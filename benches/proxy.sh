@@ -118,6 +118,8 @@ start_base() {
         BASE_ORCHESTRATOR=none \
         BASE_DATA_DIR="$WORK_DIR/$dir" \
         BASE_ADMIN_TOKEN="$TOKEN" \
+        BASE_SECRET_KEY="$(head -c32 /dev/urandom | od -An -tx1 | tr -d " \n")" \
+        BASE_WEIGHTS_KEY="0x$(head -c32 /dev/urandom | od -An -tx1 | tr -d " \n")" \
         BASE_PROXY_RATE_LIMIT_PER_MINUTE=0 \
         BASE_PROXY_MAX_CONCURRENT_PER_CHALLENGE=4096 \
         BASE_LOG=warn \

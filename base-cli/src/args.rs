@@ -241,7 +241,8 @@ pub enum WeightsCommand {
     /// Show what a validator's submitter would put on-chain now: the
     /// checks of `base-server submitter` (netuid, expiry, freshness,
     /// lengths) and the exact u16 values. Only `--dry-run` exists here: the
-    /// CLI never signs; `base-server submitter` does.
+    /// CLI never signs; `base-server submitter` does. With BASE_MASTER_PUBKEY
+    /// set, the master's signature is verified first, as the submitter does.
     Submit {
         /// Print, do not submit (required).
         #[arg(long, required = true)]
@@ -252,6 +253,15 @@ pub enum WeightsCommand {
         /// Oldest accepted vector, in seconds since it was computed.
         #[arg(long, default_value_t = 1800)]
         max_age_seconds: u64,
+    },
+    /// Print the public key of the master's weights signing key
+    /// (BASE_WEIGHTS_KEY / BASE_WEIGHTS_KEY_FILE, read locally on the
+    /// master's host): what validators set as BASE_MASTER_PUBKEY. Run it
+    /// where the key is; nothing secret is printed.
+    Pubkey {
+        /// TOML settings file, as `base-server --config`; env vars override it.
+        #[arg(long, env = "BASE_CONFIG", hide_env_values = true, value_name = "PATH")]
+        config: Option<PathBuf>,
     },
 }
 

@@ -47,11 +47,21 @@ pub async fn run(cli: Cli, out: &mut dyn Write) -> Result<(), Error> {
             use base_sdk::chain::submitter::{
                 HttpWeightsFeed, TickOutcome, WeightsFeed, prepare, render,
             };
-            let feed = HttpWeightsFeed::new(
+            let mut feed = HttpWeightsFeed::new(
                 global.master.as_str(),
                 std::time::Duration::from_secs(10),
                 2,
             )?;
+            // The same check as a validator's submitter: with the master's
+            // public key, an unsigned or altered vector is refused.
+            if let Ok(key) = std::env::var("BASE_MASTER_PUBKEY")
+                && !key.trim().is_empty()
+            {
+                let key = key.parse().map_err(|e| {
+                    base_sdk::config::ConfigError::Invalid(format!("BASE_MASTER_PUBKEY: {e}"))
+                })?;
+                feed = feed.with_master_key(key);
+            }
             let snapshot = feed.latest().await?;
             let prepared = prepare(
                 &snapshot,
@@ -66,6 +76,18 @@ pub async fn run(cli: Cli, out: &mut dyn Write) -> Result<(), Error> {
                     prepared,
                     action: None,
                 })
+            }
+        }
+        Command::Weights(WeightsCommand::Pubkey { config }) => {
+            let settings = base_sdk::config::Settings::load(config.as_deref())?;
+            let public = settings.weights_key()?.public();
+            if json {
+                output::json(&serde_json::json!({
+                    "public_key": public.to_string(),
+                    "ss58": public.ss58(),
+                }))?
+            } else {
+                format!("{public}\nss58: {}\n", public.ss58())
             }
         }
         Command::Db(DbCommand::Migrate { config }) => {

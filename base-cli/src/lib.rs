@@ -48,4 +48,7 @@ pub enum Error {
     /// `base weights submit --dry-run` refused or could not fetch the vector.
     #[error(transparent)]
     Submit(#[from] base_sdk::chain::submitter::SubmitterError),
+    /// Settings (`base weights pubkey` reads the weights key).
+    #[error(transparent)]
+    Config(#[from] base_sdk::config::ConfigError),
 }

@@ -783,6 +783,8 @@ mod tests {
                 },
             ],
             metagraph_updated_at: Some(now - TimeDelta::seconds(30)),
+            status: Default::default(),
+            last_epoch: None,
         }
     }
 

@@ -554,6 +554,8 @@ fn snapshot(expires_in_seconds: i64) -> base_sdk::model::WeightsSnapshot {
             },
         ],
         metagraph_updated_at: Some(now),
+        status: Default::default(),
+        last_epoch: None,
     }
 }
 
@@ -653,4 +655,63 @@ async fn weights_submit_dry_run_prints_the_u16_values_and_checks_the_netuid() {
     base(&["weights", "submit", "--dry-run"], &env)
         .await
         .assert_failed_with("expired");
+}
+
+/// `base weights pubkey` prints the public key validators configure, from
+/// the weights key on this host, and nothing secret; without a key it
+/// names the setting.
+#[tokio::test]
+async fn weights_pubkey_prints_the_public_key_only() {
+    let seed = format!("0x{}", "5a".repeat(32));
+    let expected = base_sdk::weights::WeightsKey::from_seed(&[0x5a; 32]).public();
+    let run = base(&["weights", "pubkey"], &[("BASE_WEIGHTS_KEY", &seed)]).await;
+    run.assert_ok();
+    assert!(run.stdout.contains(&expected.to_string()), "{run:#?}");
+    assert!(run.stdout.contains(&expected.ss58()), "{run:#?}");
+    assert!(!run.stdout.contains(&"5a".repeat(32)), "{run:#?}");
+    let v = base(
+        &["--json", "weights", "pubkey"],
+        &[("BASE_WEIGHTS_KEY", &seed)],
+    )
+    .await
+    .json();
+    assert_eq!(v["public_key"], expected.to_string());
+    base(&["weights", "pubkey"], &[])
+        .await
+        .assert_failed_with("BASE_WEIGHTS_KEY");
+}
+
+/// With BASE_MASTER_PUBKEY, `base weights submit --dry-run` verifies the
+/// master's signature like the submitter: an unsigned vector is refused,
+/// a signed one shown.
+#[tokio::test(flavor = "multi_thread")]
+async fn weights_submit_dry_run_verifies_the_signature_when_given_the_key() {
+    let m = start_master().await;
+    let key = base_sdk::weights::WeightsKey::from_seed(&[0x33; 32]);
+    let public = key.public().to_string();
+    let env = [
+        ("BASE_MASTER_URL", m.url.as_str()),
+        ("BASE_MASTER_PUBKEY", public.as_str()),
+    ];
+    m.state.weights().publish(&snapshot(720));
+    base(&["weights", "submit", "--dry-run"], &env)
+        .await
+        .assert_failed_with("unsigned");
+    m.state.weights().set_key(std::sync::Arc::new(key));
+    m.state.weights().publish(&snapshot(720));
+    base(&["weights", "submit", "--dry-run"], &env)
+        .await
+        .assert_ok();
+    let other = base_sdk::weights::WeightsKey::from_seed(&[0x34; 32])
+        .public()
+        .to_string();
+    base(
+        &["weights", "submit", "--dry-run"],
+        &[
+            ("BASE_MASTER_URL", m.url.as_str()),
+            ("BASE_MASTER_PUBKEY", other.as_str()),
+        ],
+    )
+    .await
+    .assert_failed_with("does not verify");
 }

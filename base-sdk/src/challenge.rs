@@ -237,14 +237,8 @@ fn redacted(s: &Option<SecretString>) -> &'static str {
 
 /// A database URL with any password replaced, for logs and `Debug`.
 fn mask_password(raw: &str) -> String {
-    match url::Url::parse(raw) {
-        Ok(mut u) if u.password().is_some() => {
-            // Only fails for URLs that cannot have credentials, which this one has.
-            let _ = u.set_password(Some("***"));
-            u.to_string()
-        }
-        _ => raw.to_string(),
-    }
+    // The one redaction rule (userinfo and `?password=` alike).
+    crate::config::redact_url(raw)
 }
 
 impl ChallengeSettings {

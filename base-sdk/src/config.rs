@@ -103,18 +103,9 @@ impl DatabaseUrl {
         self.0.expose_secret()
     }
 
-    /// The URL with its password replaced by `***`.
+    /// The URL with every credential replaced by `***` ([`redact_url`]).
     pub fn redacted(&self) -> String {
-        let raw = self.0.expose_secret();
-        match url::Url::parse(raw) {
-            Ok(mut u) if u.password().is_some() => {
-                // set_password only fails for cannot-be-a-base URLs, which have none.
-                let _ = u.set_password(Some("***"));
-                u.to_string()
-            }
-            Ok(u) => u.to_string(),
-            Err(_) => "<unparseable database URL>".to_string(),
-        }
+        redact_url(self.0.expose_secret())
     }
 
     /// Whether this names PostgreSQL.
@@ -122,6 +113,53 @@ impl DatabaseUrl {
         let raw = self.0.expose_secret();
         raw.starts_with("postgres://") || raw.starts_with("postgresql://")
     }
+}
+
+/// The one rule for printing a URL that may carry credentials (database
+/// URLs above all): the userinfo password, and the value of every query
+/// parameter whose name looks like a credential (`password`,
+/// `sslpassword`, `pass`, `pwd`, `secret`, `token`, `key`, `auth`, …;
+/// libpq and sqlx accept `?password=`), become `***`; the fragment is
+/// dropped; a string that does not parse as a URL is not shown at all.
+pub fn redact_url(raw: &str) -> String {
+    let Ok(mut u) = url::Url::parse(raw.trim()) else {
+        return "<unparseable URL>".to_string();
+    };
+    if u.password().is_some() {
+        // Only fails for URLs that cannot carry credentials, which have none.
+        let _ = u.set_password(Some("***"));
+    }
+    if u.query().is_some() {
+        let pairs: Vec<(String, String)> = u
+            .query_pairs()
+            .map(|(k, v)| {
+                let v = if is_credential_param(&k) {
+                    "***".to_string()
+                } else {
+                    v.into_owned()
+                };
+                (k.into_owned(), v)
+            })
+            .collect();
+        u.query_pairs_mut().clear().extend_pairs(pairs);
+    }
+    u.set_fragment(None);
+    u.to_string()
+}
+
+fn is_credential_param(name: &str) -> bool {
+    let n = name.to_ascii_lowercase();
+    [
+        "pass",
+        "pwd",
+        "secret",
+        "token",
+        "key",
+        "auth",
+        "credential",
+    ]
+    .iter()
+    .any(|w| n.contains(w))
 }
 
 impl fmt::Debug for DatabaseUrl {
@@ -335,6 +373,20 @@ pub struct Settings {
     /// default none).
     #[serde(default, deserialize_with = "trusted_proxies")]
     pub trusted_proxies: crate::proxy::TrustedProxies,
+    /// The master's weights signing key (`BASE_WEIGHTS_KEY` /
+    /// `BASE_WEIGHTS_KEY_FILE`): a 32-byte sr25519 seed as hex or base64.
+    /// Required by `master`; `dev` generates one into the data dir.
+    #[serde(default)]
+    pub weights_key: Option<SecretString>,
+    /// The master's weights public key the submitter verifies every vector
+    /// against (`BASE_MASTER_PUBKEY`: `0x` + 64 hex, or ss58). Required
+    /// in staging/production; without it a development submitter warns.
+    #[serde(default)]
+    pub master_pubkey: Option<String>,
+    /// A PEM CA certificate the submitter trusts, besides the system's
+    /// roots, for an HTTPS master (`BASE_SUBMITTER_CA_FILE`).
+    #[serde(default)]
+    pub submitter_ca_file: Option<PathBuf>,
 }
 
 fn default_bridge_body_timeout() -> u64 {
@@ -484,7 +536,7 @@ const DEFAULTS: Defaults = Defaults {
 };
 
 /// Settings whose value may come from a file named by `<key>_file`.
-const FILE_KEYS: &[&str] = &["admin_token", "database_url", "secret_key"];
+const FILE_KEYS: &[&str] = &["admin_token", "database_url", "secret_key", "weights_key"];
 
 fn comma_list<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<String>, D::Error> {
     #[derive(Deserialize)]
@@ -608,6 +660,13 @@ impl Settings {
     /// Extracts settings and resolves `*_FILE` variants.
     pub fn from_figment(fig: Figment) -> Result<Self, ConfigError> {
         let mut fig = fig;
+        // figment parses env values (`0123` becomes the number 123, `[…]`
+        // an array): a secret is text exactly as given, so take it raw.
+        for key in FILE_KEYS {
+            if let Ok(raw) = std::env::var(format!("BASE_{}", key.to_ascii_uppercase())) {
+                fig = fig.merge(Serialized::default(key, raw));
+            }
+        }
         for key in FILE_KEYS {
             let file_key = format!("{key}_file");
             if let Ok(path) = fig.extract_inner::<PathBuf>(&file_key) {
@@ -688,20 +747,76 @@ impl Settings {
         Ok(s)
     }
 
-    /// The sealing key in force: the configured one, or (outside
-    /// production) `<data_dir>/secret.key`, created on first use.
+    /// The sealing key `master` uses: the configured one. A missing key
+    /// is an error naming `BASE_SECRET_KEY`, in every environment — the
+    /// master never makes up a key in its working directory, where a
+    /// restart elsewhere would lose it (and every sealed token with it).
     pub fn vault(&self) -> Result<crate::vault::Vault, ConfigError> {
         use crate::vault::Vault;
         match &self.secret_key {
             Some(k) => Vault::from_text(k)
                 .map_err(|e| ConfigError::Invalid(format!("BASE_SECRET_KEY: {e}"))),
-            None if self.environment.is_strict() => Err(ConfigError::Invalid(format!(
-                "BASE_SECRET_KEY (or BASE_SECRET_KEY_FILE) is required in {}",
-                self.environment.as_str()
-            ))),
+            None => Err(ConfigError::Invalid(
+                "BASE_SECRET_KEY (or BASE_SECRET_KEY_FILE) is required: 32 random bytes as base64 \
+                 or 64 hex characters (e.g. `openssl rand -base64 32`)"
+                    .into(),
+            )),
+        }
+    }
+
+    /// The sealing key `base-server dev` uses: the configured one, or
+    /// (outside production) `<data_dir>/secret.key`, created on first use.
+    pub fn dev_vault(&self) -> Result<crate::vault::Vault, ConfigError> {
+        use crate::vault::Vault;
+        match &self.secret_key {
+            Some(_) => self.vault(),
+            None if self.environment.is_strict() => self.vault(),
             None => Vault::load_or_create(&self.data_dir.join("secret.key"))
                 .map_err(|e| ConfigError::Invalid(e.to_string())),
         }
+    }
+
+    /// The weights signing key `master` uses: the configured one; missing
+    /// is an error naming `BASE_WEIGHTS_KEY`.
+    pub fn weights_key(&self) -> Result<crate::weights::signing::WeightsKey, ConfigError> {
+        use crate::weights::signing::WeightsKey;
+        match &self.weights_key {
+            Some(k) => WeightsKey::from_text(k, "BASE_WEIGHTS_KEY")
+                .map_err(|e| ConfigError::Invalid(e.to_string())),
+            None => Err(ConfigError::Invalid(
+                "BASE_WEIGHTS_KEY (or BASE_WEIGHTS_KEY_FILE) is required: the 32-byte sr25519 seed \
+                 the master signs every weight vector with, as 0x + 64 hex characters \
+                 (e.g. `echo 0x$(openssl rand -hex 32)`); validators verify with its public key \
+                 (`base-server weights-pubkey`)"
+                    .into(),
+            )),
+        }
+    }
+
+    /// The weights signing key `base-server dev` uses: the configured one,
+    /// or (outside production) `<data_dir>/weights.key`, created on first use.
+    pub fn dev_weights_key(&self) -> Result<crate::weights::signing::WeightsKey, ConfigError> {
+        use crate::weights::signing::WeightsKey;
+        match &self.weights_key {
+            Some(_) => self.weights_key(),
+            None if self.environment.is_strict() => self.weights_key(),
+            None => WeightsKey::load_or_create(&self.data_dir.join("weights.key"))
+                .map_err(|e| ConfigError::Invalid(e.to_string())),
+        }
+    }
+
+    /// The master public key the submitter verifies against, if configured.
+    pub fn master_public_key(
+        &self,
+    ) -> Result<Option<crate::weights::signing::WeightsPublicKey>, ConfigError> {
+        self.master_pubkey
+            .as_deref()
+            .filter(|k| !k.trim().is_empty())
+            .map(|k| {
+                k.parse()
+                    .map_err(|e| ConfigError::Invalid(format!("BASE_MASTER_PUBKEY: {e}")))
+            })
+            .transpose()
     }
 
     /// The database URL in force: the configured one, or a SQLite file in
@@ -725,6 +840,17 @@ fn describe(e: figment::Error) -> String {
     e.into_iter()
         .map(|err| {
             let key = err.path.join(".");
+            // figment quotes the value it could not use: never for a secret.
+            if err
+                .path
+                .first()
+                .is_some_and(|k| FILE_KEYS.contains(&k.as_str()))
+            {
+                return format!(
+                    "BASE_{} ({key}): invalid value (expected text; the value is a secret and is not shown)",
+                    key.to_ascii_uppercase()
+                );
+            }
             if key.is_empty() {
                 err.kind.to_string()
             } else {
@@ -927,6 +1053,142 @@ mod tests {
                 e.contains("BASE_TRUSTED_PROXIES") && e.contains("lb.internal"),
                 "{e}"
             );
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn database_url_credentials_are_redacted_everywhere_they_hide() {
+        let r = redact_url(
+            "postgres://u:hunter2@db:5432/base?sslmode=require&password=s3cr3t&sslpassword=p4ss#frag",
+        );
+        assert!(
+            !r.contains("hunter2") && !r.contains("s3cr3t") && !r.contains("p4ss"),
+            "{r}"
+        );
+        assert!(
+            r.contains("u:***@db:5432/base") && r.contains("sslmode=require"),
+            "{r}"
+        );
+        assert!(r.contains("password=***"), "{r}");
+        assert_eq!(redact_url("not a url hunter2"), "<unparseable URL>");
+        let d = DatabaseUrl::new("postgres://db/base?user=u&password=hunter2");
+        assert!(!d.redacted().contains("hunter2"), "{}", d.redacted());
+        assert!(!format!("{d:?}").contains("hunter2"));
+    }
+
+    proptest::proptest! {
+        /// Whatever the password (any characters, percent-encoded into the
+        /// URL), neither its raw nor its encoded form survives redaction,
+        /// in the userinfo or in any credential query parameter.
+        #[test]
+        fn redaction_never_shows_a_password(
+            pw in "[ -~]{6,40}",
+            param in proptest::sample::select(vec!["password", "PASSWORD", "sslpassword", "pass", "auth_token", "api_key"]),
+            scheme in proptest::sample::select(vec!["postgres", "postgresql", "sqlite", "https"]),
+        ) {
+            use percent_encoding::{NON_ALPHANUMERIC, utf8_percent_encode};
+            let enc = utf8_percent_encode(&pw, NON_ALPHANUMERIC).to_string();
+            let marked = format!("ZQ{pw}");
+            let marked_enc = format!("ZQ{enc}");
+            for raw in [
+                format!("{scheme}://user:{marked_enc}@host:5432/db"),
+                format!("{scheme}://host/db?application_name=x&{param}={marked_enc}"),
+                format!("{scheme}://user:{marked_enc}@host/db?{param}={marked_enc}&sslmode=disable"),
+            ] {
+                let r = redact_url(&raw);
+                proptest::prop_assert!(!r.contains(&marked), "{} -> {}", raw, r);
+                proptest::prop_assert!(!r.contains(&marked_enc), "{} -> {}", raw, r);
+            }
+        }
+    }
+
+    /// A secret is text exactly as given (figment would have turned
+    /// `0123…` into a number, then quoted it in an error); one that does
+    /// not parse is named, never echoed.
+    #[test]
+    fn secrets_are_kept_as_text_and_never_echoed() {
+        Jail::expect_with(|jail| {
+            jail.set_env("BASE_ADMIN_TOKEN", "0123456789");
+            jail.set_env("BASE_SECRET_KEY", "[hunter2]");
+            let s = Settings::load(None).map_err(|e| e.to_string())?;
+            assert_eq!(
+                s.admin_token
+                    .as_ref()
+                    .map(|t| t.expose_secret().to_string())
+                    .as_deref(),
+                Some("0123456789")
+            );
+            let e = s.vault().unwrap_err().to_string();
+            assert!(
+                e.contains("BASE_SECRET_KEY") && !e.contains("hunter2"),
+                "{e}"
+            );
+            jail.set_env("BASE_WEIGHTS_KEY", "hunter2hunter2");
+            let s = Settings::load(None).map_err(|e| e.to_string())?;
+            let e = s.weights_key().unwrap_err().to_string();
+            assert!(
+                e.contains("BASE_WEIGHTS_KEY") && !e.contains("hunter2"),
+                "{e}"
+            );
+            Ok(())
+        });
+        for (line, var) in [
+            ("admin_token = 1234567890", "BASE_ADMIN_TOKEN"),
+            (
+                "database_url = [\"postgres://u:hunter2@db/x\"]",
+                "BASE_DATABASE_URL",
+            ),
+            ("secret_key = { hunter2 = 1 }", "BASE_SECRET_KEY"),
+            ("weights_key = 1234567890.5", "BASE_WEIGHTS_KEY"),
+        ] {
+            Jail::expect_with(|jail| {
+                jail.create_file("base.toml", line)?;
+                let e = Settings::load(Some(Path::new("base.toml")))
+                    .unwrap_err()
+                    .to_string();
+                assert!(e.contains(var), "{line}: {e}");
+                assert!(
+                    !e.contains("1234567890") && !e.contains("hunter2"),
+                    "{line} echoed: {e}"
+                );
+                Ok(())
+            });
+        }
+    }
+
+    /// `master` needs its keys given; only `dev` makes them up.
+    #[test]
+    fn only_dev_generates_keys() {
+        Jail::expect_with(|jail| {
+            let data = jail.directory().join("data");
+            jail.set_env("BASE_DATA_DIR", data.display().to_string());
+            let s = Settings::load(None).map_err(|e| e.to_string())?;
+            assert!(
+                s.vault()
+                    .unwrap_err()
+                    .to_string()
+                    .contains("BASE_SECRET_KEY")
+            );
+            assert!(
+                s.weights_key()
+                    .unwrap_err()
+                    .to_string()
+                    .contains("BASE_WEIGHTS_KEY")
+            );
+            assert!(!data.exists(), "nothing written");
+            s.dev_vault().map_err(|e| e.to_string())?;
+            let k1 = s.dev_weights_key().map_err(|e| e.to_string())?.public();
+            let k2 = s.dev_weights_key().map_err(|e| e.to_string())?.public();
+            assert_eq!(k1, k2);
+            assert!(data.join("secret.key").exists() && data.join("weights.key").exists());
+            jail.set_env("BASE_ENVIRONMENT", "production");
+            jail.set_env(
+                "BASE_DATA_DIR",
+                jail.directory().join("prod").display().to_string(),
+            );
+            let s = Settings::load(None).map_err(|e| e.to_string())?;
+            assert!(s.dev_vault().is_err() && s.dev_weights_key().is_err());
             Ok(())
         });
     }

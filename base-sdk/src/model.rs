@@ -487,6 +487,44 @@ pub struct WeightsSnapshot {
     /// When the metagraph used was read.
     #[serde(with = "rfc3339_z::option")]
     pub metagraph_updated_at: Option<DateTime<Utc>>,
+    /// What this vector is: a fresh epoch's, the last good one kept over a
+    /// failed epoch, or the burn vector (additive field; absent reads `ok`).
+    #[serde(default)]
+    pub status: SnapshotStatus,
+    /// How the latest epoch went, when it is not the one that computed
+    /// this vector's weights (additive field).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_epoch: Option<EpochReport>,
+}
+
+/// Why the served vector is the one it is (`status` of a snapshot).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SnapshotStatus {
+    /// Computed by the latest epoch, from at least one challenge that
+    /// answered (or from no active challenge at all).
+    #[default]
+    Ok,
+    /// The latest epoch failed (every active challenge failed); this is the
+    /// last good vector, served until its own `expires_at`.
+    Kept,
+    /// The latest epoch failed and no unexpired good vector exists: the
+    /// burn vector.
+    Burn,
+}
+
+/// The outcome of the latest epoch, reported beside a vector it did not
+/// compute (or a burn vector it fell back to).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EpochReport {
+    /// When the epoch ran.
+    #[serde(with = "rfc3339_z")]
+    pub at: DateTime<Utc>,
+    /// Whether it produced a vector from the challenges.
+    pub ok: bool,
+    /// Why not.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
 }
 
 /// RFC 3339 timestamps in UTC with a `Z` suffix, as CONTRACTS.md §5 requires.

@@ -36,6 +36,28 @@ pub enum VaultError {
     /// The sealed value is malformed or was sealed under another key.
     #[error("sealed value cannot be opened (wrong BASE_SECRET_KEY, or corrupted)")]
     Open,
+    /// The cipher refused to seal (a value too large for it).
+    #[error("the value could not be sealed")]
+    Seal,
+}
+
+/// 32 key bytes from text: 64 hex characters (optionally `0x`-prefixed)
+/// or base64 (standard or URL-safe, padded or not). `None` says only that
+/// it is not one, so no caller can echo the text by accident.
+pub fn decode_key32(text: &str) -> Option<[u8; 32]> {
+    let t = text.trim();
+    let h = t.strip_prefix("0x").unwrap_or(t);
+    let bytes = if h.len() == 64 && h.bytes().all(|b| b.is_ascii_hexdigit()) {
+        hex::decode(h).ok()?
+    } else {
+        use base64::engine::general_purpose::{URL_SAFE, URL_SAFE_NO_PAD};
+        STANDARD
+            .decode(t)
+            .or_else(|_| URL_SAFE.decode(t))
+            .or_else(|_| URL_SAFE_NO_PAD.decode(t))
+            .ok()?
+    };
+    bytes.try_into().ok()
 }
 
 const PREFIX: &str = "v1:";
@@ -59,18 +81,10 @@ impl Vault {
         }
     }
 
-    /// Parses a key given as base64 (standard or URL-safe) or hex.
+    /// Parses a key given as base64 (standard or URL-safe) or hex. The
+    /// error never contains the text.
     pub fn from_text(text: &SecretString) -> Result<Self, VaultError> {
-        let t = text.expose_secret().trim();
-        let bytes = if t.len() == 64 && t.bytes().all(|b| b.is_ascii_hexdigit()) {
-            hex::decode(t).map_err(|_| VaultError::BadKey)?
-        } else {
-            STANDARD
-                .decode(t)
-                .or_else(|_| base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(t))
-                .map_err(|_| VaultError::BadKey)?
-        };
-        let key: [u8; 32] = bytes.try_into().map_err(|_| VaultError::BadKey)?;
+        let key = decode_key32(text.expose_secret()).ok_or(VaultError::BadKey)?;
         Ok(Self::from_bytes(&key))
     }
 
@@ -101,23 +115,22 @@ impl Vault {
         }
     }
 
-    /// Seals `plaintext`, bound to `context` (e.g. `slug/kind`).
-    pub fn seal(&self, plaintext: &str, context: &str) -> String {
+    /// Seals `plaintext`, bound to `context` (e.g. `slug/kind`). An error
+    /// is an error: never an empty string that would be stored as if it
+    /// were a sealed token.
+    pub fn seal(&self, plaintext: &str, context: &str) -> Result<String, VaultError> {
         let nonce = XChaCha20Poly1305::generate_nonce(&mut OsRng);
         let payload = Payload {
             msg: plaintext.as_bytes(),
             aad: context.as_bytes(),
         };
-        // Encryption cannot fail for in-memory buffers of this size; keep
-        // the error path anyway rather than panic.
-        match self.cipher.encrypt(&nonce, payload) {
-            Ok(ct) => {
-                let mut out = nonce.to_vec();
-                out.extend_from_slice(&ct);
-                format!("{PREFIX}{}", STANDARD.encode(out))
-            }
-            Err(_) => String::new(),
-        }
+        let ct = self
+            .cipher
+            .encrypt(&nonce, payload)
+            .map_err(|_| VaultError::Seal)?;
+        let mut out = nonce.to_vec();
+        out.extend_from_slice(&ct);
+        Ok(format!("{PREFIX}{}", STANDARD.encode(out)))
     }
 
     /// Opens a value sealed with the same key and context.
@@ -173,7 +186,7 @@ mod tests {
     #[test]
     fn seal_open_round_trip_and_binding() {
         let v = Vault::from_text(&Vault::generate_key()).unwrap();
-        let s = v.seal("tok3n", "quiz/challenge");
+        let s = v.seal("tok3n", "quiz/challenge").unwrap();
         assert!(!s.contains("tok3n"));
         assert_eq!(
             v.open(&s, "quiz/challenge").unwrap().expose_secret(),
@@ -189,7 +202,7 @@ mod tests {
         assert!(v.open("garbage", "x").is_err());
         assert_ne!(
             s,
-            v.seal("tok3n", "quiz/challenge"),
+            v.seal("tok3n", "quiz/challenge").unwrap(),
             "fresh nonce each time"
         );
     }
@@ -203,7 +216,9 @@ mod tests {
         let a = Vault::load_or_create(&path).unwrap();
         let b = Vault::load_or_create(&path).unwrap();
         assert_eq!(
-            b.open(&a.seal("x", "c"), "c").unwrap().expose_secret(),
+            b.open(&a.seal("x", "c").unwrap(), "c")
+                .unwrap()
+                .expose_secret(),
             "x",
             "same key reloaded"
         );

@@ -30,6 +30,8 @@ fn snapshot(netuid: u16) -> WeightsSnapshot {
         expires_at: now + chrono::Duration::seconds(720),
         source_challenges: vec![],
         metagraph_updated_at: None,
+        status: Default::default(),
+        last_epoch: None,
     }
 }
 
@@ -57,6 +59,10 @@ struct FakeState {
     commits: Vec<([u8; 32], u64)>,
     reveals: Vec<Vec<u16>>,
     reject_next: Option<String>,
+    /// The pending-commit file, looked at when `commit_weights` is called.
+    watch_pending: Option<std::path::PathBuf>,
+    /// What that file held at that moment: (mode, content).
+    pending_at_commit: Option<(u32, String)>,
 }
 
 /// A chain that enforces what subtensor enforces for these calls: the
@@ -125,6 +131,15 @@ impl ChainSubmitter for FakeChain {
     }
     async fn commit_weights(&self, _netuid: u16, hash: [u8; 32]) -> Result<Inclusion, ChainError> {
         let mut s = self.0.lock().unwrap();
+        if let Some(path) = s.watch_pending.clone() {
+            use std::os::unix::fs::PermissionsExt;
+            s.pending_at_commit = std::fs::metadata(&path).ok().map(|m| {
+                (
+                    m.permissions().mode() & 0o777,
+                    std::fs::read_to_string(&path).unwrap_or_default(),
+                )
+            });
+        }
         Self::reject_if_asked(&mut s, "commit_weights")?;
         let p = s.policy.as_mut().unwrap();
         p.last_update = p.current_block;
@@ -460,6 +475,7 @@ fn pending_store_round_trips_and_leaves_no_temporary_files() {
         version_key: 9,
         commit_block: 1000,
         commit_block_hash: "0x01".into(),
+        confirmed: true,
     };
     store.save(&p).unwrap();
     p.commit_block = 2000;
@@ -473,4 +489,67 @@ fn pending_store_round_trips_and_leaves_no_temporary_files() {
     store.clear().unwrap();
     store.clear().unwrap();
     assert_eq!(store.load().unwrap(), None);
+}
+
+/// The salt (and everything the reveal needs) is on disk, mode 0600,
+/// before the commit extrinsic is sent: a crash right after the commit
+/// lands can still reveal it. (Failed before the fix: the file was written
+/// only after `commit_weights` returned.)
+#[tokio::test]
+async fn the_salt_is_on_disk_0600_before_the_commit_is_sent() {
+    use base_sdk::chain::submitter::PendingCommit;
+    let dir = tempfile::tempdir().unwrap();
+    let chain = FakeChain::with(policy(true));
+    let path = dir.path().join("pending.json");
+    chain.0.lock().unwrap().watch_pending = Some(path.clone());
+    let s = submitter(feed_of(snapshot(1)), &chain, &dir);
+    assert!(matches!(s.tick().await.unwrap(), TickOutcome::Committed(_)));
+    let state = chain.0.lock().unwrap();
+    let (mode, text) = state
+        .pending_at_commit
+        .clone()
+        .expect("the pending file existed when commit_weights was called");
+    assert_eq!(mode, 0o600, "readable by the submitter's user only");
+    let at_commit: PendingCommit = serde_json::from_str(&text).unwrap();
+    assert!(!at_commit.confirmed);
+    // It is the commit that was sent: its salt reproduces the hash.
+    let (hash, block) = state.commits[0];
+    assert_eq!(
+        commit_hash(
+            &ACCOUNT,
+            1,
+            &at_commit.uids,
+            &at_commit.values,
+            &at_commit.salt,
+            at_commit.version_key
+        ),
+        hash
+    );
+    // After inclusion the record is confirmed with the real block.
+    let after = PendingStore::new(&path).load().unwrap().unwrap();
+    assert!(after.confirmed);
+    assert_eq!(after.commit_block, block);
+    assert_eq!(after.salt, at_commit.salt);
+    use std::os::unix::fs::PermissionsExt;
+    assert_eq!(
+        std::fs::metadata(&path).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+}
+
+/// A commit the chain refused leaves no pending record behind.
+#[tokio::test]
+async fn a_rejected_commit_leaves_no_pending_record() {
+    let dir = tempfile::tempdir().unwrap();
+    let chain = FakeChain::with(policy(true));
+    chain.0.lock().unwrap().reject_next = Some("SubtensorModule::TooManyUnrevealedCommits".into());
+    let s = submitter(feed_of(snapshot(1)), &chain, &dir);
+    assert!(s.tick().await.is_err());
+    assert!(
+        PendingStore::new(dir.path().join("pending.json"))
+            .load()
+            .unwrap()
+            .is_none()
+    );
+    assert!(matches!(s.tick().await.unwrap(), TickOutcome::Committed(_)));
 }

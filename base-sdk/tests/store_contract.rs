@@ -390,6 +390,8 @@ async fn snapshots_keep_the_newest(store: Arc<dyn Store>) {
                 error: Some("timeout".into()),
             }],
             metagraph_updated_at: Some(base),
+            status: Default::default(),
+            last_epoch: None,
         }
     };
     for i in 1..=5 {

@@ -132,8 +132,12 @@ pub async fn run(
     std::fs::create_dir_all(&data_dir).map_err(io(format!("creating {}", data_dir.display())))?;
     let db = settings.effective_database_url()?;
     let store = base_sdk::store::connect(db.expose()).await?;
-    let vault = Arc::new(settings.vault()?);
+    // dev, and only dev, makes up its keys (in its data dir, mode 0600).
+    let vault = Arc::new(settings.dev_vault()?);
+    let weights_key = Arc::new(settings.dev_weights_key()?);
+    let weights_pubkey = weights_key.public();
     let registry = Registry::new(store, settings.environment).with_vault(vault);
+    registry.check_sealing().await?;
     let admin_token = admin_token(&settings, &data_dir)?;
 
     let programs = ProgramTable::new().with(
@@ -159,6 +163,7 @@ pub async fn run(
     )
     .with_orchestrator(orchestrator.clone())
     .with_admin_limits(settings.admin_limits());
+    state.weights().set_key(weights_key);
     // A restart serves the last stored vector from the first request on,
     // not only once the first epoch has run.
     match registry.store().latest_snapshot().await {
@@ -185,17 +190,17 @@ pub async fn run(
         state.reconcile_wake(),
         stopped(stop_rx.clone()),
     ));
-    let runner = EpochRunner {
-        registry: registry.clone(),
-        orchestrator: Some(orchestrator.clone()),
-        source: Arc::new(HttpWeightSource::new(Duration::from_secs(5), 2)?),
-        metagraph: Arc::new(FileMetagraph::new(&metagraph_path)),
-        config: EpochConfig {
+    let runner = EpochRunner::new(
+        registry.clone(),
+        Some(orchestrator.clone()),
+        Arc::new(HttpWeightSource::new(Duration::from_secs(5), 2)?),
+        Arc::new(FileMetagraph::new(&metagraph_path)),
+        EpochConfig {
             netuid: settings.netuid,
             chain_endpoint: settings.chain_endpoint.clone(),
             ..Default::default()
         },
-    };
+    );
     let epoch_interval = Duration::from_secs(settings.epoch_seconds);
     // Let the miners answer every challenge once before the first epoch
     // (waiting 3 s at least, 30 s at most, so a challenge that never comes
@@ -261,6 +266,7 @@ pub async fn run(
         admin_token_hint(&settings, &data_dir)
     );
     println!("  CLI             base --master http://{addr} weights latest");
+    println!("  weights pubkey  {weights_pubkey}   (BASE_MASTER_PUBKEY for a submitter)");
     if broker.is_some() {
         println!(
             "  broker          http://{}/v1/jobs   (jobs run as local processes; images base.local/*)",

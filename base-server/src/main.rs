@@ -61,6 +61,14 @@ enum Command {
         #[arg(long)]
         interval: Option<u64>,
     },
+    /// Print the public key of the master's weights signing key
+    /// (BASE_WEIGHTS_KEY / BASE_WEIGHTS_KEY_FILE): what validators set as
+    /// BASE_MASTER_PUBKEY. Prints nothing secret.
+    WeightsPubkey {
+        /// Print JSON (`{"public_key","ss58"}`).
+        #[arg(long)]
+        json: bool,
+    },
     /// Run the example quiz challenge (what `dev` starts for each challenge).
     #[command(hide = true, name = "example-challenge")]
     ExampleChallenge,
@@ -128,6 +136,20 @@ async fn main() -> anyhow::Result<()> {
                 interval,
             };
             base_server::submitter::run(settings, opts, shutdown_signal()).await?;
+            Ok(())
+        }
+        Command::WeightsPubkey { json } => {
+            let settings = Settings::load(cli.config.as_deref())?;
+            let public = settings.weights_key()?.public();
+            if json {
+                println!(
+                    "{}",
+                    serde_json::json!({"public_key": public.to_string(), "ss58": public.ss58()})
+                );
+            } else {
+                println!("{public}");
+                println!("ss58: {}", public.ss58());
+            }
             Ok(())
         }
         Command::ExampleChallenge => {

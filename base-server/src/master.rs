@@ -80,6 +80,10 @@ pub async fn run(
     settings: Settings,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<(), MasterError> {
+    // Both keys first: a master without them must not get as far as
+    // touching the database, and never makes them up (only `dev` does).
+    let vault = Arc::new(settings.vault()?);
+    let weights_key = Arc::new(settings.weights_key()?);
     let db = settings.effective_database_url()?;
     let store = base_sdk::store::connect(db.expose())
         .await
@@ -96,8 +100,15 @@ pub async fn run(
             "no admin token configured (BASE_ADMIN_TOKEN / BASE_ADMIN_TOKEN_FILE): admin routes will answer 401"
         );
     }
-    let vault = Arc::new(settings.vault()?);
     let registry = Registry::new(store, settings.environment).with_vault(vault);
+    // Tokens sealed under another key would fail every epoch and every
+    // bridge call one by one; refuse to start instead, naming the key.
+    let opened = registry.check_sealing().await?;
+    tracing::info!(
+        tokens = opened,
+        weights_pubkey = %weights_key.public(),
+        "sealing key opens the stored tokens; weight vectors are signed"
+    );
     let orchestrator = orchestrator(&settings).await?;
     let mut state = AppState::new(
         registry.clone(),
@@ -112,6 +123,7 @@ pub async fn run(
     // both the upload bridge and the epochs.
     let metagraph = metagraph(&settings);
     state = state.with_proxy(Arc::new(proxy(&settings, metagraph.clone())));
+    state.weights().set_key(weights_key);
     // A restart serves the last vector at once.
     if let Ok(Some(snapshot)) = registry.store().latest_snapshot().await {
         state.weights().publish(&snapshot);
@@ -140,17 +152,17 @@ pub async fn run(
     )));
     match metagraph {
         Some(metagraph) => {
-            let runner = EpochRunner {
-                registry: registry.clone(),
-                orchestrator: orchestrator.clone(),
-                source: Arc::new(HttpWeightSource::new(Duration::from_secs(10), 2)?),
+            let runner = EpochRunner::new(
+                registry.clone(),
+                orchestrator.clone(),
+                Arc::new(HttpWeightSource::new(Duration::from_secs(10), 2)?),
                 metagraph,
-                config: EpochConfig {
+                EpochConfig {
                     netuid: settings.netuid,
                     chain_endpoint: settings.chain_endpoint.clone(),
                     ..Default::default()
                 },
-            };
+            );
             let publish = state.weights().publisher();
             tasks.push(tokio::spawn(runner.run(
                 Duration::from_secs(settings.epoch_seconds),

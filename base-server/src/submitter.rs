@@ -39,6 +39,9 @@ pub enum SubmitterRunError {
     /// The round itself.
     #[error(transparent)]
     Submitter(#[from] SubmitterError),
+    /// A setting (the master public key).
+    #[error(transparent)]
+    Config(#[from] base_sdk::config::ConfigError),
 }
 
 /// The wallet location from the settings (`~/.bittensor/wallets` unless
@@ -58,6 +61,45 @@ pub fn wallet_location(settings: &Settings) -> WalletLocation {
     }
 }
 
+/// The feed from the master at `master`: verifying every vector with
+/// `BASE_MASTER_PUBKEY` and trusting `BASE_SUBMITTER_CA_FILE` for HTTPS.
+/// Staging and production refuse to run without the public key; a
+/// development submitter runs unverified and says so every round.
+pub fn feed(settings: &Settings, master: &str) -> Result<HttpWeightsFeed, SubmitterRunError> {
+    let mut feed = HttpWeightsFeed::new(master, Duration::from_secs(10), 4)?;
+    if let Some(ca) = &settings.submitter_ca_file {
+        feed = feed.with_ca_file(ca)?;
+    }
+    match settings.master_public_key()? {
+        Some(key) => {
+            tracing::info!(master_pubkey = %key, "every weight vector must carry the master's signature");
+            feed = feed.with_master_key(key);
+        }
+        None if settings.environment.is_strict() => {
+            return Err(base_sdk::config::ConfigError::Invalid(format!(
+                "BASE_MASTER_PUBKEY is required in {}: the master's weights public key \
+                 (`base-server weights-pubkey` on the master), so that a vector altered on \
+                 the way is refused",
+                settings.environment.as_str()
+            ))
+            .into());
+        }
+        None => tracing::warn!(
+            "BASE_MASTER_PUBKEY is not set: weight vectors will NOT be verified (development only)"
+        ),
+    }
+    if master.starts_with("http://")
+        && !master.starts_with("http://127.")
+        && !master.starts_with("http://localhost")
+    {
+        tracing::warn!(
+            master,
+            "the master is reached over plain HTTP; prefer https://"
+        );
+    }
+    Ok(feed)
+}
+
 /// Builds the submitter from `settings` and `opts`.
 pub async fn build(
     settings: &Settings,
@@ -67,7 +109,7 @@ pub async fn build(
         .master
         .clone()
         .unwrap_or_else(|| settings.submitter_master.clone());
-    let feed = HttpWeightsFeed::new(&master, Duration::from_secs(10), 4)?;
+    let feed = feed(settings, &master)?;
     let chain: Option<Arc<dyn ChainSubmitter>> = if opts.dry_run && !opts.check_chain {
         None
     } else {
@@ -128,4 +170,47 @@ pub async fn run(
         .await;
     tracing::info!("BASE submitter stopped");
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use figment::providers::Serialized;
+
+    fn settings(extra: serde_json::Value) -> Settings {
+        Settings::from_figment(Settings::figment_with(None, Serialized::defaults(extra)))
+            .expect("settings")
+    }
+
+    /// Staging/production refuse to submit unverified vectors; development
+    /// runs (and warns); a malformed key is named.
+    #[test]
+    fn the_master_public_key_is_required_outside_development() {
+        let e = feed(
+            &settings(serde_json::json!({"environment": "production"})),
+            "https://master.example",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("BASE_MASTER_PUBKEY"), "{e}");
+        assert!(feed(&settings(serde_json::json!({})), "http://127.0.0.1:1").is_ok());
+        let key = base_sdk::weights::WeightsKey::from_seed(&[1; 32]).public();
+        assert!(
+            feed(
+                &settings(serde_json::json!({"environment": "production", "master_pubkey": key.to_string()})),
+                "https://master.example",
+            )
+            .is_ok()
+        );
+        let e = feed(
+            &settings(serde_json::json!({"master_pubkey": "0xnope"})),
+            "http://127.0.0.1:1",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("BASE_MASTER_PUBKEY") && e.contains("0xnope"),
+            "{e}"
+        );
+    }
 }

@@ -32,6 +32,9 @@ pub enum SubmitterError {
     /// The chain refused or could not be reached.
     #[error(transparent)]
     Chain(#[from] ChainError),
+    /// The master's signature is missing or does not verify.
+    #[error("refusing the weights snapshot: {0}")]
+    Signature(#[source] crate::weights::signing::SigningError),
     /// The pending-commit file could not be read or written.
     #[error("pending commit file '{path}': {reason}")]
     Store {
@@ -50,48 +53,146 @@ pub trait WeightsFeed: Send + Sync {
     async fn latest(&self) -> Result<WeightsSnapshot, SubmitterError>;
 }
 
+/// Largest `/v1/weights/latest` body the submitter reads by default: a
+/// vector for 65,536 uids with hotkeys and sources stays well under it, and
+/// a hostile (or intercepted) master cannot make the validator buffer more.
+pub const DEFAULT_MAX_RESPONSE_BYTES: usize = 4 << 20;
+
 /// `GET <master>/v1/weights/latest` with bounded, jittered retries per
 /// call; the loop calls again next interval, so it keeps trying for as
 /// long as the master is down.
+///
+/// With the master's public key ([`HttpWeightsFeed::with_master_key`]),
+/// every body must carry a valid `X-Base-Weights-Signature` over its exact
+/// bytes or it is refused before it is parsed. The body is read as a
+/// stream and refused once over [`DEFAULT_MAX_RESPONSE_BYTES`] (or the
+/// configured cap). `https://` masters are verified against the system's
+/// roots plus an optional CA file ([`HttpWeightsFeed::with_ca_file`]).
 #[derive(Debug, Clone)]
 pub struct HttpWeightsFeed {
     client: reqwest::Client,
     url: String,
+    /// `url` as printed: credentials in it are masked.
+    shown: String,
     retries: usize,
+    timeout: Duration,
+    master_key: Option<crate::weights::signing::WeightsPublicKey>,
+    max_body: usize,
 }
 
 impl HttpWeightsFeed {
     /// A feed from the master at `base_url` (e.g. `http://127.0.0.1:18080`).
     pub fn new(base_url: &str, timeout: Duration, retries: usize) -> Result<Self, SubmitterError> {
-        let client = reqwest::Client::builder()
-            .timeout(timeout)
-            .build()
-            .map_err(|e| SubmitterError::Feed(e.to_string()))?;
+        let url = format!("{}/v1/weights/latest", base_url.trim_end_matches('/'));
         Ok(Self {
-            client,
-            url: format!("{}/v1/weights/latest", base_url.trim_end_matches('/')),
+            client: Self::client(timeout, Vec::new())?,
+            shown: crate::config::redact_url(&url),
+            url,
             retries,
+            timeout,
+            master_key: None,
+            max_body: DEFAULT_MAX_RESPONSE_BYTES,
         })
     }
 
+    fn client(
+        timeout: Duration,
+        cas: Vec<reqwest::Certificate>,
+    ) -> Result<reqwest::Client, SubmitterError> {
+        let mut b = reqwest::Client::builder()
+            .timeout(timeout)
+            // A redirect could lead to a plain-HTTP or foreign host.
+            .redirect(reqwest::redirect::Policy::none());
+        for ca in cas {
+            b = b.add_root_certificate(ca);
+        }
+        b.build().map_err(|e| SubmitterError::Feed(e.to_string()))
+    }
+
+    /// Trusts the PEM CA certificate(s) in `path` (besides the system's
+    /// roots) for an `https://` master.
+    pub fn with_ca_file(mut self, path: &Path) -> Result<Self, SubmitterError> {
+        let bad = |why: String| {
+            SubmitterError::Feed(format!(
+                "BASE_SUBMITTER_CA_FILE '{}': {why}",
+                path.display()
+            ))
+        };
+        let pem = std::fs::read(path).map_err(|e| bad(e.to_string()))?;
+        let cas = reqwest::Certificate::from_pem_bundle(&pem)
+            .map_err(|e| bad(format!("not PEM certificates: {e}")))?;
+        if cas.is_empty() {
+            return Err(bad("holds no PEM certificate".into()));
+        }
+        self.client = Self::client(self.timeout, cas)?;
+        Ok(self)
+    }
+
+    /// Refuses every vector not signed by `key`.
+    pub fn with_master_key(mut self, key: crate::weights::signing::WeightsPublicKey) -> Self {
+        self.master_key = Some(key);
+        self
+    }
+
+    /// Caps the body read (default [`DEFAULT_MAX_RESPONSE_BYTES`]).
+    pub fn with_max_body(mut self, bytes: usize) -> Self {
+        self.max_body = bytes;
+        self
+    }
+
     async fn once(&self) -> Result<WeightsSnapshot, SubmitterError> {
-        let resp = self
-            .client
-            .get(&self.url)
-            .send()
-            .await
-            .map_err(|e| SubmitterError::Feed(format!("{}: {e}", self.url)))?;
+        use crate::weights::signing::SIGNATURE_HEADER;
+        let mut resp =
+            self.client.get(&self.url).send().await.map_err(|e| {
+                SubmitterError::Feed(format!("{}: {}", self.shown, e.without_url()))
+            })?;
         let status = resp.status();
+        let too_big = || {
+            SubmitterError::Snapshot(format!(
+                "{} sent a response larger than {} bytes",
+                self.shown, self.max_body
+            ))
+        };
+        if resp
+            .content_length()
+            .is_some_and(|n| n > self.max_body as u64)
+        {
+            return Err(too_big());
+        }
+        let signature = resp
+            .headers()
+            .get(SIGNATURE_HEADER)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string);
+        let mut body = Vec::new();
+        while let Some(chunk) = resp
+            .chunk()
+            .await
+            .map_err(|e| SubmitterError::Feed(format!("{}: {}", self.shown, e.without_url())))?
+        {
+            if body.len() + chunk.len() > self.max_body {
+                return Err(too_big());
+            }
+            body.extend_from_slice(&chunk);
+        }
         if !status.is_success() {
-            let body = resp.text().await.unwrap_or_default();
-            let body: String = body.chars().take(300).collect();
+            let body: String = String::from_utf8_lossy(&body).chars().take(300).collect();
             return Err(SubmitterError::Feed(format!(
                 "{} answered {status}: {body}",
-                self.url
+                self.shown
             )));
         }
-        resp.json::<WeightsSnapshot>().await.map_err(|e| {
-            SubmitterError::Snapshot(format!("{} returned invalid JSON: {e}", self.url))
+        match &self.master_key {
+            Some(key) => key
+                .verify(&body, signature.as_deref())
+                .map_err(SubmitterError::Signature)?,
+            None => tracing::warn!(
+                url = %self.shown,
+                "NOT VERIFYING the master's signature: no master public key configured (BASE_MASTER_PUBKEY); anyone between this validator and the master can change the vector"
+            ),
+        }
+        serde_json::from_slice::<WeightsSnapshot>(&body).map_err(|e| {
+            SubmitterError::Snapshot(format!("{} returned invalid JSON: {e}", self.shown))
         })
     }
 }
@@ -203,8 +304,19 @@ pub struct PendingCommit {
     pub version_key: u64,
     /// The block the commit landed in.
     pub commit_block: u64,
-    /// The block hash it landed in.
+    /// The block hash it landed in (empty until the commit is confirmed).
     pub commit_block_hash: String,
+    /// Whether the commit extrinsic is known to have landed. The record is
+    /// written before the extrinsic is sent (so a crash cannot lose the
+    /// salt of a commit that landed); until then `commit_block` is the
+    /// block it was sent at. Files without the field were written after
+    /// inclusion.
+    #[serde(default = "confirmed_default")]
+    pub confirmed: bool,
+}
+
+fn confirmed_default() -> bool {
+    true
 }
 
 /// The pending commit on disk: one JSON file, replaced atomically
@@ -287,10 +399,16 @@ fn tempfile_in(dir: &Path) -> std::io::Result<(PathBuf, std::fs::File)> {
         uuid::Uuid::new_v4()
     );
     let path = dir.join(name);
-    let file = std::fs::OpenOptions::new()
-        .write(true)
-        .create_new(true)
-        .open(&path)?;
+    let mut opts = std::fs::OpenOptions::new();
+    opts.write(true).create_new(true);
+    // The salt is what lets anyone holding it reveal (or predict) the
+    // committed vector: readable by this user only, from the first byte.
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        opts.mode(0o600);
+    }
+    let file = opts.open(&path)?;
     Ok((path, file))
 }
 
@@ -461,9 +579,21 @@ impl Submitter {
                         action: Some(Action::Reveal),
                     });
                 }
-                let inc = chain
+                let inc = match chain
                     .reveal_weights(netuid, &p.uids, &p.values, &p.salt, p.version_key)
-                    .await?;
+                    .await
+                {
+                    Ok(inc) => inc,
+                    Err(e @ ChainError::Rejected { .. }) if !p.confirmed => {
+                        // The commit was never seen landing and the chain
+                        // has no match for it: drop it so the next tick
+                        // commits afresh instead of retrying until expiry.
+                        tracing::warn!(error = %e, "dropping an unconfirmed commit the chain does not know");
+                        self.store.clear()?;
+                        return Err(e.into());
+                    }
+                    Err(e) => return Err(e.into()),
+                };
                 self.store.clear()?;
                 Ok(TickOutcome::Revealed(inc))
             }
@@ -509,12 +639,10 @@ impl Submitter {
                     &salt,
                     version_key,
                 );
-                let inc = chain.commit_weights(netuid, hash).await?;
-                let commit_block = inc.block_number.unwrap_or_else(|| {
-                    tracing::warn!("commit block number unknown; using the policy's block");
-                    policy.current_block
-                });
-                self.store.save(&PendingCommit {
+                // What the reveal needs goes to disk (0600, atomically,
+                // synced) before the commit is sent: a commit whose salt
+                // was lost to a crash could never be revealed.
+                let mut record = PendingCommit {
                     netuid,
                     hotkey: me,
                     commit_hash: format!("0x{}", hex::encode(hash)),
@@ -522,9 +650,29 @@ impl Submitter {
                     values: prepared.chain_values,
                     salt,
                     version_key,
-                    commit_block,
-                    commit_block_hash: inc.block_hash.clone(),
-                })?;
+                    commit_block: policy.current_block,
+                    commit_block_hash: String::new(),
+                    confirmed: false,
+                };
+                self.store.save(&record)?;
+                let inc = match chain.commit_weights(netuid, hash).await {
+                    Ok(inc) => inc,
+                    Err(e) => {
+                        // Refused by the chain: nothing landed, nothing to
+                        // reveal. Any other failure may have landed: keep it.
+                        if matches!(e, ChainError::Rejected { .. }) {
+                            self.store.clear()?;
+                        }
+                        return Err(e.into());
+                    }
+                };
+                record.commit_block = inc.block_number.unwrap_or_else(|| {
+                    tracing::warn!("commit block number unknown; using the policy's block");
+                    policy.current_block
+                });
+                record.commit_block_hash = inc.block_hash.clone();
+                record.confirmed = true;
+                self.store.save(&record)?;
                 Ok(TickOutcome::Committed(inc))
             }
         }
@@ -658,6 +806,7 @@ mod tests {
             version_key: 0,
             commit_block: block,
             commit_block_hash: "0x01".into(),
+            confirmed: true,
         }
     }
 
@@ -706,6 +855,8 @@ mod tests {
             expires_at: now + chrono::Duration::seconds(60),
             source_challenges: vec![],
             metagraph_updated_at: None,
+            status: Default::default(),
+            last_epoch: None,
         }
     }
 

@@ -515,13 +515,22 @@ impl Registry {
         self
     }
 
-    fn issue(&self, slug: &Slug, kind: TokenKind) -> token::IssuedToken {
+    fn issue(&self, slug: &Slug, kind: TokenKind) -> Result<token::IssuedToken, RegistryError> {
         let mut t = token::issue(slug, kind);
         if let Some(v) = &self.vault {
             use secrecy::ExposeSecret;
-            t.record.sealed = Some(v.seal(t.cleartext.expose_secret(), &seal_context(slug, kind)));
+            // A sealing failure fails the write: storing no (or an empty)
+            // sealed value would leave a token the master cannot present.
+            let sealed = v
+                .seal(t.cleartext.expose_secret(), &seal_context(slug, kind))
+                .map_err(|e| RegistryError::Sealed {
+                    slug: slug.to_string(),
+                    kind: kind.as_str(),
+                    reason: e.to_string(),
+                })?;
+            t.record.sealed = Some(sealed);
         }
-        t
+        Ok(t)
     }
 
     /// The cleartext tokens of a challenge, for the master's own use
@@ -576,7 +585,7 @@ impl Registry {
         let issued: Vec<token::IssuedToken> = TokenKind::ALL
             .iter()
             .map(|k| self.issue(&challenge.slug, *k))
-            .collect();
+            .collect::<Result<_, _>>()?;
         let records: Vec<_> = issued.iter().map(|t| t.record.clone()).collect();
         let audit = AuditEntry::new(
             actor,
@@ -615,6 +624,36 @@ impl Registry {
             .get_challenge(&parsed)
             .await?
             .ok_or_else(|| RegistryError::NotFound(slug.to_string()))
+    }
+
+    /// Opens every sealed token with the configured key, so a master whose
+    /// `BASE_SECRET_KEY` differs from the one the tokens were sealed with
+    /// refuses to start instead of failing every epoch and every bridge
+    /// call. Returns how many tokens opened; tokens issued without a key
+    /// are skipped (they say so when revealed).
+    pub async fn check_sealing(&self) -> Result<usize, RegistryError> {
+        let Some(vault) = &self.vault else {
+            return Ok(0);
+        };
+        let mut opened = 0;
+        for c in self.list().await? {
+            for rec in self.store.tokens(&c.slug).await? {
+                let Some(sealed) = rec.sealed.as_deref() else {
+                    continue;
+                };
+                vault
+                    .open(sealed, &seal_context(&c.slug, rec.kind))
+                    .map_err(|_| RegistryError::Sealed {
+                        slug: c.slug.to_string(),
+                        kind: rec.kind.as_str(),
+                        reason: "it does not open with the configured BASE_SECRET_KEY (BASE_SECRET_KEY_FILE): \
+                                 the key is not the one the stored tokens were sealed with"
+                            .to_string(),
+                    })?;
+                opened += 1;
+            }
+        }
+        Ok(opened)
     }
 
     /// Every challenge, by slug.
@@ -698,8 +737,10 @@ impl Registry {
         actor: &str,
     ) -> Result<IssuedTokens, RegistryError> {
         let c = self.get(slug).await?;
-        let issued: Vec<token::IssuedToken> =
-            kinds.iter().map(|k| self.issue(&c.slug, *k)).collect();
+        let issued: Vec<token::IssuedToken> = kinds
+            .iter()
+            .map(|k| self.issue(&c.slug, *k))
+            .collect::<Result<_, _>>()?;
         let records: Vec<_> = issued.iter().map(|t| t.record.clone()).collect();
         let audit = AuditEntry::new(
             actor,

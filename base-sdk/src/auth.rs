@@ -6,7 +6,7 @@
 //! refused, so a forgotten `BASE_ADMIN_TOKEN` never opens the registry.
 
 use std::collections::HashMap;
-use std::net::{IpAddr, Ipv6Addr};
+use std::net::IpAddr;
 use std::num::NonZeroU32;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -16,6 +16,7 @@ use governor::clock::{Clock, DefaultClock};
 use governor::{DefaultKeyedRateLimiter, Quota};
 use secrecy::SecretString;
 
+use crate::proxy::limit::client_key;
 use crate::registry::token;
 
 /// Why a request was not authenticated. Every variant answers the same
@@ -140,21 +141,6 @@ pub fn lockout(failures: u32, limits: &AdminLimits) -> Option<Duration> {
     let over = failures.checked_sub(limits.max_failures.max(1))?;
     let factor = 1u32.checked_shl(over.min(31)).unwrap_or(u32::MAX);
     Some(FIRST_LOCKOUT.saturating_mul(factor).min(limits.lockout_max))
-}
-
-/// The key a client is counted under: its address, or its /64 for IPv6
-/// (one subscriber usually holds a whole /64). IPv4-mapped IPv6 addresses
-/// count as the IPv4 address.
-// The proxy's limiter keys the same way (proxy::limit); one shared key
-// function is expected once the per-IP work lands there.
-fn client_key(ip: IpAddr) -> IpAddr {
-    match ip.to_canonical() {
-        IpAddr::V6(v6) => {
-            let s = v6.segments();
-            IpAddr::V6(Ipv6Addr::new(s[0], s[1], s[2], s[3], 0, 0, 0, 0))
-        }
-        v4 => v4,
-    }
 }
 
 /// Why the guard refused an admin request before its credential was

@@ -39,10 +39,15 @@ pub async fn require_admin(
     mut req: Request,
     next: Next,
 ) -> Result<Response, ApiError> {
+    // Behind a trusted reverse proxy (BASE_TRUSTED_PROXIES) the client is
+    // the one it names, as for the passthrough: one resolution rule.
     let client = req
         .extensions()
         .get::<ConnectInfo<SocketAddr>>()
-        .map(|ConnectInfo(addr)| addr.ip());
+        .map(|ConnectInfo(addr)| match state.proxy() {
+            Some(proxy) => proxy.client_address(addr.ip(), req.headers()),
+            None => addr.ip(),
+        });
     let guard = state.admin_guard();
     guard
         .admit(client)

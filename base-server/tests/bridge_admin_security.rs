@@ -783,3 +783,57 @@ async fn failed_admin_authentications_are_logged_without_the_credential() {
         }
     }
 }
+
+/// Behind a trusted reverse proxy (`BASE_TRUSTED_PROXIES`) the admin guard
+/// counts the client the proxy names, as the passthrough does: one guesser
+/// behind the proxy is locked out, another client behind it is not, and a
+/// client that is not a trusted proxy cannot dodge its lockout by sending
+/// `X-Forwarded-For`.
+#[tokio::test]
+async fn admin_lockout_follows_the_client_a_trusted_proxy_names() {
+    let m = master(
+        ProxyConfig {
+            trusted_proxies: "127.0.0.4".parse().unwrap(),
+            ..proxy_config()
+        },
+        AdminLimits {
+            max_failures: 2,
+            ..lenient_admin()
+        },
+    )
+    .await;
+    let via_proxy = client_from("127.0.0.4");
+    let get = |client: &reqwest::Client, forwarded: &str, token: &str| {
+        client
+            .get(format!("http://{}/v1/admin/challenges", m.addr))
+            .header("x-admin-token", token.to_string())
+            .header("x-forwarded-for", forwarded.to_string())
+            .send()
+    };
+    for _ in 0..2 {
+        let r = get(&via_proxy, "198.51.100.7", "guess").await.unwrap();
+        assert_eq!(r.status(), 401);
+    }
+    let r = get(&via_proxy, "198.51.100.7", ADMIN).await.unwrap();
+    assert_eq!(
+        r.status(),
+        429,
+        "the guesser behind the proxy is locked out"
+    );
+    let r = get(&via_proxy, "198.51.100.8", ADMIN).await.unwrap();
+    assert_eq!(r.status(), 200, "another client behind the proxy is not");
+
+    // An untrusted peer's X-Forwarded-For is ignored: its own address is counted.
+    let direct = client_from("127.0.0.5");
+    for n in 0..2 {
+        let forged = format!("203.0.113.{n}");
+        let r = get(&direct, &forged, "guess").await.unwrap();
+        assert_eq!(r.status(), 401);
+    }
+    let r = get(&direct, "203.0.113.99", ADMIN).await.unwrap();
+    assert_eq!(
+        r.status(),
+        429,
+        "a forged X-Forwarded-For does not dodge the lockout"
+    );
+}

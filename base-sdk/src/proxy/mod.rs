@@ -246,7 +246,10 @@ impl ProxyError {
     pub fn retry_after(&self) -> Option<u64> {
         match self {
             Self::RateLimited { retry_after } => Some(*retry_after),
-            Self::Busy { .. } | Self::UploadsBusy { .. } | Self::HotkeyBusy { .. } | Self::Limit(_) => Some(1),
+            Self::Busy { .. }
+            | Self::UploadsBusy { .. }
+            | Self::HotkeyBusy { .. }
+            | Self::Limit(_) => Some(1),
             _ => None,
         }
     }

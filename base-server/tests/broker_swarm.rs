@@ -1,7 +1,7 @@
 //! The broker on a real single-node Swarm, as a separate process: jobs run
 //! as replicated-job services, and a `kill -9` of the broker in the middle
 //! of them leaks nothing — after a restart every job ends (finished, timed
-//! out from its labels, or reaped at its deadline), no job service, job
+//! out from its labels, or failed when no node took it), no job service, job
 //! container or job-mount config is left and no GPU stays leased.
 //!
 //! Needs what `scripts/test.sh` sets up (an active swarm, the node labelled
@@ -338,7 +338,22 @@ async fn kill_9_mid_job_leaks_nothing_after_restart() {
         "{:?}",
         ended[2]
     );
-    assert_eq!(ended[3].state, JobState::TimedOut, "{:?}", ended[3]);
+    // The GPU job no node can take never ran: it ends failed, not timed
+    // out, after its schedule wait (its 2 s timeout here).
+    assert_eq!(
+        (ended[3].state, ended[3].exit_code),
+        (JobState::Failed, None),
+        "{:?}",
+        ended[3]
+    );
+    assert!(
+        ended[3]
+            .error
+            .as_deref()
+            .is_some_and(|e| e.contains("no node took it")),
+        "{:?}",
+        ended[3]
+    );
     // The output of a job that ended while no broker ran is still kept.
     let logs = client.logs(&finishing[0].id).await.unwrap();
     assert!(logs.stdout.contains("sleep mode: done"), "{logs:?}");

@@ -1309,6 +1309,9 @@ async fn a_job_whose_image_cannot_be_pulled_fails_with_125_never_success() {
     let o = SwarmOrchestrator::connect().await.unwrap();
     let mut spec = job("swt-nopull", &["exit", "0"], None);
     spec.image = ImageRef::parse(missing).unwrap();
+    // No network attachment: what is tested is the image, and the job
+    // never gets as far as a network anyway.
+    spec.limits.network = JobNetwork::Default;
     let mut cleanup = Cleanup::new();
     cleanup.services.push("base-job-swt-nopull".into());
     o.run_job(&spec).await.unwrap();
@@ -1337,7 +1340,7 @@ async fn a_job_whose_image_cannot_be_pulled_fails_with_125_never_success() {
             "job_id": "nopull",
             "image": missing,
             "command": ["exit", "0"],
-            "limits": {"memory": "256m", "pids_limit": 128},
+            "limits": {"network": "default", "memory": "256m", "pids_limit": 128},
             "timeout_seconds": 120,
         }))
         .unwrap();
@@ -1391,7 +1394,7 @@ async fn a_job_no_node_can_take_ends_failed_after_the_schedule_wait() {
             "job_id": "nonode",
             "image": IMAGE,
             "command": ["exit", "0"],
-            "limits": {"memory": "256m", "pids_limit": 128, "gpu_count": 1},
+            "limits": {"network": "default", "memory": "256m", "pids_limit": 128, "gpu_count": 1},
             "timeout_seconds": 600,
         }))
         .unwrap();

@@ -1157,8 +1157,44 @@ async fn mount_archives_decode_off_the_runtime(store: Arc<dyn Store>) {
     // thread for every task. Decoding a large archive on it would stop the
     // ticker below for as long as the decoding takes; decoded on a
     // blocking thread, the ticker keeps firing.
-    let h = harness(store, FakeOrchestrator::new(), BrokerPolicy::default()).await;
-    let b64 = zeros_archive(1, 15 << 20);
+    //
+    // The archive inflates 60 MiB (the job budget raised to allow it) and
+    // then ends in a symlink, which is refused: the request is all
+    // decoding, with no job to create afterwards.
+    let h = harness_with(
+        store,
+        FakeOrchestrator::new(),
+        BrokerPolicy::default(),
+        BrokerConfig {
+            mount_budget: base_sdk::broker::request::MountBudget {
+                max_file_bytes: 64 << 20,
+                ..Default::default()
+            },
+            ..BrokerConfig::default()
+        },
+    )
+    .await;
+    let b64 = {
+        use base64::Engine;
+        let mut tar = tar::Builder::new(flate2::write::GzEncoder::new(
+            Vec::new(),
+            flate2::Compression::default(),
+        ));
+        let zeros = vec![0u8; 15 << 20];
+        for i in 0..4 {
+            let mut header = tar::Header::new_gnu();
+            header.set_size(zeros.len() as u64);
+            header.set_mode(0o644);
+            tar.append_data(&mut header, format!("f{i}"), &zeros[..])
+                .unwrap();
+        }
+        let mut link = tar::Header::new_gnu();
+        link.set_entry_type(tar::EntryType::Symlink);
+        link.set_size(0);
+        tar.append_link(&mut link, "last", "/etc/passwd").unwrap();
+        let gz = tar.into_inner().unwrap().finish().unwrap();
+        base64::engine::general_purpose::STANDARD.encode(gz)
+    };
     let mut req = run_request("big", &["echo", "done"]);
     req["mounts"] = json!([{"target": "/in", "archive_b64": b64}]);
     let ticks = Arc::new(std::sync::Mutex::new(Vec::new()));
@@ -1176,7 +1212,11 @@ async fn mount_archives_decode_off_the_runtime(store: Arc<dyn Store>) {
     let (status, body) = h.call("POST", "/v1/jobs", Some(req)).await;
     let ended = std::time::Instant::now();
     ticker.abort();
-    assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    assert!(
+        body["detail"].as_str().unwrap().contains("symbolic link"),
+        "the whole archive was read: {body}"
+    );
     let ticks = ticks.lock().unwrap().clone();
     let during: Vec<_> = std::iter::once(begun)
         .chain(ticks.into_iter().filter(|t| *t > begun && *t < ended))
@@ -1188,8 +1228,9 @@ async fn mount_archives_decode_off_the_runtime(store: Arc<dyn Store>) {
         .max()
         .unwrap_or_default();
     let total = ended - begun;
-    // Decoding 15 MiB dominates the submission; on the runtime thread it
-    // would be one silent gap of most of `total`.
+    eprintln!("longest silence {longest:?} of a {total:?} submission");
+    // Decoding dominates the request; on the runtime thread it would be
+    // one silent gap of most of `total`.
     assert!(
         longest * 2 < total,
         "the runtime stalled for {longest:?} of a {total:?} submission"

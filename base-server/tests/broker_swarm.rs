@@ -89,6 +89,9 @@ fn start_broker(dir: &Path, db: &str, port: u16, run: u32) -> Child {
         // whose GPU worker is gone.
         .env("BASE_BROKER_GPU_CAPACITY", "1")
         .env("BASE_BROKER_START_GRACE_SECONDS", "3")
+        // A job no node takes fails after this: long enough for the GPU
+        // job below to outlive the first broker, short enough for the test.
+        .env("BASE_BROKER_SCHEDULE_TIMEOUT_SECONDS", "15")
         // The static shim scripts/test.sh builds, standing in for a
         // worker's installed copy.
         .env(
@@ -283,7 +286,7 @@ async fn kill_9_mid_job_leaks_nothing_after_restart() {
     .unwrap();
     let overdue = client.submit(&overdue).await.unwrap();
     let gpu = client
-        .submit(&request("gpu", &["exit", "0"], 2, Some(1)))
+        .submit(&request("gpu", &["exit", "0"], 60, Some(1)))
         .await
         .unwrap();
     assert_eq!(store.gpu_leases().await.unwrap().len(), 1);
@@ -338,8 +341,8 @@ async fn kill_9_mid_job_leaks_nothing_after_restart() {
         "{:?}",
         ended[2]
     );
-    // The GPU job no node can take never ran: it ends failed, not timed
-    // out, after its schedule wait (its 2 s timeout here).
+    // The GPU job no node can take never ran: the restarted broker ends it
+    // failed, not timed out, after the schedule wait (15 s here).
     assert_eq!(
         (ended[3].state, ended[3].exit_code),
         (JobState::Failed, None),

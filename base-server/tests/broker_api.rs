@@ -874,6 +874,19 @@ async fn a_job_whose_image_cannot_be_pulled_is_125_never_success(store: Arc<dyn 
         "the job could not run: No such image: ghcr.io/platformnetwork/eval:missing"
     );
     assert!(h.fake.live_jobs().is_empty());
+
+    // With a writable mount: nothing comes back from a job that never ran
+    // (the fake would hand back the seed, as if the job had left it).
+    let mut req = run_request("pull-out", &["echo"]);
+    req["image"] = json!("ghcr.io/platformnetwork/eval:missing");
+    req["mounts"] = json!([{"target": "/out", "read_only": false, "archive_b64": archive(&[("seed.txt", b"seed")])}]);
+    let (status, body) = h.call("POST", "/v1/docker/run", Some(req)).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["returncode"], 125, "{body}");
+    assert_eq!(
+        body["outputs"],
+        json!([{"target": "/out", "error": "not collected: the job never ran"}])
+    );
 }
 
 async fn a_job_no_node_takes_ends_failed_after_the_schedule_wait(store: Arc<dyn Store>) {

@@ -1013,17 +1013,18 @@ impl Broker {
         let targets = writable_targets(&record);
         let outputs = match &ending {
             _ if targets.is_empty() => Vec::new(),
-            Ending::Exited(_) => self.collect_outputs(id, &targets).await,
-            _ => targets
-                .iter()
-                .map(|t| JobOutput {
-                    target: t.clone(),
-                    archive_b64: None,
-                    error: Some(
-                        "not collected: the job was stopped before its command ended".to_string(),
-                    ),
-                })
-                .collect(),
+            // Only a command that ran has outputs: a job that never ran
+            // would hand back its seed (or a missing-output error).
+            Ending::Exited(status) if settle(status).exit_code.is_some() => {
+                self.collect_outputs(id, &targets).await
+            }
+            Ending::Exited(_) | Ending::NotScheduled(_) => {
+                not_collected(&targets, "not collected: the job never ran")
+            }
+            _ => not_collected(
+                &targets,
+                "not collected: the job was stopped before its command ended",
+            ),
         };
         self.remove_service(id).await;
         let now = crate::model::now();
@@ -1100,6 +1101,18 @@ impl Broker {
 /// (the maps stay consistent: every update is a single insert or remove).
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+/// One "not collected" output per writable mount, saying why.
+fn not_collected(targets: &[String], why: &str) -> Vec<JobOutput> {
+    targets
+        .iter()
+        .map(|t| JobOutput {
+            target: t.clone(),
+            archive_b64: None,
+            error: Some(why.to_string()),
+        })
+        .collect()
 }
 
 /// Decodes a job's mount archives in request order (blocking: call it off

@@ -1259,6 +1259,22 @@ mod tests {
     }
 
     proptest! {
+        /// A job's remaining budget only ever lowers an archive's limits,
+        /// and always leaves room for that much file data.
+        #[test]
+        fn capped_limits_never_widen_and_fit_the_budget(budget in 0u64..(1 << 40)) {
+            let limits = ArchiveLimits::default();
+            let capped = limits.capped_to(budget);
+            prop_assert!(capped.max_total_bytes <= limits.max_total_bytes);
+            prop_assert!(
+                capped.max_total_bytes >= budget.min(limits.max_total_bytes)
+            );
+            prop_assert_eq!(
+                ArchiveLimits { max_total_bytes: limits.max_total_bytes, ..capped },
+                limits
+            );
+        }
+
         #![proptest_config(ProptestConfig::with_cases(128))]
 
         #[test]

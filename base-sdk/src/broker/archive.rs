@@ -1259,6 +1259,8 @@ mod tests {
     }
 
     proptest! {
+        #![proptest_config(ProptestConfig::with_cases(128))]
+
         /// A job's remaining budget only ever lowers an archive's limits,
         /// and always leaves room for that much file data.
         #[test]
@@ -1274,8 +1276,6 @@ mod tests {
                 limits
             );
         }
-
-        #![proptest_config(ProptestConfig::with_cases(128))]
 
         #[test]
         fn safe_archives_round_trip_exactly(

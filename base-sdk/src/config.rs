@@ -387,6 +387,28 @@ pub struct Settings {
     /// roots, for an HTTPS master (`BASE_SUBMITTER_CA_FILE`).
     #[serde(default)]
     pub submitter_ca_file: Option<PathBuf>,
+    /// Unfinished broker jobs of all challenges together
+    /// (`BASE_BROKER_MAX_JOBS`; 0 = no cap); more get 429.
+    #[serde(default = "default_broker_max_jobs")]
+    pub broker_max_jobs: u32,
+    /// Unfinished broker jobs per challenge when its broker policy sets no
+    /// `max_concurrent_jobs` (`BASE_BROKER_MAX_JOBS_PER_CHALLENGE`; 0 = no
+    /// default cap); more get 429.
+    #[serde(default = "default_broker_max_jobs_per_challenge")]
+    pub broker_max_jobs_per_challenge: u32,
+    /// Seconds a job may stay queued with no node taking it before it ends
+    /// failed (`BASE_BROKER_SCHEDULE_TIMEOUT_SECONDS`; the job's own
+    /// timeout if shorter).
+    #[serde(default = "default_broker_schedule_timeout")]
+    pub broker_schedule_timeout_seconds: u64,
+    /// Most mounts one job may have (`BASE_BROKER_MAX_MOUNTS`).
+    #[serde(default = "default_broker_max_mounts")]
+    pub broker_max_mounts: usize,
+    /// Most bytes of files all the mounts of one job may hold together
+    /// (`BASE_BROKER_MAX_JOB_MOUNT_BYTES`): on Swarm, the config bytes one
+    /// job may create.
+    #[serde(default = "default_broker_max_job_mount_bytes")]
+    pub broker_max_job_mount_bytes: usize,
 }
 
 fn default_bridge_body_timeout() -> u64 {
@@ -421,6 +443,21 @@ pub enum MetagraphKind {
     Chain,
 }
 
+fn default_broker_max_jobs() -> u32 {
+    crate::broker::service::DEFAULT_MAX_JOBS
+}
+fn default_broker_max_jobs_per_challenge() -> u32 {
+    crate::broker::service::DEFAULT_MAX_JOBS_PER_CHALLENGE
+}
+fn default_broker_schedule_timeout() -> u64 {
+    crate::broker::service::DEFAULT_SCHEDULE_TIMEOUT_SECONDS
+}
+fn default_broker_max_mounts() -> usize {
+    crate::broker::request::DEFAULT_MAX_MOUNTS
+}
+fn default_broker_max_job_mount_bytes() -> usize {
+    crate::orchestrator::swarm::MAX_MOUNT_BYTES
+}
 fn default_output_retention() -> u64 {
     24
 }
@@ -898,6 +935,40 @@ mod tests {
             assert!(!dbg.contains("hunter2"), "{dbg}");
             assert!(!dbg.contains("from-file"), "{dbg}");
             assert!(dbg.contains("postgres://u:***@db/base"), "{dbg}");
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn broker_job_caps() {
+        Jail::expect_with(|jail| {
+            let s = Settings::load(None).map_err(|e| e.to_string())?;
+            assert_eq!(
+                (
+                    s.broker_max_jobs,
+                    s.broker_max_jobs_per_challenge,
+                    s.broker_schedule_timeout_seconds,
+                    s.broker_max_mounts,
+                    s.broker_max_job_mount_bytes,
+                ),
+                (128, 32, 300, 16, 16 << 20)
+            );
+            jail.set_env("BASE_BROKER_MAX_JOBS", "0");
+            jail.set_env("BASE_BROKER_MAX_JOBS_PER_CHALLENGE", "4");
+            jail.set_env("BASE_BROKER_SCHEDULE_TIMEOUT_SECONDS", "30");
+            jail.set_env("BASE_BROKER_MAX_MOUNTS", "2");
+            jail.set_env("BASE_BROKER_MAX_JOB_MOUNT_BYTES", "1000");
+            let s = Settings::load(None).map_err(|e| e.to_string())?;
+            assert_eq!(
+                (
+                    s.broker_max_jobs,
+                    s.broker_max_jobs_per_challenge,
+                    s.broker_schedule_timeout_seconds,
+                    s.broker_max_mounts,
+                    s.broker_max_job_mount_bytes,
+                ),
+                (0, 4, 30, 2, 1000)
+            );
             Ok(())
         });
     }

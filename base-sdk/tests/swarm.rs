@@ -1234,3 +1234,194 @@ async fn writable_mounts_are_seeded_run_under_the_shim_and_come_back() {
         Err(OrchestratorError::NotFound(_))
     ));
 }
+
+/// A broker over the real engine and a fresh SQLite store, with one
+/// challenge (`swt-broker`) allowed to run `base.local/` images.
+async fn engine_broker(
+    config: base_sdk::broker::BrokerConfig,
+) -> (
+    base_sdk::broker::Broker,
+    Slug,
+    base_sdk::testing::TempSqlite,
+) {
+    use base_sdk::registry::{NewChallenge, Registry};
+    let db = base_sdk::testing::sqlite().await.unwrap();
+    Registry::new(db.store.clone(), base_sdk::config::Environment::Development)
+        .create(
+            NewChallenge {
+                slug: "swt-broker".into(),
+                name: "Swarm broker test".into(),
+                image: IMAGE.into(),
+                version: "0.1.0".into(),
+                ..Default::default()
+            },
+            "test",
+        )
+        .await
+        .unwrap();
+    let orchestrator = SwarmOrchestrator::connect().await.unwrap();
+    let broker = base_sdk::broker::Broker::new(
+        db.store.clone(),
+        std::sync::Arc::new(orchestrator),
+        base_sdk::broker::BrokerConfig {
+            allowed_images: vec!["base.local/".into()],
+            ..config
+        },
+    );
+    (broker, slug("swt-broker"), db)
+}
+
+/// Job services of the `swt-broker` challenge still on the engine.
+fn broker_test_services() -> Vec<String> {
+    let (_, out, _) = docker_cli(&[
+        "service",
+        "ls",
+        "-q",
+        "--filter",
+        "label=base.challenge=swt-broker",
+    ]);
+    out.split_whitespace().map(str::to_string).collect()
+}
+
+/// Removes the `swt-broker` job services, also when the test panics.
+struct BrokerJobsCleanup;
+
+impl Drop for BrokerJobsCleanup {
+    fn drop(&mut self) {
+        for id in broker_test_services() {
+            let _ = docker_cli(&["service", "rm", &id]);
+        }
+    }
+}
+
+#[tokio::test]
+#[ignore = "needs docker swarm"]
+async fn a_job_whose_image_cannot_be_pulled_fails_with_125_never_success() {
+    let _serial = SERIAL.lock().await;
+    let _jobs = BrokerJobsCleanup;
+    // Nothing can be pulled here (no registry), like a tag that does not
+    // exist: the engine rejects the task with `ExitCode: 0` and no
+    // container.
+    let missing = "base.local/base-test-no-such-image:0.0.0";
+    assert!(!exists("image", missing));
+
+    // The orchestrator reports it as a job that never ran.
+    let o = SwarmOrchestrator::connect().await.unwrap();
+    let mut spec = job("swt-nopull", &["exit", "0"], None);
+    spec.image = ImageRef::parse(missing).unwrap();
+    // No network attachment: what is tested is the image, and the job
+    // never gets as far as a network anyway.
+    spec.limits.network = JobNetwork::Default;
+    let mut cleanup = Cleanup::new();
+    cleanup.services.push("base-job-swt-nopull".into());
+    o.run_job(&spec).await.unwrap();
+    let done = o
+        .wait_job("swt-nopull", Duration::from_secs(120))
+        .await
+        .unwrap();
+    assert_eq!(
+        (done.state, done.exit_code),
+        (JobState::Failed, None),
+        "{done:?}"
+    );
+    assert!(
+        done.message
+            .as_deref()
+            .is_some_and(|m| m.contains("No such image")),
+        "{done:?}"
+    );
+    o.remove_job("swt-nopull").await.unwrap();
+
+    // Through the broker: return code 125 (as `docker run` when the
+    // container cannot start), the engine's reason in stderr and error.
+    let (broker, slug, db) = engine_broker(base_sdk::broker::BrokerConfig::default()).await;
+    let req: base_sdk::broker::request::BrokerRunRequest =
+        serde_json::from_value(serde_json::json!({
+            "job_id": "nopull",
+            "image": missing,
+            "command": ["exit", "0"],
+            "limits": {"network": "default", "memory": "256m", "pids_limit": 128},
+            "timeout_seconds": 120,
+        }))
+        .unwrap();
+    let response = tokio::time::timeout(Duration::from_secs(180), broker.run(&slug, &req))
+        .await
+        .expect("the run ends")
+        .unwrap();
+    assert_eq!(response.returncode, 125, "{response:?}");
+    assert!(!response.timed_out);
+    assert!(
+        response
+            .stderr
+            .contains(&format!("No such image: {missing}")),
+        "{response:?}"
+    );
+    let jobs = db
+        .store
+        .list_jobs(&base_sdk::model::JobFilter::default())
+        .await
+        .unwrap();
+    assert_eq!(jobs.len(), 1);
+    assert_eq!((jobs[0].state, jobs[0].exit_code), (JobState::Failed, None));
+    let error = jobs[0].error.clone().unwrap_or_default();
+    assert!(
+        error.starts_with("the job could not run: ") && error.contains("No such image"),
+        "{error}"
+    );
+    assert!(
+        broker_test_services().is_empty(),
+        "the job service is removed"
+    );
+}
+
+#[tokio::test]
+#[ignore = "needs docker swarm"]
+async fn a_job_no_node_can_take_ends_failed_after_the_schedule_wait() {
+    let _serial = SERIAL.lock().await;
+    let _cleanup = Cleanup::new();
+    let _jobs = BrokerJobsCleanup;
+    // A GPU job on a cluster whose only node is a CPU worker: its
+    // constraint cannot be satisfied, and without a bound it would wait
+    // for its deadline (timeout + start grace).
+    let (broker, slug, db) = engine_broker(base_sdk::broker::BrokerConfig {
+        gpu_capacity: Some(1),
+        schedule_timeout: Duration::from_secs(3),
+        ..base_sdk::broker::BrokerConfig::default()
+    })
+    .await;
+    let req: base_sdk::broker::request::BrokerRunRequest =
+        serde_json::from_value(serde_json::json!({
+            "job_id": "nonode",
+            "image": IMAGE,
+            "command": ["exit", "0"],
+            "limits": {"network": "default", "memory": "256m", "pids_limit": 128, "gpu_count": 1},
+            "timeout_seconds": 600,
+        }))
+        .unwrap();
+    let response = tokio::time::timeout(Duration::from_secs(120), broker.run(&slug, &req))
+        .await
+        .expect("a job no node takes ends after the schedule wait")
+        .unwrap();
+    assert_eq!(response.returncode, 125, "{response:?}");
+    assert!(!response.timed_out);
+    assert!(
+        response
+            .stderr
+            .contains("the job could not run: no node took it within 3 s: no suitable node"),
+        "{response:?}"
+    );
+    let jobs = db
+        .store
+        .list_jobs(&base_sdk::model::JobFilter::default())
+        .await
+        .unwrap();
+    assert_eq!(jobs[0].state, JobState::Failed);
+    assert!(
+        db.store.gpu_leases().await.unwrap().is_empty(),
+        "lease released"
+    );
+    assert!(
+        broker_test_services().is_empty(),
+        "the job service is removed"
+    );
+}

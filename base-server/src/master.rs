@@ -281,6 +281,15 @@ pub fn broker_config(settings: &Settings) -> BrokerConfig {
         job_retention: Duration::from_secs(
             settings.broker_job_retention_days.saturating_mul(86_400),
         ),
+        max_jobs: (settings.broker_max_jobs > 0).then_some(settings.broker_max_jobs),
+        max_jobs_per_challenge: (settings.broker_max_jobs_per_challenge > 0)
+            .then_some(settings.broker_max_jobs_per_challenge),
+        schedule_timeout: Duration::from_secs(settings.broker_schedule_timeout_seconds),
+        mount_budget: base_sdk::broker::request::MountBudget {
+            max_mounts: settings.broker_max_mounts,
+            max_file_bytes: settings.broker_max_job_mount_bytes,
+            ..Default::default()
+        },
         ..BrokerConfig::default()
     }
 }

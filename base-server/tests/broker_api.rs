@@ -815,4 +815,437 @@ base_sdk::backend_tests!(
     writable_mounts_come_back_to_the_caller,
     recovery_after_a_crash_leaks_nothing,
     reaper_times_out_from_cluster_labels,
+    a_job_whose_image_cannot_be_pulled_is_125_never_success,
+    a_job_no_node_takes_ends_failed_after_the_schedule_wait,
+    gpu_and_scheduling_env_names_are_400_naming_them,
+    mount_count_and_base64_are_bounded_before_decoding,
+    a_job_mount_budget_caps_the_config_bytes_and_files_it_creates,
+    a_default_per_challenge_cap_applies_without_a_policy,
+    default_total_cap_counts_every_challenge,
+    mount_archives_decode_off_the_runtime,
 );
+
+// ---- issue 13: jobs that never ran, reserved env, mount and job caps ----
+
+/// A harness whose broker has `config` (the reaper interval stays short).
+async fn harness_with(
+    store: Arc<dyn Store>,
+    fake: FakeOrchestrator,
+    policy: BrokerPolicy,
+    config: BrokerConfig,
+) -> Harness {
+    let mut h = harness(store, fake, policy).await;
+    h.broker = Broker::new(
+        h.store.clone(),
+        Arc::new(h.fake.clone()) as Arc<dyn Orchestrator>,
+        BrokerConfig {
+            reap_interval: Duration::from_millis(100),
+            ..config
+        },
+    );
+    h
+}
+
+async fn a_job_whose_image_cannot_be_pulled_is_125_never_success(store: Arc<dyn Store>) {
+    // The fake reports such a job as Docker 20.10 does: rejected, exit
+    // code 0, no container. It never ran, so it may not look like success.
+    let h = harness(store, FakeOrchestrator::new(), BrokerPolicy::default()).await;
+    let mut req = run_request("pull", &["echo", "never printed"]);
+    req["image"] = json!("ghcr.io/platformnetwork/eval:missing");
+    let (status, body) = h.call("POST", "/v1/docker/run", Some(req)).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["returncode"], 125, "{body}");
+    assert_eq!(body["timed_out"], false);
+    assert_eq!(body["stdout"], "");
+    let stderr = body["stderr"].as_str().unwrap();
+    assert!(
+        stderr.contains("No such image: ghcr.io/platformnetwork/eval:missing"),
+        "{stderr}"
+    );
+    let jobs = h.store.list_jobs(&JobFilter::default()).await.unwrap();
+    let (status, job) = h
+        .call("GET", &format!("/v1/jobs/{}", jobs[0].id), None)
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(job["state"], "failed", "{job}");
+    assert!(job["exit_code"].is_null(), "{job}");
+    assert_eq!(
+        job["error"],
+        "the job could not run: No such image: ghcr.io/platformnetwork/eval:missing"
+    );
+    assert!(h.fake.live_jobs().is_empty());
+
+    // With a writable mount: nothing comes back from a job that never ran
+    // (the fake would hand back the seed, as if the job had left it).
+    let mut req = run_request("pull-out", &["echo"]);
+    req["image"] = json!("ghcr.io/platformnetwork/eval:missing");
+    req["mounts"] = json!([{"target": "/out", "read_only": false, "archive_b64": archive(&[("seed.txt", b"seed")])}]);
+    let (status, body) = h.call("POST", "/v1/docker/run", Some(req)).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["returncode"], 125, "{body}");
+    assert_eq!(
+        body["outputs"],
+        json!([{"target": "/out", "error": "not collected: the job never ran"}])
+    );
+}
+
+async fn a_job_no_node_takes_ends_failed_after_the_schedule_wait(store: Arc<dyn Store>) {
+    let h = harness_with(
+        store,
+        FakeOrchestrator::new().with_gpus(1),
+        BrokerPolicy::default(),
+        BrokerConfig {
+            schedule_timeout: Duration::from_secs(1),
+            ..BrokerConfig::default()
+        },
+    )
+    .await;
+    let mut req = run_request("stuck", &["never-starts"]);
+    req["timeout_seconds"] = json!(600);
+    req["limits"] = json!({"gpu_count": 1});
+    // Liveness bound, not a speed assertion: without the schedule wait the
+    // job would sit queued until its deadline (600 s + the start grace).
+    let (status, body) = tokio::time::timeout(
+        Duration::from_secs(30),
+        h.call("POST", "/v1/docker/run", Some(req)),
+    )
+    .await
+    .expect("a job no node takes ends after the schedule wait");
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["returncode"], 125, "{body}");
+    assert_eq!(body["timed_out"], false);
+    let stderr = body["stderr"].as_str().unwrap();
+    assert!(
+        stderr.contains("the job could not run: no node took it within 1 s: no suitable node"),
+        "{stderr}"
+    );
+    let jobs = h.store.list_jobs(&JobFilter::default()).await.unwrap();
+    assert_eq!(jobs[0].state, JobState::Failed);
+    assert_eq!(jobs[0].exit_code, None);
+    assert_eq!(h.leases().await, 0, "the GPU lease is released");
+    assert!(h.fake.live_jobs().is_empty());
+}
+
+async fn gpu_and_scheduling_env_names_are_400_naming_them(store: Arc<dyn Store>) {
+    let h = harness(store, FakeOrchestrator::new(), BrokerPolicy::default()).await;
+    for name in [
+        "NVIDIA_VISIBLE_DEVICES",
+        "NVIDIA_DRIVER_CAPABILITIES",
+        "DOCKER_RESOURCE_NVIDIA_GPU",
+        "CUDA_VISIBLE_DEVICES",
+        "ROCR_VISIBLE_DEVICES",
+        "GPU_DEVICE_ORDINAL",
+    ] {
+        let mut req = run_request("env", &["echo"]);
+        req["env"] = json!({"OK_NAME": "1", name: "all"});
+        let (status, body) = h.call("POST", "/v1/docker/run", Some(req)).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{name}: {body}");
+        assert_eq!(
+            body["detail"],
+            format!(
+                "env '{name}' is reserved: it selects GPUs or scheduled resources, which the broker assigns"
+            )
+        );
+    }
+    assert!(h.fake.specs().is_empty(), "nothing was created");
+    assert_eq!(h.open_jobs().await, 0);
+}
+
+/// Many files of `size` zero bytes each, as base64 of a gzip tar (zeros
+/// compress to almost nothing: what a decompression bomb looks like).
+fn zeros_archive(files: usize, size: usize) -> String {
+    let data = vec![0u8; size];
+    let names: Vec<String> = (0..files).map(|i| format!("f{i}")).collect();
+    let entries: Vec<(&str, &[u8])> = names.iter().map(|n| (n.as_str(), &data[..])).collect();
+    archive(&entries)
+}
+
+async fn mount_count_and_base64_are_bounded_before_decoding(store: Arc<dyn Store>) {
+    let h = harness_with(
+        store,
+        FakeOrchestrator::new(),
+        BrokerPolicy::default(),
+        BrokerConfig {
+            mount_budget: base_sdk::broker::request::MountBudget {
+                max_encoded_bytes: 1000,
+                ..Default::default()
+            },
+            ..BrokerConfig::default()
+        },
+    )
+    .await;
+    // Seventeen mounts (the default cap is 16): refused by count.
+    let small = archive(&[("a", b"1")]);
+    let mounts: Vec<Value> = (0..17)
+        .map(|i| json!({"target": format!("/m{i}"), "archive_b64": small}))
+        .collect();
+    let mut req = run_request("many", &["echo"]);
+    req["mounts"] = json!(mounts);
+    let (status, body) = h.call("POST", "/v1/docker/run", Some(req)).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    assert_eq!(
+        body["detail"],
+        "a job may have at most 16 mounts (17 given)"
+    );
+
+    // Two archives of 600 bytes of base64 each, whose contents are not
+    // even gzip: the total is refused before any of it is decoded (today
+    // the first archive's decoding would answer "not valid gzip").
+    let junk = "A".repeat(600);
+    let mut req = run_request("big", &["echo"]);
+    req["mounts"] = json!([
+        {"target": "/a", "archive_b64": junk},
+        {"target": "/b", "archive_b64": junk},
+    ]);
+    let (status, body) = h.call("POST", "/v1/docker/run", Some(req)).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    assert_eq!(
+        body["detail"],
+        "the job's mount archives are 1200 bytes of base64 in all; at most 1000 are accepted"
+    );
+    assert!(h.fake.specs().is_empty());
+    assert_eq!(h.open_jobs().await, 0);
+}
+
+async fn a_job_mount_budget_caps_the_config_bytes_and_files_it_creates(store: Arc<dyn Store>) {
+    let h = harness(store, FakeOrchestrator::new(), BrokerPolicy::default()).await;
+    // 3 × 8 MiB in one archive: within one archive's own limits (64 MiB),
+    // over the 16 MiB of files one job may bring (Swarm configs); inflating
+    // stops at the job's budget.
+    let mut req = run_request("bytes", &["echo"]);
+    req["mounts"] = json!([{"target": "/in", "archive_b64": zeros_archive(3, 8 << 20)}]);
+    let (status, body) = h.call("POST", "/v1/docker/run", Some(req)).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    assert_eq!(
+        body["detail"],
+        format!(
+            "mount '/in': the job's mounted files would exceed {} bytes in all; at most that many \
+             are accepted per job (on Swarm they are configs, replicated to every manager)",
+            16 << 20
+        )
+    );
+    // Split over two mounts (8 + 9 MiB): the second one hits what is left.
+    let mut req = run_request("bytes2", &["echo"]);
+    req["mounts"] = json!([
+        {"target": "/a", "archive_b64": zeros_archive(1, 8 << 20)},
+        {"target": "/b", "archive_b64": zeros_archive(1, 9 << 20)},
+    ]);
+    let (status, body) = h.call("POST", "/v1/docker/run", Some(req)).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    assert!(
+        body["detail"]
+            .as_str()
+            .unwrap()
+            .starts_with("the job's mounted files are 17825792 bytes in all; at most 16777216")
+            || body["detail"]
+                .as_str()
+                .unwrap()
+                .starts_with("mount '/b': the job's mounted files would exceed"),
+        "{body}"
+    );
+    // 300 empty files: each would be one Swarm config; 256 is the cap.
+    let mut req = run_request("files", &["echo"]);
+    req["mounts"] = json!([{"target": "/in", "archive_b64": zeros_archive(300, 0)}]);
+    let (status, body) = h.call("POST", "/v1/docker/run", Some(req)).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    assert_eq!(
+        body["detail"],
+        "the job's mounts hold 300 files; at most 256 are accepted per job (on Swarm each is a config object)"
+    );
+    assert!(h.fake.specs().is_empty());
+    // At the caps it runs.
+    let mut req = run_request("fits", &["echo", "ok"]);
+    req["mounts"] = json!([{"target": "/in", "archive_b64": zeros_archive(2, 8 << 20)}]);
+    let (status, body) = h.call("POST", "/v1/docker/run", Some(req)).await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["returncode"], 0);
+}
+
+async fn a_default_per_challenge_cap_applies_without_a_policy(store: Arc<dyn Store>) {
+    // No max_concurrent_jobs in the challenge's policy: the broker's
+    // default per-challenge cap applies.
+    let h = harness_with(
+        store.clone(),
+        FakeOrchestrator::new(),
+        BrokerPolicy::default(),
+        BrokerConfig {
+            max_jobs_per_challenge: Some(1),
+            max_jobs: None,
+            ..BrokerConfig::default()
+        },
+    )
+    .await;
+    let (status, first) = h
+        .call("POST", "/v1/jobs", Some(run_request("a", &["sleep", "30"])))
+        .await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{first}");
+    let (status, body) = h
+        .call("POST", "/v1/jobs", Some(run_request("b", &["echo"])))
+        .await;
+    assert_eq!(status, StatusCode::TOO_MANY_REQUESTS, "{body}");
+    assert_eq!(
+        body["detail"],
+        "docker_quota_exceeded: challenge 'agent' is at its concurrency cap (1/1 active workloads)"
+    );
+    h.call(
+        "DELETE",
+        &format!("/v1/jobs/{}", first["id"].as_str().unwrap()),
+        None,
+    )
+    .await;
+}
+
+async fn default_total_cap_counts_every_challenge(store: Arc<dyn Store>) {
+    // The total cap counts every challenge's unfinished jobs, whatever a
+    // challenge's own policy allows.
+    let policy = BrokerPolicy {
+        max_concurrent_jobs: Some(100),
+        ..BrokerPolicy::default()
+    };
+    let h = harness_with(
+        store.clone(),
+        FakeOrchestrator::new(),
+        policy,
+        BrokerConfig {
+            max_jobs: Some(2),
+            ..BrokerConfig::default()
+        },
+    )
+    .await;
+    let (_, tokens) = Registry::new(store, Environment::Development)
+        .create(
+            NewChallenge {
+                slug: "other".into(),
+                name: "Other".into(),
+                image: "ghcr.io/platformnetwork/other:1.0.0".into(),
+                version: "1.0.0".into(),
+                ..Default::default()
+            },
+            "test",
+        )
+        .await
+        .unwrap();
+    let other_token = tokens
+        .docker_broker_token
+        .unwrap()
+        .expose_secret()
+        .to_string();
+    let (status, first) = h
+        .call("POST", "/v1/jobs", Some(run_request("a", &["sleep", "30"])))
+        .await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{first}");
+    let (status, body) = h
+        .call_as(
+            "POST",
+            "/v1/jobs",
+            Some(run_request("b", &["sleep", "30"])),
+            Some("other"),
+            Some(&other_token),
+        )
+        .await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{body}");
+    let (status, body) = h
+        .call("POST", "/v1/docker/run", Some(run_request("c", &["echo"])))
+        .await;
+    assert_eq!(status, StatusCode::TOO_MANY_REQUESTS, "{body}");
+    assert_eq!(
+        body["detail"],
+        "docker_quota_exceeded: the broker is at its total concurrency cap (2/2 active workloads)"
+    );
+    assert_eq!(h.fake.specs().len(), 2, "the refused job was not created");
+    h.call(
+        "DELETE",
+        &format!("/v1/jobs/{}", first["id"].as_str().unwrap()),
+        None,
+    )
+    .await;
+    let (status, body) = h
+        .call("POST", "/v1/docker/run", Some(run_request("c", &["echo"])))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+}
+
+async fn mount_archives_decode_off_the_runtime(store: Arc<dyn Store>) {
+    // `backend_tests!` runs this on tokio's current-thread runtime: one
+    // thread for every task. Decoding a large archive on it would stop the
+    // ticker below for as long as the decoding takes; decoded on a
+    // blocking thread, the ticker keeps firing.
+    //
+    // The archive inflates 60 MiB (the job budget raised to allow it) and
+    // then ends in a symlink, which is refused: the request is all
+    // decoding, with no job to create afterwards.
+    let h = harness_with(
+        store,
+        FakeOrchestrator::new(),
+        BrokerPolicy::default(),
+        BrokerConfig {
+            mount_budget: base_sdk::broker::request::MountBudget {
+                max_file_bytes: 64 << 20,
+                ..Default::default()
+            },
+            ..BrokerConfig::default()
+        },
+    )
+    .await;
+    let b64 = {
+        use base64::Engine;
+        let mut tar = tar::Builder::new(flate2::write::GzEncoder::new(
+            Vec::new(),
+            flate2::Compression::default(),
+        ));
+        let zeros = vec![0u8; 15 << 20];
+        for i in 0..4 {
+            let mut header = tar::Header::new_gnu();
+            header.set_size(zeros.len() as u64);
+            header.set_mode(0o644);
+            tar.append_data(&mut header, format!("f{i}"), &zeros[..])
+                .unwrap();
+        }
+        let mut link = tar::Header::new_gnu();
+        link.set_entry_type(tar::EntryType::Symlink);
+        link.set_size(0);
+        tar.append_link(&mut link, "last", "/etc/passwd").unwrap();
+        let gz = tar.into_inner().unwrap().finish().unwrap();
+        base64::engine::general_purpose::STANDARD.encode(gz)
+    };
+    let mut req = run_request("big", &["echo", "done"]);
+    req["mounts"] = json!([{"target": "/in", "archive_b64": b64}]);
+    let ticks = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let ticker = {
+        let ticks = Arc::clone(&ticks);
+        tokio::spawn(async move {
+            loop {
+                ticks.lock().unwrap().push(std::time::Instant::now());
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        })
+    };
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    let begun = std::time::Instant::now();
+    let (status, body) = h.call("POST", "/v1/jobs", Some(req)).await;
+    let ended = std::time::Instant::now();
+    ticker.abort();
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    assert!(
+        body["detail"].as_str().unwrap().contains("symbolic link"),
+        "the whole archive was read: {body}"
+    );
+    let ticks = ticks.lock().unwrap().clone();
+    let during: Vec<_> = std::iter::once(begun)
+        .chain(ticks.into_iter().filter(|t| *t > begun && *t < ended))
+        .chain(std::iter::once(ended))
+        .collect();
+    let longest = during
+        .windows(2)
+        .map(|w| w[1] - w[0])
+        .max()
+        .unwrap_or_default();
+    let total = ended - begun;
+    eprintln!("longest silence {longest:?} of a {total:?} submission");
+    // Decoding dominates the request; on the runtime thread it would be
+    // one silent gap of most of `total`.
+    assert!(
+        longest * 2 < total,
+        "the runtime stalled for {longest:?} of a {total:?} submission"
+    );
+}

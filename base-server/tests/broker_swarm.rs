@@ -1,7 +1,7 @@
 //! The broker on a real single-node Swarm, as a separate process: jobs run
 //! as replicated-job services, and a `kill -9` of the broker in the middle
 //! of them leaks nothing — after a restart every job ends (finished, timed
-//! out from its labels, or reaped at its deadline), no job service, job
+//! out from its labels, or failed when no node took it), no job service, job
 //! container or job-mount config is left and no GPU stays leased.
 //!
 //! Needs what `scripts/test.sh` sets up (an active swarm, the node labelled
@@ -89,6 +89,9 @@ fn start_broker(dir: &Path, db: &str, port: u16, run: u32) -> Child {
         // whose GPU worker is gone.
         .env("BASE_BROKER_GPU_CAPACITY", "1")
         .env("BASE_BROKER_START_GRACE_SECONDS", "3")
+        // A job no node takes fails after this: long enough for the GPU
+        // job below to outlive the first broker, short enough for the test.
+        .env("BASE_BROKER_SCHEDULE_TIMEOUT_SECONDS", "15")
         // The static shim scripts/test.sh builds, standing in for a
         // worker's installed copy.
         .env(
@@ -283,7 +286,7 @@ async fn kill_9_mid_job_leaks_nothing_after_restart() {
     .unwrap();
     let overdue = client.submit(&overdue).await.unwrap();
     let gpu = client
-        .submit(&request("gpu", &["exit", "0"], 2, Some(1)))
+        .submit(&request("gpu", &["exit", "0"], 60, Some(1)))
         .await
         .unwrap();
     assert_eq!(store.gpu_leases().await.unwrap().len(), 1);
@@ -338,7 +341,22 @@ async fn kill_9_mid_job_leaks_nothing_after_restart() {
         "{:?}",
         ended[2]
     );
-    assert_eq!(ended[3].state, JobState::TimedOut, "{:?}", ended[3]);
+    // The GPU job no node can take never ran: the restarted broker ends it
+    // failed, not timed out, after the schedule wait (15 s here).
+    assert_eq!(
+        (ended[3].state, ended[3].exit_code),
+        (JobState::Failed, None),
+        "{:?}",
+        ended[3]
+    );
+    assert!(
+        ended[3]
+            .error
+            .as_deref()
+            .is_some_and(|e| e.contains("no node took it")),
+        "{:?}",
+        ended[3]
+    );
     // The output of a job that ended while no broker ran is still kept.
     let logs = client.logs(&finishing[0].id).await.unwrap();
     assert!(logs.stdout.contains("sleep mode: done"), "{logs:?}");

@@ -110,6 +110,31 @@ impl Default for ArchiveLimits {
     }
 }
 
+/// Tar framing allowed per member on top of its data when an archive's
+/// decompressed total is derived from a byte budget: a 512-byte header,
+/// up to 511 bytes of padding, and a GNU long-name or pax header.
+const FRAMING_PER_MEMBER: u64 = 2048;
+/// Framing of the archive as a whole: the end marker and the padding of
+/// the last 10 KiB record.
+const FRAMING_PER_ARCHIVE: u64 = 10_240;
+
+impl ArchiveLimits {
+    /// These limits, with the decompressed total lowered so that no more
+    /// than `file_bytes` of file data (plus tar framing for
+    /// [`ArchiveLimits::max_members`] members) can be inflated: how the
+    /// budget a job's mounts share bounds each archive before it is read.
+    pub fn capped_to(self, file_bytes: u64) -> Self {
+        let framing = u64::try_from(self.max_members)
+            .unwrap_or(u64::MAX)
+            .saturating_mul(FRAMING_PER_MEMBER)
+            .saturating_add(FRAMING_PER_ARCHIVE);
+        Self {
+            max_total_bytes: self.max_total_bytes.min(file_bytes.saturating_add(framing)),
+            ..self
+        }
+    }
+}
+
 /// Why a mount archive was refused. Member names in the variants are
 /// quoted for display: lossily decoded, control characters escaped and cut
 /// at 200 characters.
@@ -1235,6 +1260,22 @@ mod tests {
 
     proptest! {
         #![proptest_config(ProptestConfig::with_cases(128))]
+
+        /// A job's remaining budget only ever lowers an archive's limits,
+        /// and always leaves room for that much file data.
+        #[test]
+        fn capped_limits_never_widen_and_fit_the_budget(budget in 0u64..(1 << 40)) {
+            let limits = ArchiveLimits::default();
+            let capped = limits.capped_to(budget);
+            prop_assert!(capped.max_total_bytes <= limits.max_total_bytes);
+            prop_assert!(
+                capped.max_total_bytes >= budget.min(limits.max_total_bytes)
+            );
+            prop_assert_eq!(
+                ArchiveLimits { max_total_bytes: limits.max_total_bytes, ..capped },
+                limits
+            );
+        }
 
         #[test]
         fn safe_archives_round_trip_exactly(

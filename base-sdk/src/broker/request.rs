@@ -893,6 +893,7 @@ fn check_env_and_labels(req: &BrokerRunRequest) -> Result<(), BrokerError> {
                 "env name '{name}' must be a letter or underscore followed by letters, digits or underscores"
             )));
         }
+        check_env_name_allowed(name)?;
         if value.contains('\0') {
             return Err(invalid(format!("env '{name}' value contains a NUL byte")));
         }
@@ -915,6 +916,149 @@ fn check_env_and_labels(req: &BrokerRunRequest) -> Result<(), BrokerError> {
         if value.contains('\0') {
             return Err(invalid(format!("label '{name}' value contains a NUL byte")));
         }
+    }
+    Ok(())
+}
+
+/// Env name prefixes a job may not set (compared ignoring ASCII case):
+/// container runtimes and the scheduler read them to decide which devices
+/// and resources a container gets.
+/// - `NVIDIA_`: nvidia-container-runtime's `NVIDIA_VISIBLE_DEVICES`,
+///   `NVIDIA_DRIVER_CAPABILITIES`, `NVIDIA_REQUIRE_*`,
+///   `NVIDIA_MIG_*_DEVICES`… select the GPUs and driver features mounted
+///   into the container.
+/// - `DOCKER_RESOURCE_`: Swarm exports the generic resources it assigned a
+///   task as `DOCKER_RESOURCE_<KIND>`, and the NVIDIA runtime's
+///   `swarm-resource` setting reads the GPU ids from there.
+pub const RESERVED_ENV_PREFIXES: &[&str] = &["NVIDIA_", "DOCKER_RESOURCE_"];
+
+/// Env name suffixes a job may not set (ignoring ASCII case): every
+/// runtime's or library's device selector — `AMD_VISIBLE_DEVICES` (AMD
+/// container toolkit), `HABANA_VISIBLE_DEVICES` (Habana runtime),
+/// `CUDA_`/`HIP_`/`ROCR_VISIBLE_DEVICES`. The GPUs a job may use are the
+/// ones its lease gave it; it may not choose others.
+pub const RESERVED_ENV_SUFFIXES: &[&str] = &["_VISIBLE_DEVICES"];
+
+/// Whole env names a job may not set (ignoring ASCII case): ROCm's OpenCL
+/// device selector.
+pub const RESERVED_ENV_NAMES: &[&str] = &["GPU_DEVICE_ORDINAL"];
+
+/// Whether a job env name is reserved for the platform because it could
+/// widen the job's GPU access or scheduling ([`RESERVED_ENV_PREFIXES`],
+/// [`RESERVED_ENV_SUFFIXES`], [`RESERVED_ENV_NAMES`]).
+///
+/// Linux env names are case-sensitive and the runtimes read the upper-case
+/// spellings only, but the comparison ignores ASCII case anyway: a
+/// lower-case twin has no legitimate use, and refusing it costs nothing if
+/// some tool ever reads names case-insensitively.
+pub fn env_name_reserved(name: &str) -> bool {
+    let upper = name.to_ascii_uppercase();
+    RESERVED_ENV_PREFIXES.iter().any(|p| upper.starts_with(p))
+        || RESERVED_ENV_SUFFIXES.iter().any(|s| upper.ends_with(s))
+        || RESERVED_ENV_NAMES.contains(&upper.as_str())
+}
+
+/// Refuses (400, naming the variable) an env name [`env_name_reserved`]
+/// reserves.
+pub fn check_env_name_allowed(name: &str) -> Result<(), BrokerError> {
+    if env_name_reserved(name) {
+        return Err(invalid(format!(
+            "env '{name}' is reserved: it selects GPUs or scheduled resources, which the broker assigns"
+        )));
+    }
+    Ok(())
+}
+
+/// Bounds on all the mounts of one job together. Each archive also has its
+/// own [`ArchiveLimits`](super::archive::ArchiveLimits); without these, a
+/// job could bring as many archives as its body holds, each inflating to
+/// the per-archive limit.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct MountBudget {
+    /// Most mounts one job may have (`BASE_BROKER_MAX_MOUNTS`).
+    pub max_mounts: usize,
+    /// Most base64 text across all of a job's archives, checked before
+    /// anything is decoded.
+    pub max_encoded_bytes: usize,
+    /// Most files across all of a job's mounts: on Swarm each becomes one
+    /// config object in the managers' Raft store.
+    pub max_files: usize,
+    /// Most bytes of files across all of a job's mounts
+    /// (`BASE_BROKER_MAX_JOB_MOUNT_BYTES`): on Swarm, the config bytes one
+    /// job may create, replicated to every manager. Archives are inflated
+    /// no further than this allows.
+    pub max_file_bytes: usize,
+}
+
+/// Default [`MountBudget::max_mounts`].
+pub const DEFAULT_MAX_MOUNTS: usize = 16;
+/// Default [`MountBudget::max_encoded_bytes`]: 24 MiB, what the default
+/// 16 MiB of files can take as base64 of a gzip tar even when they do not
+/// compress (× 4/3 for base64, plus tar headers).
+pub const DEFAULT_MAX_MOUNT_ENCODED_BYTES: usize = 24 << 20;
+
+impl Default for MountBudget {
+    fn default() -> Self {
+        Self {
+            max_mounts: DEFAULT_MAX_MOUNTS,
+            max_encoded_bytes: DEFAULT_MAX_MOUNT_ENCODED_BYTES,
+            // The Swarm orchestrator's own limits, so a job that runs under
+            // the process orchestrator in development also runs on Swarm.
+            max_files: crate::orchestrator::swarm::MAX_MOUNT_FILES,
+            max_file_bytes: crate::orchestrator::swarm::MAX_MOUNT_BYTES,
+        }
+    }
+}
+
+/// Checks the number of mounts and the total length of their base64 text
+/// against `budget` — from the request alone, before any archive is
+/// decoded (400 naming the limit).
+pub fn check_mount_budget(
+    mounts: &[MountRequest],
+    budget: &MountBudget,
+) -> Result<(), BrokerError> {
+    if mounts.len() > budget.max_mounts {
+        return Err(invalid(format!(
+            "a job may have at most {} mounts ({} given)",
+            budget.max_mounts,
+            mounts.len()
+        )));
+    }
+    let encoded = mounts
+        .iter()
+        .map(|m| m.archive_b64.trim().len())
+        .fold(0usize, usize::saturating_add);
+    if encoded > budget.max_encoded_bytes {
+        return Err(invalid(format!(
+            "the job's mount archives are {encoded} bytes of base64 in all; at most {} are accepted",
+            budget.max_encoded_bytes
+        )));
+    }
+    Ok(())
+}
+
+/// Checks what a job's decoded mounts hold against `budget` (400 naming
+/// the limit): the files and bytes the orchestrator will have to create.
+pub fn check_mount_contents(mounts: &[JobMount], budget: &MountBudget) -> Result<(), BrokerError> {
+    let files: usize = mounts.iter().map(|m| m.files.len()).sum();
+    if files > budget.max_files {
+        return Err(invalid(format!(
+            "the job's mounts hold {files} files; at most {} are accepted per job \
+             (on Swarm each is a config object)",
+            budget.max_files
+        )));
+    }
+    let bytes = mounts
+        .iter()
+        .flat_map(|m| m.files.values())
+        .map(Vec::len)
+        .fold(0usize, usize::saturating_add);
+    if bytes > budget.max_file_bytes {
+        return Err(invalid(format!(
+            "the job's mounted files are {bytes} bytes in all; at most {} are accepted per job \
+             (on Swarm they are configs, replicated to every manager)",
+            budget.max_file_bytes
+        )));
     }
     Ok(())
 }
@@ -1782,7 +1926,156 @@ mod tests {
         assert_eq!(back, r);
     }
 
+    #[test]
+    fn gpu_and_scheduling_env_names_are_refused_by_name() {
+        for name in [
+            "NVIDIA_VISIBLE_DEVICES",
+            "NVIDIA_DRIVER_CAPABILITIES",
+            "NVIDIA_REQUIRE_CUDA",
+            "NVIDIA_MIG_CONFIG_DEVICES",
+            "nvidia_visible_devices",
+            "DOCKER_RESOURCE_GPU",
+            "DOCKER_RESOURCE_NVIDIA_GPU",
+            "CUDA_VISIBLE_DEVICES",
+            "HIP_VISIBLE_DEVICES",
+            "ROCR_VISIBLE_DEVICES",
+            "AMD_VISIBLE_DEVICES",
+            "HABANA_VISIBLE_DEVICES",
+            "GPU_DEVICE_ORDINAL",
+        ] {
+            let r = with(|r| {
+                r.env.insert(name.into(), "all".into());
+            });
+            let e = validate(&r, &ctx()).unwrap_err();
+            assert_eq!(e.status(), 400, "{name}");
+            assert_eq!(
+                e.to_string(),
+                format!(
+                    "env '{name}' is reserved: it selects GPUs or scheduled resources, which the broker assigns"
+                )
+            );
+        }
+        for name in [
+            "NVIDIA",
+            "MY_NVIDIA_TOKEN",
+            "CUDA_HOME",
+            "VISIBLE_DEVICES_X",
+            "PATH",
+        ] {
+            let r = with(|r| {
+                r.env.insert(name.into(), "x".into());
+            });
+            assert!(validate(&r, &ctx()).is_ok(), "{name}");
+        }
+    }
+
+    fn mount_of(len: usize) -> MountRequest {
+        MountRequest {
+            target: "/a".into(),
+            read_only: true,
+            source_type: SourceType::Directory,
+            source_name: ".".into(),
+            archive_b64: "A".repeat(len),
+        }
+    }
+
+    #[test]
+    fn mount_budget_counts_mounts_and_base64_before_decoding() {
+        let budget = MountBudget {
+            max_mounts: 2,
+            max_encoded_bytes: 10,
+            max_files: 3,
+            max_file_bytes: 5,
+        };
+        assert!(check_mount_budget(&[mount_of(5), mount_of(5)], &budget).is_ok());
+        let e = check_mount_budget(&[mount_of(1), mount_of(1), mount_of(1)], &budget).unwrap_err();
+        assert_eq!(e.to_string(), "a job may have at most 2 mounts (3 given)");
+        let e = check_mount_budget(&[mount_of(5), mount_of(6)], &budget).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "the job's mount archives are 11 bytes of base64 in all; at most 10 are accepted"
+        );
+        assert_eq!(e.status(), 400);
+
+        let m = |files: &[(&str, usize)]| JobMount {
+            target: "/a".into(),
+            read_only: true,
+            files: files
+                .iter()
+                .map(|(k, n)| ((*k).to_string(), vec![0; *n]))
+                .collect(),
+        };
+        assert!(check_mount_contents(&[m(&[("a", 2), ("b", 3)])], &budget).is_ok());
+        let e = check_mount_contents(&[m(&[("a", 3)]), m(&[("b", 3)])], &budget).unwrap_err();
+        assert!(
+            e.to_string()
+                .starts_with("the job's mounted files are 6 bytes in all; at most 5"),
+            "{e}"
+        );
+        let e = check_mount_contents(
+            &[m(&[("a", 0), ("b", 0)]), m(&[("c", 0), ("d", 0)])],
+            &budget,
+        )
+        .unwrap_err();
+        assert!(
+            e.to_string()
+                .starts_with("the job's mounts hold 4 files; at most 3"),
+            "{e}"
+        );
+    }
+
     proptest! {
+        /// Any env name with a reserved prefix or suffix, in any ASCII
+        /// case, is refused naming it; names without one pass the rule.
+        #[test]
+        fn reserved_env_names_are_refused_in_any_case(
+            middle in "[A-Za-z0-9_]{0,12}",
+            kind in 0usize..3,
+            flips in prop::collection::vec(any::<bool>(), 40),
+        ) {
+            let raw = match kind {
+                0 => format!("NVIDIA_{middle}"),
+                1 => format!("DOCKER_RESOURCE_{middle}"),
+                _ => format!("X{middle}_VISIBLE_DEVICES"),
+            };
+            let name: String = raw
+                .chars()
+                .zip(flips.iter().chain(std::iter::repeat(&false)))
+                .map(|(c, up)| if *up { c.to_ascii_lowercase() } else { c })
+                .collect();
+            let e = check_env_name_allowed(&name).unwrap_err();
+            prop_assert_eq!(e.status(), 400);
+            let quoted = format!("'{name}'");
+            prop_assert!(e.to_string().contains(&quoted));
+        }
+
+        #[test]
+        fn other_env_names_pass_the_gpu_rule(name in "[A-Z_][A-Z0-9_]{0,20}") {
+            let upper = name.to_ascii_uppercase();
+            let reserved = upper.starts_with("NVIDIA_")
+                || upper.starts_with("DOCKER_RESOURCE_")
+                || upper.ends_with("_VISIBLE_DEVICES")
+                || upper == "GPU_DEVICE_ORDINAL";
+            prop_assert_eq!(check_env_name_allowed(&name).is_err(), reserved);
+        }
+
+        /// The budget check is exactly "count ≤ max and base64 ≤ max".
+        #[test]
+        fn mount_budget_is_count_and_length(
+            lens in prop::collection::vec(0usize..40, 0..8),
+            max_mounts in 0usize..8,
+            max_encoded in 0usize..200,
+        ) {
+            let mounts: Vec<MountRequest> = lens.iter().map(|n| mount_of(*n)).collect();
+            let budget = MountBudget {
+                max_mounts,
+                max_encoded_bytes: max_encoded,
+                ..MountBudget::default()
+            };
+            let fits = lens.len() <= max_mounts && lens.iter().sum::<usize>() <= max_encoded;
+            prop_assert_eq!(check_mount_budget(&mounts, &budget).is_ok(), fits);
+        }
+
         #[test]
         fn memory_round_trips_n_times_unit(
             n in 0u64..1_000_000,

@@ -40,7 +40,7 @@ use tokio::sync::watch;
 use super::archive::{self, ArchiveLimits};
 use super::request::{
     self, BrokerError, BrokerRunRequest, BrokerRunResponse, ContainerInfo, ListResponse,
-    SourceType, TIMEOUT_RETURNCODE, ValidationContext,
+    MountBudget, MountRequest, SourceType, TIMEOUT_RETURNCODE, ValidationContext,
 };
 use crate::model::{Admission, JobFilter, JobOutput, JobRecord, Slug, TokenKind};
 use crate::orchestrator::{
@@ -91,7 +91,31 @@ pub struct BrokerConfig {
     pub job_retention: Duration,
     /// How often the reaper runs those two purges.
     pub purge_interval: Duration,
+    /// Bounds on all the mounts of one job together (count, base64,
+    /// files and bytes), checked before and while archives are decoded.
+    pub mount_budget: MountBudget,
+    /// Unfinished jobs one challenge may have when its policy sets no
+    /// `max_concurrent_jobs` (`BASE_BROKER_MAX_JOBS_PER_CHALLENGE`; `None`:
+    /// no default cap).
+    pub max_jobs_per_challenge: Option<u32>,
+    /// Unfinished jobs of all challenges together
+    /// (`BASE_BROKER_MAX_JOBS`; `None`: no cap).
+    pub max_jobs: Option<u32>,
+    /// How long a job may stay queued — no node has taken it — before it
+    /// ends failed (`BASE_BROKER_SCHEDULE_TIMEOUT_SECONDS`); its own
+    /// timeout if that is shorter.
+    pub schedule_timeout: Duration,
 }
+
+/// Default [`BrokerConfig::max_jobs_per_challenge`].
+pub const DEFAULT_MAX_JOBS_PER_CHALLENGE: u32 = 32;
+/// Default [`BrokerConfig::max_jobs`].
+pub const DEFAULT_MAX_JOBS: u32 = 128;
+/// Default [`BrokerConfig::schedule_timeout`], in seconds.
+pub const DEFAULT_SCHEDULE_TIMEOUT_SECONDS: u64 = 300;
+/// Archives decoded at once (each on a blocking thread, holding up to a
+/// job's mount budget in memory); further submissions wait their turn.
+const CONCURRENT_DECODES: usize = 4;
 
 impl Default for BrokerConfig {
     fn default() -> Self {
@@ -106,6 +130,10 @@ impl Default for BrokerConfig {
             output_retention: Duration::from_secs(24 * 3600),
             job_retention: Duration::from_secs(14 * 24 * 3600),
             purge_interval: Duration::from_secs(60),
+            mount_budget: MountBudget::default(),
+            max_jobs_per_challenge: Some(DEFAULT_MAX_JOBS_PER_CHALLENGE),
+            max_jobs: Some(DEFAULT_MAX_JOBS),
+            schedule_timeout: Duration::from_secs(DEFAULT_SCHEDULE_TIMEOUT_SECONDS),
         }
     }
 }
@@ -121,6 +149,8 @@ enum Ending {
     Cancelled,
     /// Its service is gone and nobody recorded why.
     Lost(String),
+    /// No node took it within the schedule timeout: it never ran.
+    NotScheduled(String),
 }
 
 /// What [`Broker::recover`] found at start.
@@ -154,6 +184,8 @@ struct Inner {
     halted: watch::Sender<bool>,
     /// When the reaper last purged expired outputs and records.
     last_purge: Mutex<Option<std::time::Instant>>,
+    /// Bounds the archives being decoded at once.
+    decoding: Arc<tokio::sync::Semaphore>,
 }
 
 impl std::fmt::Debug for Broker {
@@ -186,6 +218,7 @@ impl Broker {
                 done: Mutex::new(HashMap::new()),
                 halted: watch::Sender::new(false),
                 last_purge: Mutex::new(None),
+                decoding: Arc::new(tokio::sync::Semaphore::new(CONCURRENT_DECODES)),
             }),
         }
     }
@@ -258,7 +291,7 @@ impl Broker {
                 inner.orchestrator.name()
             )));
         }
-        let mounts = self.materialize_mounts(req)?;
+        let mounts = self.materialize_mounts(&req.mounts).await?;
         let gpus = validated.limits().gpus.unwrap_or(0);
 
         let now = crate::model::now();
@@ -289,6 +322,7 @@ impl Broker {
 
         {
             let _admitting = inner.admission.lock().await;
+            self.check_total_jobs().await?;
             let capacity = if gpus > 0 {
                 self.gpu_capacity().await?
             } else {
@@ -296,7 +330,14 @@ impl Broker {
             };
             let admission = inner
                 .store
-                .admit_job(&record, challenge.broker.max_concurrent_jobs, capacity)
+                .admit_job(
+                    &record,
+                    challenge
+                        .broker
+                        .max_concurrent_jobs
+                        .or(inner.config.max_jobs_per_challenge),
+                    capacity,
+                )
                 .await
                 .map_err(|e| unavailable("recording the job", e))?;
             match admission {
@@ -682,7 +723,11 @@ impl Broker {
                 .map_err(|e| unavailable("reading a job", e))?;
             match record {
                 Some(r) if !r.state.is_terminal() => {
-                    if let Some(why) = overdue(status, now) {
+                    let wait = self.inner.config.schedule_timeout;
+                    if let Some(why) = unscheduled(&r, status, wait, now) {
+                        self.finish(&status.id, Ending::NotScheduled(why)).await;
+                        acted += 1;
+                    } else if let Some(why) = overdue(status, now) {
                         self.finish(&status.id, Ending::TimedOut(why)).await;
                         acted += 1;
                     }
@@ -822,40 +867,55 @@ impl Broker {
         }
     }
 
-    /// Unpacks every mount's archive (checked by [`archive`] first).
-    fn materialize_mounts(&self, req: &BrokerRunRequest) -> Result<Vec<JobMount>, BrokerError> {
-        req.mounts
-            .iter()
-            .map(|m| {
-                let bad = |e: archive::ArchiveError| {
-                    BrokerError::Invalid(format!("mount '{}': {e}", m.target))
-                };
-                // A writable mount may start empty: an output directory.
-                if !m.read_only && m.archive_b64.trim().is_empty() {
-                    return Ok(JobMount {
-                        target: m.target.clone(),
-                        read_only: false,
-                        files: Default::default(),
-                    });
-                }
-                let files = archive::decode(&m.archive_b64, &self.inner.config.archive_limits)
-                    .map_err(bad)?;
-                let files = match m.source_type {
-                    SourceType::Directory => files,
-                    // A file mount places one file at the target itself,
-                    // which the orchestrators spell as the empty name.
-                    SourceType::File => {
-                        let content = archive::single_file(files, &m.source_name).map_err(bad)?;
-                        std::iter::once((String::new(), content)).collect()
-                    }
-                };
-                Ok(JobMount {
-                    target: m.target.clone(),
-                    read_only: m.read_only,
-                    files,
-                })
+    /// Refuses a job when all challenges together have the broker's
+    /// `max_jobs` unfinished (429, like a challenge's own cap). Called with
+    /// the admission lock held.
+    async fn check_total_jobs(&self) -> Result<(), BrokerError> {
+        let Some(max) = self.inner.config.max_jobs else {
+            return Ok(());
+        };
+        let active = self
+            .inner
+            .store
+            .list_jobs(&JobFilter {
+                active_only: true,
+                ..JobFilter::default()
             })
-            .collect()
+            .await
+            .map_err(|e| unavailable("counting unfinished jobs", e))?
+            .len();
+        if active >= usize::try_from(max).unwrap_or(usize::MAX) {
+            return Err(BrokerError::TooManyJobs(format!(
+                "docker_quota_exceeded: the broker is at its total concurrency cap ({active}/{max} active workloads)"
+            )));
+        }
+        Ok(())
+    }
+
+    /// Unpacks every mount's archive: the job's [`MountBudget`] is checked
+    /// from the request first, then the archives are decoded (each checked
+    /// by [`archive`], none inflated past what the budget has left) on a
+    /// blocking thread, so a large archive never stalls the runtime.
+    async fn materialize_mounts(
+        &self,
+        mounts: &[MountRequest],
+    ) -> Result<Vec<JobMount>, BrokerError> {
+        let budget = self.inner.config.mount_budget;
+        request::check_mount_budget(mounts, &budget)?;
+        if mounts.is_empty() {
+            return Ok(Vec::new());
+        }
+        let _permit = Arc::clone(&self.inner.decoding)
+            .acquire_owned()
+            .await
+            .map_err(|e| unavailable("decoding mounts", e))?;
+        let mounts = mounts.to_vec();
+        let limits = self.inner.config.archive_limits;
+        let decoded = tokio::task::spawn_blocking(move || decode_mounts(&mounts, limits, &budget))
+            .await
+            .map_err(|e| unavailable("decoding mounts", e))??;
+        request::check_mount_contents(&decoded, &budget)?;
+        Ok(decoded)
     }
 
     /// Stops following jobs without ending them, as a crash or a shutdown
@@ -914,6 +974,14 @@ impl Broker {
                     return;
                 }
                 Ok(status) => {
+                    // Never taken by a node: it could not run (checked
+                    // first, as its deadline may have passed too).
+                    let wait = self.inner.config.schedule_timeout;
+                    if let Some(why) = unscheduled(&record, &status, wait, Utc::now()) {
+                        tracing::warn!(job = %id, reason = %why, "no node took the job");
+                        self.finish(&id, Ending::NotScheduled(why)).await;
+                        return;
+                    }
                     if let Some(why) = overdue_record(&record, &status, Utc::now()) {
                         self.finish(&id, Ending::TimedOut(why)).await;
                         return;
@@ -1010,17 +1078,18 @@ impl Broker {
         let targets = writable_targets(&record);
         let outputs = match &ending {
             _ if targets.is_empty() => Vec::new(),
-            Ending::Exited(_) => self.collect_outputs(id, &targets).await,
-            _ => targets
-                .iter()
-                .map(|t| JobOutput {
-                    target: t.clone(),
-                    archive_b64: None,
-                    error: Some(
-                        "not collected: the job was stopped before its command ended".to_string(),
-                    ),
-                })
-                .collect(),
+            // Only a command that ran has outputs: a job that never ran
+            // would hand back its seed (or a missing-output error).
+            Ending::Exited(status) if settle(status).exit_code.is_some() => {
+                self.collect_outputs(id, &targets).await
+            }
+            Ending::Exited(_) | Ending::NotScheduled(_) => {
+                not_collected(&targets, "not collected: the job never ran")
+            }
+            _ => not_collected(
+                &targets,
+                "not collected: the job was stopped before its command ended",
+            ),
         };
         self.remove_service(id).await;
         let now = crate::model::now();
@@ -1044,14 +1113,13 @@ impl Broker {
         record.finished_at = Some(now);
         match ending {
             Ending::Exited(status) => {
-                record.state = status.state;
-                record.exit_code = status.exit_code;
+                let settled = settle(&status);
+                record.state = settled.state;
+                record.exit_code = settled.exit_code;
+                record.error = settled.error;
                 record.started_at = record.started_at.or(status.started_at);
                 record.node_id = status.node_id.or(record.node_id.take());
                 record.finished_at = status.finished_at.or(Some(now));
-                if record.state != JobState::Succeeded && record.exit_code.is_none() {
-                    record.error = status.message;
-                }
             }
             Ending::TimedOut(why) => {
                 record.state = JobState::TimedOut;
@@ -1062,7 +1130,7 @@ impl Broker {
                 record.state = JobState::Cancelled;
                 record.error = Some("cancelled by its challenge".to_string());
             }
-            Ending::Lost(why) => {
+            Ending::Lost(why) | Ending::NotScheduled(why) => {
                 record.state = JobState::Failed;
                 record.error = Some(why);
             }
@@ -1147,6 +1215,76 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
+/// One "not collected" output per writable mount, saying why.
+fn not_collected(targets: &[String], why: &str) -> Vec<JobOutput> {
+    targets
+        .iter()
+        .map(|t| JobOutput {
+            target: t.clone(),
+            archive_b64: None,
+            error: Some(why.to_string()),
+        })
+        .collect()
+}
+
+/// Decodes a job's mount archives in request order (blocking: call it off
+/// the async runtime). Each archive may inflate only to what the job's
+/// budget has left after the ones before it.
+fn decode_mounts(
+    mounts: &[MountRequest],
+    limits: ArchiveLimits,
+    budget: &MountBudget,
+) -> Result<Vec<JobMount>, BrokerError> {
+    let mut left = u64::try_from(budget.max_file_bytes).unwrap_or(u64::MAX);
+    let mut decoded = Vec::with_capacity(mounts.len());
+    for m in mounts {
+        let bad =
+            |e: archive::ArchiveError| BrokerError::Invalid(format!("mount '{}': {e}", m.target));
+        // A writable mount may start empty: an output directory.
+        if !m.read_only && m.archive_b64.trim().is_empty() {
+            decoded.push(JobMount {
+                target: m.target.clone(),
+                read_only: false,
+                files: Default::default(),
+            });
+            continue;
+        }
+        let capped = limits.capped_to(left);
+        let files = archive::decode(&m.archive_b64, &capped).map_err(|e| match e {
+            // Stopped by what the job's budget had left, not by the
+            // archive's own limit: say which limit it was.
+            archive::ArchiveError::TotalTooLarge { .. }
+                if capped.max_total_bytes < limits.max_total_bytes =>
+            {
+                BrokerError::Invalid(format!(
+                    "mount '{}': the job's mounted files would exceed {} bytes in all; at most \
+                     that many are accepted per job (on Swarm they are configs, replicated to \
+                     every manager)",
+                    m.target, budget.max_file_bytes
+                ))
+            }
+            e => bad(e),
+        })?;
+        let files = match m.source_type {
+            SourceType::Directory => files,
+            // A file mount places one file at the target itself, which the
+            // orchestrators spell as the empty name.
+            SourceType::File => {
+                let content = archive::single_file(files, &m.source_name).map_err(bad)?;
+                std::iter::once((String::new(), content)).collect()
+            }
+        };
+        let used: usize = files.values().map(Vec::len).sum();
+        left = left.saturating_sub(u64::try_from(used).unwrap_or(u64::MAX));
+        decoded.push(JobMount {
+            target: m.target.clone(),
+            read_only: m.read_only,
+            files,
+        });
+    }
+    Ok(decoded)
+}
+
 /// Index of a stream in per-stream counters.
 fn stream_index(stream: LogStreamKind) -> usize {
     match stream {
@@ -1222,6 +1360,91 @@ fn overdue_record(record: &JobRecord, status: &JobStatus, now: DateTime<Utc>) ->
     })
 }
 
+/// Why a job that no node has taken yet is given up on, once it has been
+/// queued for `wait` (or its own timeout, if shorter) since it was
+/// submitted; `None` while it may still be scheduled, or once it has moved
+/// on (pulling, running: the start grace and the timeout apply then).
+fn unscheduled(
+    record: &JobRecord,
+    status: &JobStatus,
+    wait: Duration,
+    now: DateTime<Utc>,
+) -> Option<String> {
+    if record.started_at.is_some()
+        || record.state != JobState::Queued
+        || status.state != JobState::Queued
+    {
+        return None;
+    }
+    let limit = TimeDelta::from_std(wait)
+        .unwrap_or(TimeDelta::MAX)
+        .min(spec_timeout(record));
+    if now < record.created_at.checked_add_signed(limit)? {
+        return None;
+    }
+    let reason = status
+        .message
+        .as_deref()
+        .filter(|m| !m.is_empty())
+        .map(|m| format!(": {m}"))
+        .unwrap_or_default();
+    Some(format!(
+        "the job could not run: no node took it within {} s{reason}",
+        limit.num_seconds()
+    ))
+}
+
+/// How a job the cluster reports ended is recorded.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Settled {
+    state: JobState,
+    exit_code: Option<i64>,
+    error: Option<String>,
+}
+
+/// The record of a job the cluster reports ended. Only a job that exited
+/// 0 succeeded; anything else that claims exit code 0 — a task the engine
+/// rejected (its image could not be pulled, a mount was refused) reports
+/// `ExitCode: 0` with no container at all — never ran, so it is recorded
+/// failed with no exit code of its own (return code 125) and the
+/// engine's reason as its error.
+fn settle(status: &JobStatus) -> Settled {
+    let reason = || {
+        status
+            .message
+            .clone()
+            .filter(|m| !m.trim().is_empty())
+            .unwrap_or_else(|| "the cluster gave no reason".to_string())
+    };
+    match (status.state, status.exit_code) {
+        (JobState::Succeeded, Some(0) | None) => Settled {
+            state: JobState::Succeeded,
+            exit_code: Some(0),
+            error: None,
+        },
+        (state, Some(code)) if code != 0 => Settled {
+            // "Succeeded" with a non-zero code is a contradiction: the code wins.
+            state: if state == JobState::Succeeded {
+                JobState::Failed
+            } else {
+                state
+            },
+            exit_code: Some(code),
+            error: None,
+        },
+        (JobState::Cancelled, _) => Settled {
+            state: JobState::Cancelled,
+            exit_code: None,
+            error: Some(reason()),
+        },
+        _ => Settled {
+            state: JobState::Failed,
+            exit_code: None,
+            error: Some(format!("the job could not run: {}", reason())),
+        },
+    }
+}
+
 /// The targets of a job's writable mounts, in request order, from its
 /// stored summary (so a restarted broker still knows them).
 fn writable_targets(record: &JobRecord) -> Vec<String> {
@@ -1270,12 +1493,17 @@ pub fn run_response(record: &JobRecord) -> BrokerRunResponse {
         record.exit_code.unwrap_or(NO_EXIT_RETURNCODE)
     };
     let mut stderr = record.stderr_tail.clone();
-    // A job that never ran has no output of its own: say why instead.
+    // A job with no exit code of its own (it never ran, or was stopped):
+    // say why after whatever it printed.
     if record.exit_code.is_none()
-        && stderr.is_empty()
         && let Some(error) = &record.error
+        && !stderr.contains(error.as_str())
     {
-        stderr = format!("{error}\n");
+        if !stderr.is_empty() && !stderr.ends_with('\n') {
+            stderr.push('\n');
+        }
+        stderr.push_str(error);
+        stderr.push('\n');
     }
     BrokerRunResponse {
         container_name: request::container_name(&record.id),
@@ -1410,6 +1638,99 @@ mod tests {
         );
         let failed = run_response(&record(JobState::Failed, Some(2), Some("ignored")));
         assert_eq!((failed.returncode, failed.stderr.as_str()), (2, ""));
+    }
+
+    #[test]
+    fn a_job_that_never_ran_is_never_a_success() {
+        let mut rejected = status(None, Some(10), None);
+        rejected.state = JobState::Failed;
+        rejected.exit_code = Some(0);
+        rejected.message = Some("No such image: base.local/nope:1".into());
+        let s = settle(&rejected);
+        assert_eq!((s.state, s.exit_code), (JobState::Failed, None));
+        assert_eq!(
+            s.error.as_deref(),
+            Some("the job could not run: No such image: base.local/nope:1")
+        );
+        rejected.message = None;
+        assert_eq!(
+            settle(&rejected).error.as_deref(),
+            Some("the job could not run: the cluster gave no reason")
+        );
+
+        let mut ok = status(None, Some(10), None);
+        ok.state = JobState::Succeeded;
+        ok.exit_code = Some(0);
+        assert_eq!(
+            settle(&ok),
+            Settled {
+                state: JobState::Succeeded,
+                exit_code: Some(0),
+                error: None
+            }
+        );
+        ok.exit_code = Some(3);
+        assert_eq!(
+            (settle(&ok).state, settle(&ok).exit_code),
+            (JobState::Failed, Some(3))
+        );
+    }
+
+    proptest::proptest! {
+        /// Whatever the cluster reports, the synchronous answer's return
+        /// code is 0 only for a job recorded as succeeded with exit code 0,
+        /// and a job without an exit code of its own says why on stderr.
+        #[test]
+        fn returncode_zero_only_for_a_real_success(
+            state in proptest::sample::select(JobState::ALL.to_vec()),
+            exit_code in proptest::option::of(-2i64..3),
+            message in proptest::option::of("[a-z ]{0,12}"),
+        ) {
+            let mut st = status(None, Some(10), None);
+            st.state = state;
+            st.exit_code = exit_code;
+            st.message = message;
+            let settled = settle(&st);
+            let mut r = record(settled.state, settled.exit_code, settled.error.as_deref());
+            r.stderr_tail = String::new();
+            let response = run_response(&r);
+            if response.returncode == 0 {
+                proptest::prop_assert_eq!(settled.state, JobState::Succeeded);
+            }
+            if settled.exit_code.is_none() {
+                proptest::prop_assert_eq!(response.returncode, NO_EXIT_RETURNCODE);
+                proptest::prop_assert!(!response.stderr.is_empty());
+            }
+        }
+    }
+
+    #[test]
+    fn an_unscheduled_job_is_given_up_after_the_schedule_timeout() {
+        let t0 = Utc::now();
+        let mut r = record(JobState::Queued, None, None);
+        r.created_at = t0;
+        let mut s = status(None, Some(10), None);
+        s.state = JobState::Queued;
+        s.message =
+            Some("no suitable node (scheduling constraints not satisfied on 1 node)".into());
+        let wait = Duration::from_secs(5);
+        assert_eq!(unscheduled(&r, &s, wait, t0 + TimeDelta::seconds(4)), None);
+        let why = unscheduled(&r, &s, wait, t0 + TimeDelta::seconds(5)).unwrap();
+        assert_eq!(
+            why,
+            "the job could not run: no node took it within 5 s: no suitable node \
+             (scheduling constraints not satisfied on 1 node)"
+        );
+        // The job's own timeout (10 s in its spec) bounds the wait too.
+        let long = Duration::from_secs(3600);
+        assert_eq!(unscheduled(&r, &s, long, t0 + TimeDelta::seconds(9)), None);
+        assert!(unscheduled(&r, &s, long, t0 + TimeDelta::seconds(10)).is_some());
+        // Once pulling or started, the start grace and the timeout apply.
+        s.state = JobState::Pulling;
+        assert_eq!(unscheduled(&r, &s, wait, t0 + TimeDelta::seconds(60)), None);
+        s.state = JobState::Queued;
+        r.started_at = Some(t0);
+        assert_eq!(unscheduled(&r, &s, wait, t0 + TimeDelta::seconds(60)), None);
     }
 
     #[test]

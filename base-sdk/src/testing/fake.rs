@@ -7,13 +7,19 @@
 //! - `stderr <words…>`: prints them on stderr and exits 0;
 //! - `exit <code>`: exits with that code;
 //! - `sleep <seconds>`: runs that long (fractions allowed), then exits 0;
-//! - `never-starts`: stays queued (like a job no node can take);
+//! - `never-starts`: stays queued with the scheduler's message, like a job
+//!   no node can take;
 //! - `cat <path>`: prints a mounted file (the mount target joined with its
 //!   relative name), exit 1 if there is none;
 //! - `write <path> <words…>`: writes the words and a newline to `path`
 //!   inside a writable mount (what `job_outputs` returns), exit 1 if no
 //!   writable mount holds the path;
 //! - anything else: exits 0 silently.
+//!
+//! An image whose tag is `missing` (`…:missing`) cannot be pulled: the job
+//! ends `failed` without starting, reported as Docker reports a rejected
+//! task — `ExitCode: 0` (with no container) and the reason
+//! `No such image: <image>` — which the broker must not take for success.
 //!
 //! Challenge services are not simulated (those calls answer `Missing`).
 
@@ -232,8 +238,24 @@ impl Orchestrator for FakeOrchestrator {
             let stderr = Arc::clone(&stderr);
             let spec = spec.clone();
             let writable = Arc::clone(&writable);
+            let image = spec.image.to_string();
             tokio::spawn(async move {
                 if matches!(what, Behaviour::NeverStarts) {
+                    tx.send_modify(|s| {
+                        s.message = Some(
+                            "no suitable node (scheduling constraints not satisfied on 1 node)"
+                                .to_string(),
+                        );
+                    });
+                    return;
+                }
+                if image.ends_with(":missing") {
+                    tx.send_modify(|s| {
+                        s.state = JobState::Failed;
+                        s.exit_code = Some(0);
+                        s.message = Some(format!("No such image: {image}"));
+                        s.finished_at = Some(crate::model::now());
+                    });
                     return;
                 }
                 tokio::time::sleep(delay).await;

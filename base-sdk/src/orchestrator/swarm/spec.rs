@@ -1521,14 +1521,18 @@ pub fn job_status(id: &str, labels: &HashMap<String, String>, tasks: &[Task]) ->
         Some(TaskState::SHUTDOWN | TaskState::REMOVE | TaskState::ORPHANED) => JobState::Cancelled,
     };
     let timestamp = status.and_then(|s| parse_time(s.timestamp.as_ref()));
+    // The engine reports `ExitCode: 0` for a task that never had a
+    // container (a rejected task: its image could not be pulled, a mount
+    // was refused): only a container's own exit counts.
     let exit_code = status
         .and_then(|s| s.container_status.as_ref())
+        .filter(|c| c.container_id.as_deref().is_some_and(|id| !id.is_empty()))
         .and_then(|c| c.exit_code)
         .filter(|_| {
             matches!(
                 state,
                 JobState::Succeeded | JobState::Failed | JobState::Cancelled
-            )
+            ) && task_state != Some(TaskState::REJECTED)
         })
         .or_else(|| (state == JobState::Succeeded).then_some(0));
     Some(JobStatus {
@@ -1930,6 +1934,7 @@ mod tests {
                 message: Some(format!("{state:?}").to_lowercase()),
                 err: err.map(str::to_string),
                 container_status: exit.map(|e| ContainerStatus {
+                    container_id: Some("c0ffee".into()),
                     exit_code: Some(e),
                     ..Default::default()
                 }),
@@ -2017,6 +2022,55 @@ mod tests {
         )
         .unwrap();
         assert_eq!(s.state, JobState::Pulling);
+    }
+
+    /// What Docker 20.10 reports for a job whose image cannot be pulled:
+    /// `rejected`, `ExitCode: 0` and no container. That is a job that never
+    /// ran, not one that exited 0.
+    #[test]
+    fn a_rejected_task_has_no_exit_code() {
+        let labels = job_service(&job(), &HashMap::new(), None)
+            .unwrap()
+            .labels
+            .unwrap();
+        let mut rejected = task(
+            1,
+            TaskState::REJECTED,
+            TaskState::SHUTDOWN,
+            Some("No such image: base.local/nope:1"),
+            Some(0),
+        );
+        if let Some(c) = rejected
+            .status
+            .as_mut()
+            .and_then(|s| s.container_status.as_mut())
+        {
+            c.container_id = Some(String::new());
+        }
+        let s = job_status("j", &labels, &[rejected]).unwrap();
+        assert_eq!((s.state, s.exit_code), (JobState::Failed, None));
+        assert_eq!(
+            s.message.as_deref(),
+            Some("No such image: base.local/nope:1")
+        );
+
+        // A failed start (no container id at all) is no exit either.
+        let mut failed = task(
+            2,
+            TaskState::FAILED,
+            TaskState::SHUTDOWN,
+            Some("starting container failed"),
+            Some(0),
+        );
+        if let Some(c) = failed
+            .status
+            .as_mut()
+            .and_then(|s| s.container_status.as_mut())
+        {
+            c.container_id = None;
+        }
+        let s = job_status("j", &labels, &[failed]).unwrap();
+        assert_eq!((s.state, s.exit_code), (JobState::Failed, None));
     }
 
     #[test]

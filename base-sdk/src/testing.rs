@@ -7,6 +7,7 @@
 use std::sync::Arc;
 
 pub mod fake;
+pub mod strict_http;
 
 pub use fake::FakeOrchestrator;
 

@@ -11,7 +11,7 @@ use axum::body::Body;
 use axum::extract::{ConnectInfo, Path, Request, State};
 use axum::http::{Extensions, HeaderMap, Response};
 use base_sdk::proxy::forward::{Outbound, declares_body};
-use base_sdk::proxy::headers::request_headers;
+use base_sdk::proxy::headers::{check_connection, request_headers};
 use base_sdk::proxy::{Entry, Proxy, ProxyError, bridge, path};
 
 use crate::error::ApiError;
@@ -77,6 +77,9 @@ pub async fn forward(
     let (parts, body) = req.into_parts();
     let client = peer.map(|peer| proxy.client_address(peer, &parts.headers));
     proxy.check_rate(client)?;
+    // As the fast path: a `Connection` that nominates a framing or
+    // identity header is refused, not honoured (docs/proxy.md).
+    check_connection(&parts.headers).map_err(|e| ProxyError::BadRequest(e.to_string()))?;
     // The raw (still percent-encoded) path: the router matched on it, and
     // the rules must see the encoding the miner used.
     let raw = parts.uri.path().strip_prefix(PREFIX).unwrap_or_default();
@@ -123,6 +126,7 @@ pub async fn submission_status(
 ) -> Result<Response<Body>, ApiError> {
     let proxy = proxy(&state)?;
     proxy.check_rate(client_ip(proxy, req.extensions(), req.headers()))?;
+    check_connection(req.headers()).map_err(|e| ProxyError::BadRequest(e.to_string()))?;
     let entry = challenge(&state, proxy, &slug).await?;
     Ok(proxy.submission_status(&entry, &id, req.headers()).await?)
 }

@@ -30,7 +30,8 @@ pub struct Outbound {
     pub path: String,
     /// Raw query string, if any.
     pub query: Option<String>,
-    /// Headers to send (already filtered).
+    /// Headers to send (already filtered; no framing headers: the client
+    /// writes them from `body`).
     pub headers: HeaderMap,
     /// The miner's body, streamed.
     pub body: Body,
@@ -109,7 +110,9 @@ impl Proxy {
         out: Outbound,
     ) -> Result<Response<Body>, ProxyError> {
         let limit = self.config.max_body_bytes;
-        if declared_length(&out.headers).is_some_and(|n| n > limit) {
+        // The miner's `content-length` is not among the headers sent (the
+        // client frames the body itself); the body's size hint carries it.
+        if http_body::Body::size_hint(&out.body).lower() > limit {
             return Err(ProxyError::BodyTooLarge { limit });
         }
         let slot = self.client_slot(client, entry)?;

@@ -8,6 +8,13 @@
 //! dropped; then the proxy alone sets `X-Base-Proxy` and
 //! `X-Base-Challenge-Slug`. Hop-by-hop headers (RFC 9110 §7.6.1), including
 //! those the `Connection` header names, never cross in either direction.
+//!
+//! The framing of a forwarded request is the proxy's own: a miner's
+//! `Content-Length` never crosses (the client writes one from the body it
+//! actually sends, or chunks it), and a `Connection` header that nominates
+//! a framing or identity header is refused outright
+//! ([`check_connection`]) — a miner has no business making those
+//! hop-by-hop, and honouring it is how a body becomes a second request.
 
 use axum::http::header::{self, HeaderMap, HeaderName, HeaderValue};
 
@@ -54,16 +61,50 @@ pub const IDENTITY: [&str; 16] = [
     "x-rewrite-url",
 ];
 
-/// Prefixes of request header names that are dropped whatever follows.
-pub const IDENTITY_PREFIXES: [&str; 2] = ["x-base-", "x-forwarded-"];
+/// Prefixes of request header names that are dropped whatever follows:
+/// BASE's own, the Python platform's legacy twin (`x-platform-*`, which
+/// older challenge SDKs still read) and client-address claims.
+pub const IDENTITY_PREFIXES: [&str; 3] = ["x-base-", "x-platform-", "x-forwarded-"];
+
+/// Request headers that delimit the message or route it: never a miner's
+/// to forward, nor to make hop-by-hop through `Connection`.
+pub const FRAMING: [&str; 3] = ["content-length", "transfer-encoding", "host"];
+
+/// Whether header-name bytes `a` and `b` are the same name to a lenient
+/// reader: any case, and `_` read as `-` (CGI-style gateways map both to
+/// `HTTP_X_BASE_…`, so `X_Base_Hotkey` must be dropped like `X-Base-Hotkey`).
+fn same_name(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len()
+        && a.iter().zip(b).all(|(x, y)| {
+            let fold = |c: u8| {
+                if c == b'_' {
+                    b'-'
+                } else {
+                    c.to_ascii_lowercase()
+                }
+            };
+            fold(*x) == fold(*y)
+        })
+}
 
 fn listed(list: &[&str], name: &str) -> bool {
-    list.iter().any(|l| l.eq_ignore_ascii_case(name))
+    list.iter()
+        .any(|l| same_name(l.as_bytes(), name.as_bytes()))
 }
 
 fn has_prefix(name: &str, prefix: &str) -> bool {
-    name.len() >= prefix.len()
-        && name.as_bytes()[..prefix.len()].eq_ignore_ascii_case(prefix.as_bytes())
+    name.len() >= prefix.len() && same_name(&name.as_bytes()[..prefix.len()], prefix.as_bytes())
+}
+
+/// Why a request's headers are refused (400) before anything is forwarded.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum HeaderError {
+    /// `Connection` nominates a framing or identity header.
+    #[error("Connection header may not nominate '{0}'")]
+    ConnectionNominates(String),
+    /// A `Connection` value that is not a list of tokens.
+    #[error("malformed Connection header")]
+    MalformedConnection,
 }
 
 /// Whether `name` (any case) is hop-by-hop.
@@ -71,13 +112,74 @@ pub fn is_hop_by_hop_name(name: &str) -> bool {
     listed(&HOP_BY_HOP, name)
 }
 
-/// Whether a request header called `name` (any case) is dropped before
-/// forwarding: the one rule both the general path (over [`HeaderMap`]s)
-/// and the fast path (over the raw head, [`super::wire`]) apply.
+/// Whether a request header called `name` (any case, `_` for `-`) is
+/// dropped before forwarding: the one rule both the general path (over
+/// [`HeaderMap`]s) and the fast path (over the raw head, [`super::wire`])
+/// apply. Framing headers are among them: the proxy writes its own.
 pub fn is_dropped_request_name(name: &str) -> bool {
     is_hop_by_hop_name(name)
+        || listed(&FRAMING, name)
         || listed(&IDENTITY, name)
         || IDENTITY_PREFIXES.iter().any(|p| has_prefix(name, p))
+}
+
+/// Whether `name` is, or reads as (any case, `_` for `-`), a framing
+/// header other than `Content-Length` and `Host` spelled as such: the
+/// fast path leaves such requests to the general server.
+pub fn is_framing_name(name: &str) -> bool {
+    listed(&FRAMING, name)
+        && !name.eq_ignore_ascii_case("content-length")
+        && !name.eq_ignore_ascii_case("host")
+}
+
+/// Whether a `Connection` token nominates a header the proxy itself
+/// frames or states (a framing header, or one dropped as identity): such a
+/// request is refused rather than forwarded.
+pub fn is_protected_name(token: &str) -> bool {
+    listed(&FRAMING, token)
+        || listed(&IDENTITY, token)
+        || IDENTITY_PREFIXES.iter().any(|p| has_prefix(token, p))
+}
+
+/// Whether an HTTP token byte (RFC 9110 §5.6.2).
+fn is_tchar(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&b)
+}
+
+/// Checks the raw bytes of the `Connection` header values `values`: each a
+/// comma-separated list of tokens, none of them [`is_protected_name`].
+/// Both paths call it (the fast path over its raw head, the general path
+/// through [`check_connection`]), so they refuse the same requests.
+pub fn check_connection_values<'a>(
+    values: impl IntoIterator<Item = &'a [u8]>,
+) -> Result<(), HeaderError> {
+    for value in values {
+        for token in value.split(|b| *b == b',') {
+            let token = token.trim_ascii();
+            if token.is_empty() {
+                continue;
+            }
+            if !token.iter().all(|b| is_tchar(*b)) {
+                return Err(HeaderError::MalformedConnection);
+            }
+            // All tchars are ASCII.
+            let token = std::str::from_utf8(token).map_err(|_| HeaderError::MalformedConnection)?;
+            if is_protected_name(token) {
+                return Err(HeaderError::ConnectionNominates(token.to_ascii_lowercase()));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// [`check_connection_values`] over a header map (the general path).
+pub fn check_connection(inbound: &HeaderMap) -> Result<(), HeaderError> {
+    check_connection_values(
+        inbound
+            .get_all(header::CONNECTION)
+            .iter()
+            .map(HeaderValue::as_bytes),
+    )
 }
 
 /// Whether one of the `Connection` header values `connection` lists
@@ -104,19 +206,20 @@ pub fn is_dropped_request_header(name: &HeaderName) -> bool {
 }
 
 /// The headers sent upstream for a proxied request: the inbound ones
-/// minus hop-by-hop, credential and identity headers, plus the canonical
-/// `X-Base-Proxy: true` and `X-Base-Challenge-Slug: <slug>`.
+/// minus hop-by-hop, credential and identity headers and the miner's
+/// `content-length`, plus the canonical `X-Base-Proxy: true` and
+/// `X-Base-Challenge-Slug: <slug>`. The client frames the body it sends
+/// itself (a length from the body's exact size, or chunks), so the framing
+/// upstream always matches the bytes forwarded — a miner's length, even a
+/// valid one, could disagree with a body that was not sent (the status
+/// bridge sends none) and leave the rest of a pooled connection to be read
+/// as a body or a request.
 pub fn request_headers(inbound: &HeaderMap, slug: &HeaderValue) -> HeaderMap {
     let connection = connection_values(inbound);
-    // With `transfer-encoding` the body is re-framed (chunked) upstream; a
-    // `content-length` sent beside it would disagree with the body and is
-    // the classic request-smuggling shape.
-    let chunked = inbound.contains_key(header::TRANSFER_ENCODING);
     let mut out = HeaderMap::with_capacity(inbound.len() + 2);
     for (name, value) in inbound {
         if is_dropped_request_header(name)
             || named_by_connection(connection.iter().copied(), name.as_str())
-            || (chunked && name == header::CONTENT_LENGTH)
         {
             continue;
         }
@@ -212,13 +315,80 @@ mod tests {
     }
 
     #[test]
-    fn content_length_never_travels_with_transfer_encoding() {
+    fn the_miners_framing_never_travels() {
         let inbound = map(&[("transfer-encoding", "chunked"), ("content-length", "5")]);
         let out = request_headers(&inbound, &HeaderValue::from_static("s"));
         assert!(out.get("content-length").is_none() && out.get("transfer-encoding").is_none());
+        // Nor alone: the client frames the body it sends itself.
         let inbound = map(&[("content-length", "5")]);
         let out = request_headers(&inbound, &HeaderValue::from_static("s"));
-        assert_eq!(out.get("content-length").unwrap(), "5");
+        assert!(out.get("content-length").is_none());
+    }
+
+    #[test]
+    fn legacy_and_underscore_identity_headers_are_dropped() {
+        let inbound = map(&[
+            ("x-platform-challenge-slug", "other"),
+            ("X-Platform-Verified-Hotkey", "5F"),
+            ("x_base_verified_hotkey", "5F"),
+            ("x_forwarded_for", "1.2.3.4"),
+            ("content_length", "5"),
+            ("content-length", "5"),
+            ("x_note", "kept"),
+        ]);
+        let out = request_headers(&inbound, &HeaderValue::from_static("s"));
+        let mut got: Vec<&str> = out.keys().map(HeaderName::as_str).collect();
+        got.sort_unstable();
+        assert_eq!(got, ["x-base-challenge-slug", "x-base-proxy", "x_note"]);
+    }
+
+    #[test]
+    fn connection_may_not_nominate_framing_or_identity_headers() {
+        for bad in [
+            "content-length",
+            "Content-Length",
+            "keep-alive, transfer-encoding",
+            "host",
+            "x-base-proxy",
+            "X-Platform-Anything",
+            "x_forwarded_for",
+            "authorization",
+            "cookie",
+        ] {
+            let got = check_connection(&map(&[("connection", bad)]));
+            assert!(
+                matches!(got, Err(HeaderError::ConnectionNominates(_))),
+                "{bad}: {got:?}"
+            );
+        }
+        assert_eq!(
+            check_connection(&map(&[
+                ("connection", "close"),
+                ("connection", "content_length")
+            ])),
+            Err(HeaderError::ConnectionNominates("content_length".into()))
+        );
+        assert_eq!(
+            check_connection_values([&b"a b"[..]]),
+            Err(HeaderError::MalformedConnection)
+        );
+        assert_eq!(
+            check_connection_values([&b"close, \xff"[..]]),
+            Err(HeaderError::MalformedConnection)
+        );
+        for ok in [
+            "close",
+            "keep-alive",
+            "Keep-Alive, Upgrade, x-hop",
+            "te",
+            ", ,close",
+        ] {
+            assert_eq!(
+                check_connection(&map(&[("connection", ok)])),
+                Ok(()),
+                "{ok}"
+            );
+        }
     }
 
     #[test]

@@ -729,14 +729,7 @@ impl SwarmOrchestrator {
         if networks.is_empty() {
             return Ok(0);
         }
-        let services = self
-            .services_labelled(&[(spec::LABEL_COMPONENT, spec::COMPONENT_JOB)])
-            .await?;
-        let live: HashSet<String> = services
-            .iter()
-            .filter_map(|s| s.spec.as_ref()?.labels.as_ref()?.get(spec::LABEL_JOB_ID))
-            .cloned()
-            .collect();
+        let live = self.live_job_ids().await?;
         let orphans = spec::orphaned_job_networks(
             &networks,
             &live,
@@ -774,14 +767,7 @@ impl SwarmOrchestrator {
         if configs.is_empty() {
             return Ok(Vec::new());
         }
-        let services = self
-            .services_labelled(&[(spec::LABEL_COMPONENT, spec::COMPONENT_JOB)])
-            .await?;
-        let live: HashSet<String> = services
-            .iter()
-            .filter_map(|s| s.spec.as_ref()?.labels.as_ref()?.get(spec::LABEL_JOB_ID))
-            .cloned()
-            .collect();
+        let live = self.live_job_ids().await?;
         Ok(spec::orphaned_job_mounts(
             &configs,
             &live,
@@ -890,6 +876,19 @@ impl SwarmOrchestrator {
     }
 
     /// All services with the given labels.
+    /// The ids of the jobs that still have a service: what the orphan
+    /// sweeps (job networks, job-mount configs) keep.
+    async fn live_job_ids(&self) -> Result<HashSet<String>, SwarmError> {
+        let services = self
+            .services_labelled(&[(spec::LABEL_COMPONENT, spec::COMPONENT_JOB)])
+            .await?;
+        Ok(services
+            .iter()
+            .filter_map(|s| s.spec.as_ref()?.labels.as_ref()?.get(spec::LABEL_JOB_ID))
+            .cloned()
+            .collect())
+    }
+
     async fn services_labelled(&self, labels: &[(&str, &str)]) -> Result<Vec<Service>, SwarmError> {
         let values: Vec<String> = labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
         let pairs: Vec<(&str, &str)> = values.iter().map(|v| ("label", v.as_str())).collect();

@@ -79,7 +79,7 @@ pub async fn forward(
     proxy.check_rate(client)?;
     // As the fast path: a `Connection` that nominates a framing or
     // identity header is refused, not honoured (docs/proxy.md).
-    check_connection(&parts.headers).map_err(|e| ProxyError::BadRequest(e.to_string()))?;
+    check_connection(&parts.headers).map_err(ProxyError::from)?;
     // The raw (still percent-encoded) path: the router matched on it, and
     // the rules must see the encoding the miner used.
     let raw = parts.uri.path().strip_prefix(PREFIX).unwrap_or_default();
@@ -126,7 +126,7 @@ pub async fn submission_status(
 ) -> Result<Response<Body>, ApiError> {
     let proxy = proxy(&state)?;
     proxy.check_rate(client_ip(proxy, req.extensions(), req.headers()))?;
-    check_connection(req.headers()).map_err(|e| ProxyError::BadRequest(e.to_string()))?;
+    check_connection(req.headers()).map_err(ProxyError::from)?;
     let entry = challenge(&state, proxy, &slug).await?;
     Ok(proxy.submission_status(&entry, &id, req.headers()).await?)
 }

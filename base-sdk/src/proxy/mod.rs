@@ -144,6 +144,10 @@ pub enum ProxyError {
     /// Malformed request detail other than the path (400).
     #[error("{0}")]
     BadRequest(String),
+    /// A request head whose headers the proxy refuses to forward, such as
+    /// a `Connection` that nominates a framing or identity header (400).
+    #[error(transparent)]
+    Header(#[from] headers::HeaderError),
     /// The body is over the limit (413).
     #[error("request body larger than {limit} bytes")]
     BodyTooLarge {
@@ -223,7 +227,7 @@ impl ProxyError {
         match self {
             Self::PathNotAllowed(_) | Self::BlockedUid(_) => StatusCode::FORBIDDEN,
             Self::NotFound => StatusCode::NOT_FOUND,
-            Self::BadRequest(_) => StatusCode::BAD_REQUEST,
+            Self::BadRequest(_) | Self::Header(_) => StatusCode::BAD_REQUEST,
             Self::BodyTooLarge { .. } => StatusCode::PAYLOAD_TOO_LARGE,
             Self::RateLimited { .. } => StatusCode::TOO_MANY_REQUESTS,
             Self::Busy { .. } | Self::MetagraphUnavailable(_) | Self::Store(_) => {

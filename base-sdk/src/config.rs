@@ -387,6 +387,13 @@ pub struct Settings {
     /// roots, for an HTTPS master (`BASE_SUBMITTER_CA_FILE`).
     #[serde(default)]
     pub submitter_ca_file: Option<PathBuf>,
+    /// Where challenges submit evaluation jobs (`BASE_CHALLENGE_BROKER_URL`),
+    /// handed to every challenge as `CHALLENGE_DOCKER_BROKER_URL`: on Swarm,
+    /// the broker's address as the challenge overlay reaches it. Unset,
+    /// `dev` gives its own broker's loopback address and `master` gives
+    /// none (a challenge then cannot run jobs).
+    #[serde(default)]
+    pub challenge_broker_url: Option<String>,
     /// Unfinished broker jobs of all challenges together
     /// (`BASE_BROKER_MAX_JOBS`; 0 = no cap); more get 429.
     #[serde(default = "default_broker_max_jobs")]
@@ -617,6 +624,27 @@ fn comma_uids<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u16>, D::Error> {
 }
 
 impl Settings {
+    /// The broker URL challenges are given: `BASE_CHALLENGE_BROKER_URL`
+    /// when set (it must be an `http(s)` URL), else `local_default` — the
+    /// address of a broker this process runs itself, if any.
+    pub fn challenge_broker_url(
+        &self,
+        local_default: Option<String>,
+    ) -> Result<Option<String>, ConfigError> {
+        let Some(given) = &self.challenge_broker_url else {
+            return Ok(local_default);
+        };
+        match url::Url::parse(given) {
+            Ok(u) if matches!(u.scheme(), "http" | "https") && u.host().is_some() => {
+                Ok(Some(given.clone()))
+            }
+            _ => Err(ConfigError::Invalid(format!(
+                "BASE_CHALLENGE_BROKER_URL must be an http(s) URL with a host, got '{}'",
+                redact_url(given)
+            ))),
+        }
+    }
+
     /// The public proxy's settings.
     pub fn proxy_config(&self) -> crate::proxy::ProxyConfig {
         use std::time::Duration;
@@ -1226,6 +1254,32 @@ mod tests {
                 Ok(())
             });
         }
+    }
+
+    /// The broker URL challenges get: the configured one (checked, never
+    /// echoed when it is not a URL), else the local default.
+    #[test]
+    fn challenge_broker_url_is_configured_or_the_local_default() {
+        Jail::expect_with(|jail| {
+            let local = Some("http://127.0.0.1:18082".to_string());
+            let s = Settings::load(None).map_err(|e| e.to_string())?;
+            assert_eq!(s.challenge_broker_url(local.clone()).unwrap(), local);
+            assert_eq!(s.challenge_broker_url(None).unwrap(), None);
+            jail.set_env("BASE_CHALLENGE_BROKER_URL", "http://base-broker:18082");
+            let s = Settings::load(None).map_err(|e| e.to_string())?;
+            assert_eq!(
+                s.challenge_broker_url(local.clone()).unwrap().as_deref(),
+                Some("http://base-broker:18082")
+            );
+            for bad in ["base-broker:18082", "ftp://x/", "http://u:hunter2@/"] {
+                jail.set_env("BASE_CHALLENGE_BROKER_URL", bad);
+                let s = Settings::load(None).map_err(|e| e.to_string())?;
+                let e = s.challenge_broker_url(None).unwrap_err().to_string();
+                assert!(e.contains("BASE_CHALLENGE_BROKER_URL"), "{e}");
+                assert!(!e.contains("hunter2"), "{e}");
+            }
+            Ok(())
+        });
     }
 
     /// `master` needs its keys given; only `dev` makes them up.

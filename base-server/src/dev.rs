@@ -182,10 +182,17 @@ pub async fn run(
     let stopped = |mut rx: watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|s| *s).await;
     };
+    // Challenges are told where to submit jobs: dev's own broker on
+    // loopback (its challenges are local processes), unless configured.
+    let broker_url = settings.challenge_broker_url(
+        settings
+            .broker_enabled
+            .then(|| local_url(settings.broker_listen)),
+    )?;
     let reconciler = tokio::spawn(base_sdk::supervisor::run_reconciler(
         registry.clone(),
         orchestrator.clone(),
-        None,
+        broker_url,
         Duration::from_secs(settings.reconcile_seconds),
         state.reconcile_wake(),
         stopped(stop_rx.clone()),
@@ -459,9 +466,28 @@ fn pseudo_unit(hotkey: &str, task: u32) -> f64 {
     f64::from(n) / (f64::from(u32::MAX) + 1.0)
 }
 
+/// `http://` + `addr` as a local client reaches it: an unspecified listen
+/// address (`0.0.0.0`, `::`) is reached on loopback.
+fn local_url(addr: std::net::SocketAddr) -> String {
+    let ip = match addr.ip() {
+        std::net::IpAddr::V4(v4) if v4.is_unspecified() => std::net::Ipv4Addr::LOCALHOST.into(),
+        std::net::IpAddr::V6(v6) if v6.is_unspecified() => std::net::Ipv6Addr::LOCALHOST.into(),
+        ip => ip,
+    };
+    format!("http://{}", std::net::SocketAddr::new(ip, addr.port()))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_local_broker_url_is_reached_on_loopback() {
+        let url = |a: &str| local_url(a.parse().unwrap());
+        assert_eq!(url("0.0.0.0:18082"), "http://127.0.0.1:18082");
+        assert_eq!(url("[::]:18082"), "http://[::1]:18082");
+        assert_eq!(url("127.0.0.2:9"), "http://127.0.0.2:9");
+    }
 
     #[test]
     fn skills_shape_the_answers() {

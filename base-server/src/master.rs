@@ -84,6 +84,9 @@ pub async fn run(
     // touching the database, and never makes them up (only `dev` does).
     let vault = Arc::new(settings.vault()?);
     let weights_key = Arc::new(settings.weights_key()?);
+    // Where challenges submit jobs: only what the operator configured (a
+    // host-process broker is not reachable from the challenge overlay).
+    let broker_url = settings.challenge_broker_url(None)?;
     let db = settings.effective_database_url()?;
     let store = base_sdk::store::connect(db.expose())
         .await
@@ -138,7 +141,7 @@ pub async fn run(
         tasks.push(tokio::spawn(base_sdk::supervisor::run_reconciler(
             registry.clone(),
             o.clone(),
-            None,
+            broker_url.clone(),
             Duration::from_secs(settings.reconcile_seconds),
             state.reconcile_wake(),
             stopped(stop_rx.clone()),

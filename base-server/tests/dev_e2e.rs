@@ -47,6 +47,8 @@ struct Dev {
     child: Child,
     pid: u32,
     base: String,
+    /// The dev broker's URL, which its challenges must be given.
+    broker: String,
     data_dir: PathBuf,
     log: PathBuf,
     deadline: Instant,
@@ -59,6 +61,7 @@ impl Dev {
         let data_dir = root.join("data");
         let log = root.join(format!("server-{run}.log"));
         let port = free_port();
+        let broker_port = free_port();
         let out = std::fs::File::create(&log).unwrap();
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_base-server"));
         cmd.args(["dev", "--listen", &format!("127.0.0.1:{port}")]);
@@ -72,7 +75,7 @@ impl Dev {
         }
         cmd.env("BASE_DATA_DIR", &data_dir)
             .env("BASE_EPOCH_SECONDS", "2")
-            .env("BASE_BROKER_LISTEN", format!("127.0.0.1:{}", free_port()))
+            .env("BASE_BROKER_LISTEN", format!("127.0.0.1:{broker_port}"))
             // No full reconcile pass during a test: a killed challenge
             // stays dead.
             .env("BASE_RECONCILE_SECONDS", "3600")
@@ -86,6 +89,7 @@ impl Dev {
             child,
             pid,
             base: format!("http://127.0.0.1:{port}"),
+            broker: format!("http://127.0.0.1:{broker_port}"),
             data_dir,
             log,
             deadline,
@@ -201,6 +205,15 @@ fn signal(pid: u32, name: &str) {
 /// are never touched), with their `CHALLENGE_SLUG`. Zombies have an empty
 /// cmdline and do not count.
 fn challenge_processes(data_dir: &Path) -> Vec<(u32, String)> {
+    challenge_envs(data_dir)
+        .into_iter()
+        .filter_map(|(pid, env)| Some((pid, env.get("CHALLENGE_SLUG")?.clone())))
+        .collect()
+}
+
+/// The environment of each challenge process of this `dev` (see
+/// [`challenge_processes`]), by pid.
+fn challenge_envs(data_dir: &Path) -> Vec<(u32, BTreeMap<String, String>)> {
     let mut found = Vec::new();
     for entry in std::fs::read_dir("/proc").unwrap().flatten() {
         let Some(pid) = entry
@@ -233,8 +246,8 @@ fn challenge_processes(data_dir: &Path) -> Vec<(u32, String)> {
         let ours = env
             .get("CHALLENGE_SHARED_TOKEN_FILE")
             .is_some_and(|f| Path::new(f).starts_with(data_dir));
-        if let (true, Some(slug)) = (ours, env.get("CHALLENGE_SLUG")) {
-            found.push((pid, slug.clone()));
+        if ours {
+            found.push((pid, env));
         }
     }
     found.sort();
@@ -406,6 +419,19 @@ async fn dev_publishes_weights_and_survives_a_stopped_challenge() {
     let mut slugs: Vec<&str> = running.iter().map(|(_, s)| s.as_str()).collect();
     slugs.sort_unstable();
     assert_eq!(slugs, ["quiz", "quiz-hard"], "{running:?}");
+    // Each is told where dev's broker is (and where its token is), so a
+    // challenge can run evaluation jobs.
+    for (pid, env) in challenge_envs(&dev.data_dir) {
+        assert_eq!(
+            env.get("CHALLENGE_DOCKER_BROKER_URL"),
+            Some(&dev.broker),
+            "challenge process {pid}: {env:?}"
+        );
+        assert!(
+            env.contains_key("CHALLENGE_DOCKER_BROKER_TOKEN_FILE"),
+            "challenge process {pid}: {env:?}"
+        );
+    }
     let hard_pid = running.iter().find(|(_, s)| s == "quiz-hard").unwrap().0;
 
     // Stop quiz-hard the hard way. The snapshot seen last before the kill

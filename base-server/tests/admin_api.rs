@@ -92,6 +92,7 @@ base_sdk::backend_tests!(
     patch_status_rotate_delete_and_audit,
     admin_routes_need_the_token,
     production_policy_applies,
+    bad_resources_in_a_patch_change_nothing,
 );
 
 async fn create_shows_tokens_once_and_stores_hashes(store: Arc<dyn Store>) {
@@ -198,6 +199,19 @@ async fn bad_input_is_rejected_and_nothing_is_written(store: Arc<dyn Store>) {
             StatusCode::BAD_REQUEST,
             "reserved",
         ),
+        // Resource keys are checked before the 201, by the rule the
+        // orchestrator maps them with (they used to be stored and then
+        // fail in the reconciler).
+        (
+            Some(json!({"slug": "ok-slug", "name": "n", "image": "a/b:1", "version": "1", "resources": {"gpu": "1"}}).to_string()),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "resources: unknown key 'gpu'",
+        ),
+        (
+            Some(json!({"slug": "ok-slug", "name": "n", "image": "a/b:1", "version": "1", "resources": {"memory": "lots"}}).to_string()),
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "resources.memory: 'lots'",
+        ),
     ];
     for (body, want, needle) in cases {
         let (status, resp) = api
@@ -244,6 +258,40 @@ async fn bad_input_is_rejected_and_nothing_is_written(store: Arc<dyn Store>) {
         .call("GET", "/v1/admin/challenges/NOT%20A%20SLUG", None)
         .await;
     assert_eq!(status, StatusCode::NOT_FOUND);
+}
+
+async fn bad_resources_in_a_patch_change_nothing(store: Arc<dyn Store>) {
+    let api = Api::new(store, Environment::Development, Some(ADMIN));
+    let mut body = new_challenge("limits");
+    body["resources"] = json!({"cpus": "1.5", "memory": "512m", "pids": "128"});
+    let (status, created) = api.call("POST", "/v1/admin/challenges", Some(body)).await;
+    assert_eq!(status, StatusCode::CREATED, "{created}");
+    let (status, resp) = api
+        .call(
+            "PATCH",
+            "/v1/admin/challenges/limits",
+            Some(json!({"name": "renamed", "resources": {"cpus": "0"}})),
+        )
+        .await;
+    assert_eq!(status, StatusCode::UNPROCESSABLE_ENTITY, "{resp}");
+    assert!(
+        resp["detail"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("resources.cpus: '0'"),
+        "{resp}"
+    );
+    let (_, view) = api.call("GET", "/v1/admin/challenges/limits", None).await;
+    let view = if view["challenge"].is_object() {
+        &view["challenge"]
+    } else {
+        &view
+    };
+    assert_eq!(view["name"], "Challenge limits", "{view}");
+    assert_eq!(
+        view["resources"],
+        json!({"cpus": "1.5", "memory": "512m", "pids": "128"})
+    );
 }
 
 async fn registry_is_public_and_hides_private_fields(store: Arc<dyn Store>) {

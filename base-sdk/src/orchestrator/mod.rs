@@ -7,6 +7,7 @@
 
 pub mod process;
 pub mod readiness;
+pub mod resources;
 pub mod swarm;
 
 use std::collections::BTreeMap;

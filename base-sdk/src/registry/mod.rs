@@ -241,6 +241,14 @@ fn check_env_names(env: &BTreeMap<String, String>) -> Result<(), RegistryError> 
     Ok(())
 }
 
+/// `resources` by the same rule the orchestrator maps them with, so a
+/// record that is stored can always be deployed (422 naming key and value).
+fn check_resources(resources: &BTreeMap<String, String>) -> Result<(), RegistryError> {
+    crate::orchestrator::resources::parse_resources(resources)
+        .map(|_| ())
+        .map_err(|e| RegistryError::Invalid(e.to_string()))
+}
+
 fn parse_image(raw: &str) -> Result<ImageRef, RegistryError> {
     ImageRef::parse(raw).map_err(|e| RegistryError::Invalid(e.to_string()))
 }
@@ -265,6 +273,8 @@ pub fn validate_new(
     check_url(&internal_base_url)?;
     let env = req.env.unwrap_or_default();
     check_env_names(&env)?;
+    let resources = req.resources.unwrap_or_default();
+    check_resources(&resources)?;
     let challenge = Challenge {
         image_digest: image.digest.clone(),
         slug,
@@ -279,7 +289,7 @@ pub fn validate_new(
         required_capabilities: req
             .required_capabilities
             .unwrap_or_else(default_capabilities),
-        resources: req.resources.unwrap_or_default(),
+        resources,
         volumes: req.volumes.unwrap_or_default(),
         env,
         secrets: req.secrets.unwrap_or_default(),
@@ -345,6 +355,7 @@ pub fn apply_patch(
         c.required_capabilities = v;
     }
     if let Some(v) = patch.resources {
+        check_resources(&v)?;
         c.resources = v;
     }
     if let Some(v) = patch.volumes {
@@ -932,6 +943,33 @@ mod tests {
         let n = apply_patch(&c, p, &dev(), now).unwrap();
         assert_eq!((n.slug.as_str(), n.name.as_str()), ("ab", "New"));
         assert_eq!(n.created_at, c.created_at);
+    }
+
+    #[test]
+    fn resources_are_checked_on_create_and_on_patch() {
+        let now = crate::model::now();
+        let mut r = req("ab", "a/b:1");
+        r.resources = Some(BTreeMap::from([("gpus".into(), "1".into())]));
+        assert!(
+            matches!(validate_new(r, &dev(), now), Err(RegistryError::Invalid(m)) if m.contains("unknown key 'gpus'"))
+        );
+        let mut r = req("ab", "a/b:1");
+        r.resources = Some(BTreeMap::from([("memory".into(), "lots".into())]));
+        assert!(
+            matches!(validate_new(r, &dev(), now), Err(RegistryError::Invalid(m)) if m.contains("resources.memory: 'lots'"))
+        );
+        let mut r = req("ab", "a/b:1");
+        let good = BTreeMap::from([("cpus".into(), "0.5".into()), ("pids".into(), "64".into())]);
+        r.resources = Some(good.clone());
+        let c = validate_new(r, &dev(), now).unwrap();
+        assert_eq!(c.resources, good);
+        let p = ChallengePatch {
+            resources: Some(BTreeMap::from([("cpus".into(), "-1".into())])),
+            ..Default::default()
+        };
+        assert!(
+            matches!(apply_patch(&c, p, &dev(), now), Err(RegistryError::Invalid(m)) if m.contains("resources.cpus: '-1'"))
+        );
     }
 
     #[test]

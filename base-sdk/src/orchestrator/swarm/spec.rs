@@ -466,36 +466,11 @@ pub fn network_mismatch(
 }
 
 /// Parses a byte size as Docker writes them: `512m`, `4g`, `1024`, `2GiB`
-/// (binary multiples, as `docker run --memory` does).
+/// (binary multiples, as `docker run --memory` does). The rule lives in
+/// [`crate::orchestrator::resources`], shared with the registry.
 pub fn parse_bytes(raw: &str) -> Result<i64, SwarmError> {
-    let s = raw.trim().to_ascii_lowercase();
-    let split = s
-        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .unwrap_or(s.len());
-    let (num, unit) = s.split_at(split);
-    let unit = unit.trim();
-    let unit = unit
-        .strip_suffix("ib")
-        .or_else(|| unit.strip_suffix('b'))
-        .unwrap_or(unit);
-    let mult: f64 = match unit {
-        "" => 1.0,
-        "k" => 1024.0,
-        "m" => 1024.0 * 1024.0,
-        "g" => 1024.0 * 1024.0 * 1024.0,
-        "t" => 1024.0 * 1024.0 * 1024.0 * 1024.0,
-        _ => return Err(SwarmError::Spec(format!("'{raw}' is not a byte size"))),
-    };
-    let value: f64 = num
-        .parse()
-        .map_err(|_| SwarmError::Spec(format!("'{raw}' is not a byte size")))?;
-    let bytes = value * mult;
-    if !bytes.is_finite() || bytes <= 0.0 || bytes > i64::MAX as f64 {
-        return Err(SwarmError::Spec(format!(
-            "'{raw}' is not a positive byte size"
-        )));
-    }
-    Ok(bytes as i64)
+    crate::orchestrator::resources::parse_byte_size(raw)
+        .map_err(|e| SwarmError::Spec(e.to_string()))
 }
 
 /// Cores → the engine's nano-CPUs.
@@ -508,44 +483,20 @@ fn nano_cpus(cpus: f64, what: &str) -> Result<i64, SwarmError> {
     Ok((cpus * 1e9).round() as i64)
 }
 
-/// The record's `resources` map as limits. Known keys: `cpus` (cores),
-/// `memory` (byte size), `pids`. Other keys are refused, so an operator's
-/// typo is an error rather than a silently unlimited service.
+/// The record's `resources` map as limits, by the one rule the registry
+/// also applies at create time ([`crate::orchestrator::resources`]): the
+/// registry refuses what this would refuse, so a stored record maps.
 fn challenge_limits(resources: &BTreeMap<String, String>) -> Result<Option<Limit>, SwarmError> {
-    if resources.is_empty() {
+    let parsed = crate::orchestrator::resources::parse_resources(resources)
+        .map_err(|e| SwarmError::Spec(e.to_string()))?;
+    if parsed.is_empty() {
         return Ok(None);
     }
-    let mut limit = Limit::default();
-    for (key, value) in resources {
-        match key.as_str() {
-            "cpus" => {
-                let cpus: f64 = value.trim().parse().map_err(|_| {
-                    SwarmError::Spec(format!("resources.cpus: '{value}' is not a number"))
-                })?;
-                limit.nano_cpus = Some(nano_cpus(cpus, "resources.cpus")?);
-            }
-            "memory" => limit.memory_bytes = Some(parse_bytes(value)?),
-            "pids" => {
-                let pids: i64 = value
-                    .trim()
-                    .parse()
-                    .ok()
-                    .filter(|p| *p > 0)
-                    .ok_or_else(|| {
-                        SwarmError::Spec(format!(
-                            "resources.pids: '{value}' is not a positive integer"
-                        ))
-                    })?;
-                limit.pids = Some(pids);
-            }
-            other => {
-                return Err(SwarmError::Spec(format!(
-                    "resources: unknown key '{other}' (known: cpus, memory, pids)"
-                )));
-            }
-        }
-    }
-    Ok(Some(limit))
+    Ok(Some(Limit {
+        nano_cpus: parsed.nano_cpus,
+        memory_bytes: parsed.memory_bytes,
+        pids: parsed.pids,
+    }))
 }
 
 /// The challenge's environment: the record's env, then the platform's

@@ -143,6 +143,26 @@ pub enum MasterCommand {
     /// jobs. Run on a swarm manager.
     #[command(subcommand)]
     Worker(WorkerCommand),
+    /// Install the control plane as Swarm services (dry-run unless --apply).
+    Install(Box<crate::install::InstallArgs>),
+    /// The installed control plane's services, health and drift.
+    Status {
+        /// The deployment.
+        #[arg(long, default_value = "base")]
+        deployment: String,
+    },
+    /// Rolling update to another control-plane image (rolls back by itself
+    /// when the new task fails).
+    Upgrade {
+        /// The deployment.
+        #[arg(long, default_value = "base")]
+        deployment: String,
+        /// The new image (ID or tag).
+        #[arg(long)]
+        image: String,
+    },
+    /// Remove the control-plane services (secrets and data only with their flags).
+    Uninstall(crate::install::UninstallArgs),
 }
 
 /// `base master worker …`: the swarm's nodes, through the local Docker

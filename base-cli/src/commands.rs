@@ -106,6 +106,18 @@ pub async fn run(cli: Cli, out: &mut dyn Write) -> Result<(), Error> {
             }
         }
         Command::Master(MasterCommand::Worker(w)) => worker(w, json).await?,
+        Command::Master(MasterCommand::Install(a)) => crate::install::install(&a).await?,
+        Command::Master(MasterCommand::Status { deployment }) => {
+            crate::install::status(&deployment, json).await?
+        }
+        Command::Master(MasterCommand::Upgrade { deployment, image }) => {
+            crate::install::upgrade(&deployment, &image).await?
+        }
+        Command::Master(MasterCommand::Uninstall(a)) => {
+            let stdin = std::io::stdin();
+            let mut lock = stdin.lock();
+            crate::install::uninstall(&a, &mut lock, &mut std::io::stderr()).await?
+        }
         Command::Miner(crate::miner::MinerCommand::Sign(args)) => {
             let key = crate::miner::load_key(args.key_file.as_deref(), |k| std::env::var(k).ok())?;
             let h = crate::miner::sign(&args, &key, chrono::Utc::now().timestamp())?;

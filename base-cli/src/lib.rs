@@ -13,6 +13,7 @@ pub mod args;
 pub mod client;
 pub mod commands;
 pub mod db;
+pub mod install;
 pub mod miner;
 pub mod output;
 pub mod token;
@@ -51,4 +52,7 @@ pub enum Error {
     /// Settings (`base weights pubkey` reads the weights key).
     #[error(transparent)]
     Config(#[from] base_sdk::config::ConfigError),
+    /// `base master install|status|upgrade|uninstall` failed.
+    #[error(transparent)]
+    Install(#[from] base_sdk::install::InstallError),
 }

@@ -11,6 +11,7 @@ pub mod broker;
 pub mod chain;
 pub mod challenge;
 pub mod config;
+pub mod install;
 pub mod metagraph;
 pub mod model;
 pub mod orchestrator;

@@ -16,11 +16,13 @@ mod spec;
 
 pub use client::SwarmOrchestrator;
 pub use spec::SecretKind;
+// The installer labels its objects with the same keys.
 pub use spec::{
     CHALLENGE_DATABASE_URL, CHALLENGES_NETWORK, DEFAULT_SHIM_HOST_PATH, GPU_RESOURCE,
     JOBS_INTERNAL_NETWORK, MAX_MOUNT_BYTES, MAX_MOUNT_FILES, OVERLAY_MTU, SECRETS_DIR, SHIM_TARGET,
     WRITABLE_MOUNT_BYTES, challenge_endpoint, secret_name, token_hash8, volume_name,
 };
+pub use spec::{LABEL_COMPONENT, LABEL_SPEC_SHA256};
 
 use super::OrchestratorError;
 

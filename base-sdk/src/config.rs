@@ -416,6 +416,13 @@ pub struct Settings {
     /// job may create.
     #[serde(default = "default_broker_max_job_mount_bytes")]
     pub broker_max_job_mount_bytes: usize,
+    /// Which deployment this process is (`BASE_DEPLOYMENT`, TOML
+    /// `deployment`; default `base`): every Swarm object it creates is
+    /// labelled `base.deployment=<id>`, and its reconciler, reaper and
+    /// orphan sweeps touch only objects of this deployment (docs/swarm.md,
+    /// "Deployments").
+    #[serde(default)]
+    pub deployment: crate::model::DeploymentId,
 }
 
 fn default_bridge_body_timeout() -> u64 {
@@ -727,6 +734,10 @@ impl Settings {
         let mut fig = fig;
         // figment parses env values (`0123` becomes the number 123, `[…]`
         // an array): a secret is text exactly as given, so take it raw.
+        // The same for the deployment id: `7` is a valid id, not a number.
+        if let Ok(raw) = std::env::var("BASE_DEPLOYMENT") {
+            fig = fig.merge(Serialized::default("deployment", raw));
+        }
         for key in FILE_KEYS {
             if let Ok(raw) = std::env::var(format!("BASE_{}", key.to_ascii_uppercase())) {
                 fig = fig.merge(Serialized::default(key, raw));
@@ -1098,6 +1109,36 @@ mod tests {
             let e = Settings::load(None).unwrap_err().to_string();
             assert!(
                 e.contains("BASE_ADMIN_TOKEN_FILE") && e.contains("/nonexistent/token"),
+                "{e}"
+            );
+            Ok(())
+        });
+    }
+
+    #[test]
+    fn deployment_defaults_to_base_and_is_validated() {
+        Jail::expect_with(|_| {
+            assert_eq!(Settings::load(None).unwrap().deployment.as_str(), "base");
+            Ok(())
+        });
+        Jail::expect_with(|jail| {
+            jail.create_file("base.toml", "deployment = \"from-file\"")?;
+            let file = jail.directory().join("base.toml");
+            let s = Settings::load(Some(&file)).unwrap();
+            assert_eq!(s.deployment.as_str(), "from-file");
+            // Digits only: still text, not a number figment parsed.
+            jail.set_env("BASE_DEPLOYMENT", "7");
+            assert_eq!(
+                Settings::load(Some(&file)).unwrap().deployment.as_str(),
+                "7"
+            );
+            Ok(())
+        });
+        Jail::expect_with(|jail| {
+            jail.set_env("BASE_DEPLOYMENT", "Prod_1");
+            let e = Settings::load(None).unwrap_err().to_string();
+            assert!(
+                e.contains("BASE_DEPLOYMENT") && e.contains("'Prod_1'"),
                 "{e}"
             );
             Ok(())

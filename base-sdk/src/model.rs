@@ -93,6 +93,100 @@ impl<'de> Deserialize<'de> for Slug {
     }
 }
 
+/// Which BASE deployment owns a Docker object: every object BASE creates on
+/// a Swarm carries it as the `base.deployment` label, and the reconciler,
+/// the broker's reaper and the orphan sweeps act only on their own
+/// deployment's objects, so two deployments (or a test beside a running
+/// master) can share one Swarm. Lowercase ASCII letters, digits and inner
+/// dashes, 1 to 32 characters: it also prefixes the installer's service
+/// names, so it must fit in a DNS label with room to spare.
+#[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct DeploymentId(String);
+
+/// Why a string is not a [`DeploymentId`].
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error(
+    "invalid deployment id '{0}': use 1 to 32 lowercase letters, digits and inner dashes \
+     (^[a-z0-9]([a-z0-9-]*[a-z0-9])?$)"
+)]
+pub struct DeploymentIdError(pub String);
+
+impl DeploymentId {
+    /// The longest id accepted.
+    pub const MAX_LEN: usize = 32;
+    /// The deployment of an install that never chose one; it also owns the
+    /// objects created before deployment ids existed (they carry no label).
+    pub const DEFAULT: &'static str = "base";
+
+    /// Checks `raw` against the rule. Nothing is lowercased or trimmed: the
+    /// id is compared with labels byte for byte, so what the operator wrote
+    /// is what must match.
+    pub fn parse(raw: &str) -> Result<Self, DeploymentIdError> {
+        let bytes = raw.as_bytes();
+        let ok_inner = |b: &u8| b.is_ascii_lowercase() || b.is_ascii_digit() || *b == b'-';
+        let ok_edge = |b: &u8| b.is_ascii_lowercase() || b.is_ascii_digit();
+        let valid = !bytes.is_empty()
+            && bytes.len() <= Self::MAX_LEN
+            && bytes.iter().all(ok_inner)
+            && bytes.first().is_some_and(ok_edge)
+            && bytes.last().is_some_and(ok_edge);
+        if valid {
+            Ok(Self(raw.to_string()))
+        } else {
+            Err(DeploymentIdError(raw.to_string()))
+        }
+    }
+
+    /// The id as a string slice.
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// Whether this is the default deployment ([`DeploymentId::DEFAULT`]),
+    /// which adopts unlabelled objects.
+    pub fn is_default(&self) -> bool {
+        self.0 == Self::DEFAULT
+    }
+}
+
+impl Default for DeploymentId {
+    fn default() -> Self {
+        Self(Self::DEFAULT.to_string())
+    }
+}
+
+impl fmt::Debug for DeploymentId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "DeploymentId({})", self.0)
+    }
+}
+
+impl fmt::Display for DeploymentId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl FromStr for DeploymentId {
+    type Err = DeploymentIdError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Self::parse(s)
+    }
+}
+
+impl Serialize for DeploymentId {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&self.0)
+    }
+}
+
+impl<'de> Deserialize<'de> for DeploymentId {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let raw = String::deserialize(d)?;
+        DeploymentId::parse(&raw).map_err(serde::de::Error::custom)
+    }
+}
+
 /// Environment variable names the platform sets for a challenge; a record
 /// or job spec may not use them, or it could point a challenge at the
 /// control plane.
@@ -722,6 +816,46 @@ mod tests {
         }
         assert!(Slug::parse(&"a".repeat(63)).is_ok());
         assert!(Slug::parse(&"a".repeat(64)).is_err());
+    }
+
+    #[test]
+    fn deployment_id_rules() {
+        for ok in ["base", "a", "7", "prod-2", "a--b", &"x".repeat(32)] {
+            assert_eq!(DeploymentId::parse(ok).unwrap().as_str(), ok);
+        }
+        for bad in [
+            "",
+            "-a",
+            "a-",
+            "A",
+            "Base",
+            "a_b",
+            "a b",
+            " a",
+            "a\n",
+            "é",
+            &"x".repeat(33),
+        ] {
+            let e = DeploymentId::parse(bad).unwrap_err();
+            assert!(e.to_string().contains(&format!("'{bad}'")), "{e}");
+        }
+        assert!(DeploymentId::default().is_default());
+        assert_eq!(DeploymentId::default().as_str(), "base");
+        assert!(!DeploymentId::parse("base2").unwrap().is_default());
+        let id: DeploymentId = serde_json::from_str("\"prod\"").unwrap();
+        assert_eq!(serde_json::to_string(&id).unwrap(), "\"prod\"");
+        assert!(serde_json::from_str::<DeploymentId>("\"Prod\"").is_err());
+    }
+
+    proptest::proptest! {
+        /// Accepted exactly when the string matches the documented rule,
+        /// checked against a regular expression written independently.
+        #[test]
+        fn deployment_id_accepts_exactly_the_rule(raw in "[a-zA-Z0-9_ -]{0,40}|[a-z0-9-]{0,34}") {
+            let rule = regex::Regex::new("^[a-z0-9]([a-z0-9-]*[a-z0-9])?$").unwrap();
+            let expected = raw.len() <= 32 && rule.is_match(&raw);
+            proptest::prop_assert_eq!(DeploymentId::parse(&raw).is_ok(), expected);
+        }
     }
 
     #[test]

@@ -64,7 +64,8 @@ pub async fn orchestrator(
         OrchestratorKind::Swarm => {
             let swarm = SwarmOrchestrator::connect()
                 .await?
-                .with_job_shim(Some(settings.swarm_job_shim.clone()));
+                .with_job_shim(Some(settings.swarm_job_shim.clone()))
+                .with_deployment(settings.deployment.clone());
             let networks = swarm.ensure_networks().await?;
             tracing::info!(?networks, "swarm networks ready");
             Ok(Some(Arc::new(swarm)))

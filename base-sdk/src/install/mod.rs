@@ -25,7 +25,7 @@ use crate::orchestrator::swarm::CHALLENGES_NETWORK;
 
 /// Label carrying the id of the deployment that owns an object
 /// (the same key the orchestrator uses for challenge objects).
-pub const LABEL_DEPLOYMENT: &str = "base.deployment";
+pub use crate::orchestrator::swarm::spec::LABEL_DEPLOYMENT;
 /// Label naming which part of the control plane an object is.
 pub const LABEL_CONTROL: &str = "base.control-plane";
 /// Label on the master service holding the install options (JSON, no

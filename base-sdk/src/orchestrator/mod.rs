@@ -52,6 +52,11 @@ pub enum OrchestratorError {
     /// The backend answered with an error.
     #[error("{0}")]
     Backend(String),
+    /// An object of the name this deployment needs exists and belongs to
+    /// another deployment on the same cluster; it was left untouched. The
+    /// message names the object and its owner.
+    #[error("{0}")]
+    Foreign(String),
     /// The Docker engine refused or failed a request (the message names
     /// the operation; it never holds a secret value).
     #[error("docker: {0}")]

@@ -30,7 +30,7 @@ use tokio::task::JoinHandle;
 
 use super::SwarmError;
 use super::spec::{self, BaseNetwork, ChallengeSecretRefs, SecretKind, SecretRef};
-use crate::model::Slug;
+use crate::model::{DeploymentId, Slug};
 use crate::orchestrator::{
     ChallengeSpec, JobLogs, JobOutputs, JobSpec, JobStatus, LogChunk, LogStream, LogStreamKind,
     Orchestrator, OrchestratorError, ServiceStatus,
@@ -86,12 +86,16 @@ pub struct SwarmOrchestrator {
     /// Where worker nodes keep the job shim; `None` refuses writable
     /// mounts.
     job_shim: Option<String>,
+    /// The deployment whose objects this orchestrator creates, lists and
+    /// removes (`spec::LABEL_DEPLOYMENT`); others' it leaves alone.
+    deployment: DeploymentId,
 }
 
 impl fmt::Debug for SwarmOrchestrator {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("SwarmOrchestrator")
             .field("api_version", &self.docker.client_version().to_string())
+            .field("deployment", &self.deployment)
             .finish_non_exhaustive()
     }
 }
@@ -169,6 +173,9 @@ async fn job_status_of(docker: &Docker, id: &str) -> Result<JobStatus, Orchestra
     let service = find_service(docker, &name)
         .await?
         .ok_or_else(|| OrchestratorError::NotFound(format!("job '{id}'")))?;
+    // Read whoever owns it: job ids are the broker's unique ids, so a
+    // status asked for by id is this deployment's own job; what it may
+    // act on is decided by `list_jobs` and `remove_job`.
     let tasks = tasks_of(docker, &service.id.iter().cloned().collect::<Vec<_>>()).await?;
     let labels = service.spec.and_then(|s| s.labels).unwrap_or_default();
     spec::job_status(id, &labels, &tasks).ok_or_else(|| {
@@ -211,7 +218,24 @@ impl SwarmOrchestrator {
             watcher,
             watch_task,
             job_shim: Some(spec::DEFAULT_SHIM_HOST_PATH.to_string()),
+            deployment: DeploymentId::default(),
         })
+    }
+
+    /// Sets the deployment this orchestrator acts for (default `base`,
+    /// `Settings::deployment`): every object it creates carries
+    /// `base.deployment=<id>`; listing, reconciling, reaping and pruning see
+    /// only that deployment's objects (the default one also adopts the
+    /// unlabelled objects made before deployment ids); an ensure that
+    /// meets a same-name object of another deployment fails naming it.
+    pub fn with_deployment(mut self, deployment: DeploymentId) -> Self {
+        self.deployment = deployment;
+        self
+    }
+
+    /// The deployment this orchestrator acts for.
+    pub fn deployment(&self) -> &DeploymentId {
+        &self.deployment
     }
 
     /// Sets where the job shim (`base-shim`) sits on every worker node
@@ -334,7 +358,11 @@ impl SwarmOrchestrator {
                     }
                 }
             }
-            match self.docker.create_network(spec::network_spec(net)).await {
+            match self
+                .docker
+                .create_network(spec::network_spec(net, &self.deployment))
+                .await
+            {
                 Ok(_) => {
                     tracing::info!(network = net.name(), "created encrypted overlay network");
                     return Ok(true);
@@ -364,14 +392,15 @@ impl SwarmOrchestrator {
     ) -> Result<SecretRef, SwarmError> {
         let name = spec::secret_name(slug, kind, &spec::token_hash8(token));
         for attempt in 0..2 {
-            if let Some(found) = self.find_secret(&name).await? {
+            if let Some((found, labels)) = self.find_secret(&name).await? {
+                spec::check_owner(&format!("secret {name}"), labels.as_ref(), &self.deployment)?;
                 return Ok(found);
             }
             // The spec holds the token: it goes into the request body and
             // nowhere else (never logged, never formatted).
             match self
                 .docker
-                .create_secret(spec::secret_spec(slug, kind, token))
+                .create_secret(spec::secret_spec(slug, kind, token, &self.deployment))
                 .await
             {
                 Ok(id) => {
@@ -391,8 +420,12 @@ impl SwarmOrchestrator {
         )))
     }
 
-    /// A secret by exact name (the engine's name filter matches prefixes).
-    async fn find_secret(&self, name: &str) -> Result<Option<SecretRef>, SwarmError> {
+    /// A secret by exact name (the engine's name filter matches prefixes),
+    /// with its labels (whose it is).
+    async fn find_secret(
+        &self,
+        name: &str,
+    ) -> Result<Option<(SecretRef, Option<HashMap<String, String>>)>, SwarmError> {
         let opts = ListSecretsOptionsBuilder::new()
             .filters(&filters(&[("name", name)]))
             .build();
@@ -404,10 +437,13 @@ impl SwarmOrchestrator {
         Ok(secrets.into_iter().find_map(|s| {
             let found = s.spec.as_ref().and_then(|sp| sp.name.as_deref()) == Some(name);
             match (found, s.id) {
-                (true, Some(id)) => Some(SecretRef {
-                    id,
-                    name: name.to_string(),
-                }),
+                (true, Some(id)) => Some((
+                    SecretRef {
+                        id,
+                        name: name.to_string(),
+                    },
+                    s.spec.and_then(|sp| sp.labels),
+                )),
                 _ => None,
             }
         }))
@@ -454,7 +490,8 @@ impl SwarmOrchestrator {
             .collect();
         for secret in secrets {
             let Some(id) = secret.id else { continue };
-            if used.contains(&id) {
+            let labels = secret.spec.as_ref().and_then(|s| s.labels.as_ref());
+            if used.contains(&id) || !spec::is_ours(labels, &self.deployment) {
                 continue;
             }
             let name = secret.spec.and_then(|s| s.name).unwrap_or_default();
@@ -465,6 +502,39 @@ impl SwarmOrchestrator {
                 }
             }
         }
+        Ok(())
+    }
+
+    /// The labels of the volume `name` (`Some(None)`: it exists without
+    /// labels), or `None` when there is no such volume.
+    async fn volume_labels(
+        &self,
+        name: &str,
+    ) -> Result<Option<Option<HashMap<String, String>>>, SwarmError> {
+        match self.docker.inspect_volume(name).await {
+            // The engine reports an unlabelled volume with an empty map.
+            Ok(v) => Ok(Some(Some(v.labels).filter(|l| !l.is_empty()))),
+            Err(e) => {
+                let e = SwarmError::docker(format!("inspecting volume {name}"), e);
+                if is_status(&e, 404) { Ok(None) } else { Err(e) }
+            }
+        }
+    }
+
+    /// The challenge's data volume: adopted when it is this deployment's
+    /// (what an uninstall kept, so a re-install finds its data), created
+    /// when absent, refused when another deployment's.
+    async fn ensure_volume(&self, slug: &Slug) -> Result<(), SwarmError> {
+        let name = spec::volume_name(slug);
+        if let Some(labels) = self.volume_labels(&name).await? {
+            return spec::check_owner(&format!("volume {name}"), labels.as_ref(), &self.deployment);
+        }
+        // Creating an existing volume returns it unchanged, so a volume
+        // made concurrently is fine too.
+        self.docker
+            .create_volume(spec::volume_spec(slug, &self.deployment))
+            .await
+            .map_err(|e| SwarmError::docker(format!("creating volume {name}"), e))?;
         Ok(())
     }
 
@@ -509,6 +579,14 @@ impl SwarmOrchestrator {
                     }
                 },
                 Some(current) => {
+                    // Never update another deployment's service of the same
+                    // name; adopt this deployment's own (and, for the
+                    // default deployment, the unlabelled ones of old).
+                    spec::check_owner(
+                        &format!("service {name}"),
+                        current.spec.as_ref().and_then(|s| s.labels.as_ref()),
+                        &self.deployment,
+                    )?;
                     if !spec::needs_update(&current, &desired) {
                         return Ok(());
                     }
@@ -577,7 +655,7 @@ impl SwarmOrchestrator {
         let name = file.name.clone();
         match self
             .docker
-            .create_config(spec::job_config_spec(job, file))
+            .create_config(spec::job_config_spec(job, file, &self.deployment))
             .await
         {
             Ok(created) => Ok((name, created.id)),
@@ -617,7 +695,14 @@ impl SwarmOrchestrator {
             .list_configs(Some(opts))
             .await
             .map_err(|e| SwarmError::docker(format!("listing the configs of job {id}"), e))?;
-        let ids: Vec<String> = configs.into_iter().filter_map(|c| c.id).collect();
+        let ids: Vec<String> = configs
+            .into_iter()
+            .filter(|c| {
+                let labels = c.spec.as_ref().and_then(|s| s.labels.as_ref());
+                spec::is_ours(labels, &self.deployment)
+            })
+            .filter_map(|c| c.id)
+            .collect();
         self.delete_configs(&ids).await
     }
 
@@ -674,7 +759,7 @@ impl SwarmOrchestrator {
     /// (`spec::job_network_spec`); one that exists already (a retried
     /// `run_job`) is fine.
     async fn create_job_network(&self, job: &JobSpec) -> Result<(), SwarmError> {
-        let request = spec::job_network_spec(job)?;
+        let request = spec::job_network_spec(job, &self.deployment)?;
         let name = request.name.clone();
         match self.docker.create_network(request).await {
             Ok(_) => Ok(()),
@@ -735,6 +820,7 @@ impl SwarmOrchestrator {
             &live,
             chrono::Utc::now(),
             chrono::Duration::from_std(grace).unwrap_or(chrono::Duration::MAX),
+            &self.deployment,
         );
         let mut removed = 0;
         for name in orphans {
@@ -773,6 +859,7 @@ impl SwarmOrchestrator {
             &live,
             chrono::Utc::now(),
             chrono::Duration::from_std(grace).unwrap_or(chrono::Duration::MAX),
+            &self.deployment,
         ))
     }
 
@@ -875,9 +962,10 @@ impl SwarmOrchestrator {
         }
     }
 
-    /// All services with the given labels.
     /// The ids of the jobs that still have a service: what the orphan
-    /// sweeps (job networks, job-mount configs) keep.
+    /// sweeps (job networks, job-mount configs) keep. Every deployment's
+    /// jobs count here: keeping more is the safe side, and the sweeps
+    /// themselves only look at their own deployment's objects.
     async fn live_job_ids(&self) -> Result<HashSet<String>, SwarmError> {
         let services = self
             .services_labelled(&[(spec::LABEL_COMPONENT, spec::COMPONENT_JOB)])
@@ -889,6 +977,7 @@ impl SwarmOrchestrator {
             .collect())
     }
 
+    /// All services with the given labels.
     async fn services_labelled(&self, labels: &[(&str, &str)]) -> Result<Vec<Service>, SwarmError> {
         let values: Vec<String> = labels.iter().map(|(k, v)| format!("{k}={v}")).collect();
         let pairs: Vec<(&str, &str)> = values.iter().map(|v| ("label", v.as_str())).collect();
@@ -901,14 +990,28 @@ impl SwarmOrchestrator {
             .map_err(|e| SwarmError::docker("listing services", e))
     }
 
-    /// Statuses of every BASE job, optionally of one challenge.
+    /// The services of this deployment among `services` (`spec::is_ours`:
+    /// the engine's label filter cannot say "this id, or no label").
+    fn own(&self, services: Vec<Service>) -> Vec<Service> {
+        services
+            .into_iter()
+            .filter(|s| {
+                spec::is_ours(
+                    s.spec.as_ref().and_then(|sp| sp.labels.as_ref()),
+                    &self.deployment,
+                )
+            })
+            .collect()
+    }
+
+    /// Statuses of this deployment's BASE jobs, optionally of one challenge.
     async fn job_statuses(&self, slug: Option<&Slug>) -> Result<Vec<JobStatus>, SwarmError> {
         let slug_label = slug.map(|s| s.to_string());
         let mut labels = vec![(spec::LABEL_COMPONENT, spec::COMPONENT_JOB)];
         if let Some(s) = &slug_label {
             labels.push((spec::LABEL_CHALLENGE, s.as_str()));
         }
-        let services = self.services_labelled(&labels).await?;
+        let services = self.own(self.services_labelled(&labels).await?);
         let ids: Vec<String> = services.iter().filter_map(|s| s.id.clone()).collect();
         let tasks = self.tasks_of(&ids).await?;
         let mut out: Vec<JobStatus> = services
@@ -956,17 +1059,20 @@ impl Orchestrator for SwarmOrchestrator {
                 challenge: placeholder.clone(),
                 broker: placeholder,
             },
+            &self.deployment,
         )?;
+        // A same-name service or volume of another deployment stops the
+        // ensure before anything is created or changed (slugs are not
+        // unique across deployments, service and volume names are).
+        if let Some(current) = self.find_service(&name).await? {
+            spec::check_owner(
+                &format!("service {name}"),
+                current.spec.as_ref().and_then(|s| s.labels.as_ref()),
+                &self.deployment,
+            )?;
+        }
+        self.ensure_volume(&spec.slug).await?;
         self.networks_once().await?;
-        self.docker
-            .create_volume(spec::volume_spec(&spec.slug))
-            .await
-            .map_err(|e| {
-                SwarmError::docker(
-                    format!("creating volume {}", spec::volume_name(&spec.slug)),
-                    e,
-                )
-            })?;
         let refs = ChallengeSecretRefs {
             challenge: self
                 .ensure_secret(
@@ -979,7 +1085,7 @@ impl Orchestrator for SwarmOrchestrator {
                 .ensure_secret(&spec.slug, SecretKind::Broker, &spec.secrets.broker_token)
                 .await?,
         };
-        let desired = spec::challenge_service(spec, &refs)?;
+        let desired = spec::challenge_service(spec, &refs, &self.deployment)?;
         self.apply_service(&name, desired).await?;
         if let Err(e) = self.prune_secrets(&spec.slug).await {
             tracing::warn!(slug = %spec.slug, error = %e, "cannot prune secrets");
@@ -996,6 +1102,13 @@ impl Orchestrator for SwarmOrchestrator {
         purge_data: bool,
     ) -> Result<(), OrchestratorError> {
         let name = spec::service_name(slug)?;
+        if let Some(current) = self.find_service(&name).await? {
+            spec::check_owner(
+                &format!("service {name}"),
+                current.spec.as_ref().and_then(|s| s.labels.as_ref()),
+                &self.deployment,
+            )?;
+        }
         match self.docker.delete_service(&name).await {
             Ok(()) => tracing::info!(slug = %slug, "removed challenge service"),
             Err(e) => {
@@ -1008,6 +1121,13 @@ impl Orchestrator for SwarmOrchestrator {
         self.prune_secrets(slug).await?;
         if purge_data {
             let volume = spec::volume_name(slug);
+            if let Some(labels) = self.volume_labels(&volume).await? {
+                spec::check_owner(
+                    &format!("volume {volume}"),
+                    labels.as_ref(),
+                    &self.deployment,
+                )?;
+            }
             let deadline = tokio::time::Instant::now() + VOLUME_RELEASE_TIMEOUT;
             loop {
                 let opts = RemoveVolumeOptionsBuilder::new().force(false).build();
@@ -1038,6 +1158,14 @@ impl Orchestrator for SwarmOrchestrator {
         let Some(service) = self.find_service(&name).await? else {
             return Ok(spec::missing_status(slug));
         };
+        // Another deployment's service of the same name is not this
+        // deployment's challenge: it is missing here, and says whose it is.
+        let labels = service.spec.as_ref().and_then(|s| s.labels.as_ref());
+        if let Err(e) = spec::check_owner(&format!("service {name}"), labels, &self.deployment) {
+            let mut missing = spec::missing_status(slug);
+            missing.message = Some(e.to_string());
+            return Ok(missing);
+        }
         let tasks = self
             .tasks_of(&service.id.iter().cloned().collect::<Vec<_>>())
             .await?;
@@ -1045,9 +1173,10 @@ impl Orchestrator for SwarmOrchestrator {
     }
 
     async fn list_challenges(&self) -> Result<Vec<ServiceStatus>, OrchestratorError> {
-        let services = self
-            .services_labelled(&[(spec::LABEL_COMPONENT, spec::COMPONENT_CHALLENGE)])
-            .await?;
+        let services = self.own(
+            self.services_labelled(&[(spec::LABEL_COMPONENT, spec::COMPONENT_CHALLENGE)])
+                .await?,
+        );
         let ids: Vec<String> = services.iter().filter_map(|s| s.id.clone()).collect();
         let tasks = self.tasks_of(&ids).await?;
         let mut out: Vec<ServiceStatus> = services
@@ -1084,8 +1213,13 @@ impl Orchestrator for SwarmOrchestrator {
             host_path,
             entrypoint: Vec::new(),
         });
-        spec::job_service(job, &placeholders, stand_in.as_ref())?;
-        if self.find_service(&name).await?.is_some() {
+        spec::job_service(job, &placeholders, stand_in.as_ref(), &self.deployment)?;
+        if let Some(current) = self.find_service(&name).await? {
+            spec::check_owner(
+                &format!("job service {name}"),
+                current.spec.as_ref().and_then(|s| s.labels.as_ref()),
+                &self.deployment,
+            )?;
             self.watcher.kick.notify_one();
             return self.job_status(&job.id).await;
         }
@@ -1097,7 +1231,7 @@ impl Orchestrator for SwarmOrchestrator {
                 return Err(e.into());
             }
         };
-        let desired = spec::job_service(job, &config_ids, shim.as_ref())?;
+        let desired = spec::job_service(job, &config_ids, shim.as_ref(), &self.deployment)?;
         // Last before the service, so the window in which the reaper could
         // take the network for an orphan (`JOB_NETWORK_GRACE`) is one call.
         let own_network = job.limits.network == crate::orchestrator::JobNetwork::None;
@@ -1245,6 +1379,11 @@ impl Orchestrator for SwarmOrchestrator {
         // spares that request.
         let mut has_configs = true;
         if let Some(service) = self.find_service(&name).await? {
+            spec::check_owner(
+                &format!("job service {name}"),
+                service.spec.as_ref().and_then(|s| s.labels.as_ref()),
+                &self.deployment,
+            )?;
             has_configs = service
                 .spec
                 .as_ref()

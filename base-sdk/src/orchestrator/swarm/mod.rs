@@ -12,7 +12,12 @@
 
 mod client;
 pub mod nodes;
-mod spec;
+// Public so that the agreed names (`spec::LABEL_DEPLOYMENT`, the label
+// keys, the naming rules) have one home other modules and binaries can
+// name; its functions take and return bollard types, the one place where
+// they show, and only for code that builds Docker objects itself (the
+// installer).
+pub mod spec;
 
 pub use client::SwarmOrchestrator;
 pub use spec::SecretKind;
@@ -23,6 +28,7 @@ pub use spec::{
     WRITABLE_MOUNT_BYTES, challenge_endpoint, secret_name, token_hash8, volume_name,
 };
 pub use spec::{LABEL_COMPONENT, LABEL_SPEC_SHA256};
+pub use spec::{LABEL_DEPLOYMENT, Owner, is_ours, owner};
 
 use super::OrchestratorError;
 
@@ -47,6 +53,21 @@ pub enum SwarmError {
     /// A network of BASE's name exists with weaker properties.
     #[error("{0}")]
     NetworkMismatch(String),
+    /// An object of BASE's name exists and belongs to another deployment
+    /// (`spec::check_owner`); it was neither updated nor removed.
+    #[error(
+        "{object} already exists and belongs to {owner}, not to deployment '{deployment}'; \
+         BASE neither updates nor removes another deployment's objects (use another slug, or \
+         remove it through its own deployment)"
+    )]
+    Foreign {
+        /// The object ("service challenge-quiz").
+        object: String,
+        /// Who owns it ("deployment 'b'").
+        owner: String,
+        /// The deployment that was refused.
+        deployment: String,
+    },
     /// This engine is not a Swarm manager.
     #[error(
         "the Docker engine is not a Swarm manager ({0}); run `docker swarm init` or point DOCKER_HOST at a manager"
@@ -91,6 +112,7 @@ impl From<SwarmError> for OrchestratorError {
                 message,
             } => OrchestratorError::NotFound(format!("{context}: {message}")),
             SwarmError::NetworkMismatch(m) => OrchestratorError::Refused(m),
+            e @ SwarmError::Foreign { .. } => OrchestratorError::Foreign(e.to_string()),
             e @ SwarmError::NotManager(_) => OrchestratorError::Refused(e.to_string()),
             other @ SwarmError::Docker { .. } => OrchestratorError::Docker(other.to_string()),
         }

@@ -28,7 +28,7 @@ use secrecy::{ExposeSecret, SecretString};
 use sha2::{Digest, Sha256};
 
 use super::SwarmError;
-use crate::model::Slug;
+use crate::model::{DeploymentId, Slug};
 use crate::orchestrator::{
     ChallengeSpec, JobNetwork, JobSpec, JobState, JobStatus, ServiceState, ServiceStatus,
 };
@@ -53,6 +53,11 @@ pub const GPU_RESOURCE: &str = "NVIDIA-GPU";
 
 /// Label: which kind of BASE object this is (`challenge`, `job`, …).
 pub const LABEL_COMPONENT: &str = "base.component";
+/// Label: the deployment that owns the object ([`DeploymentId`]). Every
+/// object BASE creates carries it; the reconciler, the reaper and the
+/// orphan sweeps act only where it names their own deployment (or, for
+/// the default deployment, where it is absent: see [`owner`]).
+pub const LABEL_DEPLOYMENT: &str = "base.deployment";
 /// Label: the challenge a service, secret or job belongs to.
 pub const LABEL_CHALLENGE: &str = "base.challenge";
 /// Label on the data volume (the name the issue fixes for volumes).
@@ -267,19 +272,112 @@ pub fn secret_name(slug: &Slug, kind: SecretKind, hash8: &str) -> String {
     format!("base_{slug_part}{tail}")
 }
 
+/// Who owns a BASE object, as one deployment sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Owner {
+    /// This deployment: labelled with its id, or unlabelled while this is
+    /// the default deployment (which adopts what was created before
+    /// deployment ids existed, so an existing install keeps working).
+    Ours,
+    /// Another deployment, by id. An unlabelled object seen from a
+    /// non-default deployment belongs to the default one (`labelled`
+    /// false).
+    Other {
+        /// The owner's id.
+        id: String,
+        /// Whether the object carries the label (false: created before
+        /// deployment ids, owned by the default deployment).
+        labelled: bool,
+    },
+}
+
+impl std::fmt::Display for Owner {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Ours => f.write_str("this deployment"),
+            Self::Other { id, labelled: true } => write!(f, "deployment '{id}'"),
+            Self::Other {
+                id,
+                labelled: false,
+            } => write!(
+                f,
+                "deployment '{id}' (it has no {LABEL_DEPLOYMENT} label: created before \
+                 deployment ids, so it is the default deployment's)"
+            ),
+        }
+    }
+}
+
+/// The owner of an object with these labels, seen from `deployment`: the
+/// `base.deployment` label decides; without it, the default deployment
+/// owns the object. Pure, so every sweep applies the same rule.
+pub fn owner(labels: Option<&HashMap<String, String>>, deployment: &DeploymentId) -> Owner {
+    let id = labels
+        .and_then(|l| l.get(LABEL_DEPLOYMENT))
+        .map(String::as_str);
+    match id {
+        Some(id) if id == deployment.as_str() => Owner::Ours,
+        Some(id) => Owner::Other {
+            id: id.to_string(),
+            labelled: true,
+        },
+        None if deployment.is_default() => Owner::Ours,
+        None => Owner::Other {
+            id: DeploymentId::DEFAULT.to_string(),
+            labelled: false,
+        },
+    }
+}
+
+/// Whether `deployment` may act on (update, remove, prune) an object with
+/// these labels.
+pub fn is_ours(labels: Option<&HashMap<String, String>>, deployment: &DeploymentId) -> bool {
+    owner(labels, deployment) == Owner::Ours
+}
+
+/// Ok when `deployment` may adopt the existing object `what` (e.g.
+/// "service challenge-quiz"); otherwise [`SwarmError::Foreign`] naming the
+/// object and its owner. Ensures call it before touching an object whose
+/// name they did not make unique, so a same-name object of another
+/// deployment is neither updated nor removed.
+pub fn check_owner(
+    what: &str,
+    labels: Option<&HashMap<String, String>>,
+    deployment: &DeploymentId,
+) -> Result<(), SwarmError> {
+    match owner(labels, deployment) {
+        Owner::Ours => Ok(()),
+        other => Err(SwarmError::Foreign {
+            object: what.to_string(),
+            owner: other.to_string(),
+            deployment: deployment.to_string(),
+        }),
+    }
+}
+
 /// The labels every object of a challenge carries.
-fn challenge_labels(slug: &Slug, component: &str) -> HashMap<String, String> {
+fn challenge_labels(
+    slug: &Slug,
+    component: &str,
+    deployment: &DeploymentId,
+) -> HashMap<String, String> {
     HashMap::from([
         (LABEL_COMPONENT.to_string(), component.to_string()),
         (LABEL_CHALLENGE.to_string(), slug.to_string()),
+        (LABEL_DEPLOYMENT.to_string(), deployment.to_string()),
     ])
 }
 
 /// A token secret. The token reaches Docker only here, base64 in the API
 /// body (`Data`); `SecretSpec`'s `Debug` would show it, so callers never
 /// log the value this returns.
-pub fn secret_spec(slug: &Slug, kind: SecretKind, token: &SecretString) -> SecretSpec {
-    let mut labels = challenge_labels(slug, COMPONENT_SECRET);
+pub fn secret_spec(
+    slug: &Slug,
+    kind: SecretKind,
+    token: &SecretString,
+    deployment: &DeploymentId,
+) -> SecretSpec {
+    let mut labels = challenge_labels(slug, COMPONENT_SECRET, deployment);
     labels.insert(LABEL_SECRET_KIND.to_string(), kind.file_name().to_string());
     SecretSpec {
         name: Some(secret_name(slug, kind, &token_hash8(token))),
@@ -291,8 +389,8 @@ pub fn secret_spec(slug: &Slug, kind: SecretKind, token: &SecretString) -> Secre
 
 /// The data volume: local driver, labelled so operators (and a purge) find
 /// it.
-pub fn volume_spec(slug: &Slug) -> VolumeCreateRequest {
-    let mut labels = challenge_labels(slug, COMPONENT_DATA);
+pub fn volume_spec(slug: &Slug, deployment: &DeploymentId) -> VolumeCreateRequest {
+    let mut labels = challenge_labels(slug, COMPONENT_DATA, deployment);
     labels.insert(LABEL_VOLUME_SLUG.to_string(), slug.to_string());
     VolumeCreateRequest {
         name: Some(volume_name(slug)),
@@ -336,8 +434,10 @@ impl BaseNetwork {
 }
 
 /// The create request of a BASE overlay: encrypted (IPsec between nodes),
-/// MTU 1450.
-pub fn network_spec(net: BaseNetwork) -> NetworkCreateRequest {
+/// MTU 1450, labelled with the deployment that created it. The overlays
+/// are shared by every deployment on the Swarm (their names are fixed and
+/// nothing in BASE removes them), so the label records the creator only.
+pub fn network_spec(net: BaseNetwork, deployment: &DeploymentId) -> NetworkCreateRequest {
     NetworkCreateRequest {
         name: net.name().to_string(),
         driver: Some("overlay".to_string()),
@@ -351,10 +451,10 @@ pub fn network_spec(net: BaseNetwork) -> NetworkCreateRequest {
                 OVERLAY_MTU.to_string(),
             ),
         ])),
-        labels: Some(HashMap::from([(
-            LABEL_COMPONENT.to_string(),
-            COMPONENT_NETWORK.to_string(),
-        )])),
+        labels: Some(HashMap::from([
+            (LABEL_COMPONENT.to_string(), COMPONENT_NETWORK.to_string()),
+            (LABEL_DEPLOYMENT.to_string(), deployment.to_string()),
+        ])),
         ..Default::default()
     }
 }
@@ -371,7 +471,10 @@ pub fn job_network_name(id: &str) -> Result<String, SwarmError> {
 /// nothing can reach it, not even another job of the same challenge.
 /// Not encrypted: with one member nothing ever crosses a node. Labelled
 /// with the job's id, so what a removal leaves is found and pruned.
-pub fn job_network_spec(job: &JobSpec) -> Result<NetworkCreateRequest, SwarmError> {
+pub fn job_network_spec(
+    job: &JobSpec,
+    deployment: &DeploymentId,
+) -> Result<NetworkCreateRequest, SwarmError> {
     Ok(NetworkCreateRequest {
         name: job_network_name(&job.id)?,
         driver: Some("overlay".to_string()),
@@ -389,6 +492,7 @@ pub fn job_network_spec(job: &JobSpec) -> Result<NetworkCreateRequest, SwarmErro
             ),
             (LABEL_JOB_ID.to_string(), job.id.clone()),
             (LABEL_CHALLENGE.to_string(), job.slug.to_string()),
+            (LABEL_DEPLOYMENT.to_string(), deployment.to_string()),
         ])),
         ..Default::default()
     })
@@ -398,19 +502,24 @@ pub fn job_network_spec(job: &JobSpec) -> Result<NetworkCreateRequest, SwarmErro
 /// removal that could not delete the network yet — Swarm refuses while the
 /// task's container is still detaching — or a broker killed between
 /// creating the network and the service). Only networks labelled by BASE as
-/// job networks count, and only those older than `grace`, so a job being
-/// created right now (network first, then its service) keeps its network.
+/// job networks of `deployment` count ([`is_ours`]: another deployment's
+/// broker prunes its own), and only those older than `grace`, so a job
+/// being created right now (network first, then its service) keeps its
+/// network.
 pub fn orphaned_job_networks(
     networks: &[bollard::models::Network],
     live_jobs: &HashSet<String>,
     now: DateTime<Utc>,
     grace: chrono::Duration,
+    deployment: &DeploymentId,
 ) -> Vec<String> {
     let mut out: Vec<String> = networks
         .iter()
         .filter_map(|n| {
             let labels = n.labels.as_ref()?;
-            if labels.get(LABEL_COMPONENT).map(String::as_str) != Some(COMPONENT_JOB_NETWORK) {
+            if labels.get(LABEL_COMPONENT).map(String::as_str) != Some(COMPONENT_JOB_NETWORK)
+                || !is_ours(Some(labels), deployment)
+            {
                 return None;
             }
             let job_id = labels.get(LABEL_JOB_ID)?;
@@ -570,14 +679,19 @@ fn secret_mount(secret: &SecretRef, kind: SecretKind) -> TaskSpecContainerSpecSe
 pub fn challenge_service(
     spec: &ChallengeSpec,
     secrets: &ChallengeSecretRefs,
+    deployment: &DeploymentId,
 ) -> Result<ServiceSpec, SwarmError> {
     let name = service_name(&spec.slug)?;
-    let mut labels = challenge_labels(&spec.slug, COMPONENT_CHALLENGE);
+    let mut labels = challenge_labels(&spec.slug, COMPONENT_CHALLENGE, deployment);
     labels.insert(LABEL_VERSION.to_string(), spec.version.clone());
     let limits = challenge_limits(&spec.resources)?;
     let container = TaskSpecContainerSpec {
         image: Some(spec.image.to_string()),
-        labels: Some(challenge_labels(&spec.slug, COMPONENT_CHALLENGE)),
+        labels: Some(challenge_labels(
+            &spec.slug,
+            COMPONENT_CHALLENGE,
+            deployment,
+        )),
         env: Some(challenge_env(spec)?),
         read_only: Some(true),
         init: Some(true),
@@ -596,7 +710,7 @@ pub fn challenge_service(
                 typ: Some(MountType::VOLUME),
                 read_only: Some(false),
                 volume_options: Some(MountVolumeOptions {
-                    labels: volume_spec(&spec.slug).labels,
+                    labels: volume_spec(&spec.slug, deployment).labels,
                     ..Default::default()
                 }),
                 ..Default::default()
@@ -1033,11 +1147,16 @@ pub fn writable_targets(spec: &JobSpec) -> Vec<&str> {
 /// The config carrying one mounted file, labelled so that it is found by
 /// job and pruned once its job is gone. Empty files become a template that
 /// renders to nothing (the engine refuses empty config data).
-pub fn job_config_spec(spec: &JobSpec, file: &MountFile<'_>) -> ConfigSpec {
+pub fn job_config_spec(
+    spec: &JobSpec,
+    file: &MountFile<'_>,
+    deployment: &DeploymentId,
+) -> ConfigSpec {
     let labels = HashMap::from([
         (LABEL_COMPONENT.to_string(), COMPONENT_JOB_MOUNT.to_string()),
         (LABEL_JOB_ID.to_string(), spec.id.clone()),
         (LABEL_CHALLENGE.to_string(), spec.slug.to_string()),
+        (LABEL_DEPLOYMENT.to_string(), deployment.to_string()),
     ]);
     let (data, templating) = if file.data.is_empty() {
         (
@@ -1072,21 +1191,25 @@ pub struct OrphanConfig {
 
 /// The job-mount configs whose job has no service any more (a removal
 /// that failed half-way, or a broker killed between creating the configs
-/// and the service). Only configs labelled by BASE as job mounts, with a
-/// job id, count; and only those older than `grace`, so a job being
-/// created right now (configs first, then its service) keeps its files.
+/// and the service). Only configs labelled by BASE as job mounts of
+/// `deployment` ([`is_ours`]), with a job id, count; and only those older
+/// than `grace`, so a job being created right now (configs first, then its
+/// service) keeps its files.
 pub fn orphaned_job_mounts(
     configs: &[Config],
     live_jobs: &HashSet<String>,
     now: DateTime<Utc>,
     grace: chrono::Duration,
+    deployment: &DeploymentId,
 ) -> Vec<OrphanConfig> {
     let mut out: Vec<OrphanConfig> = configs
         .iter()
         .filter_map(|c| {
             let spec = c.spec.as_ref()?;
             let labels = spec.labels.as_ref()?;
-            if labels.get(LABEL_COMPONENT).map(String::as_str) != Some(COMPONENT_JOB_MOUNT) {
+            if labels.get(LABEL_COMPONENT).map(String::as_str) != Some(COMPONENT_JOB_MOUNT)
+                || !is_ours(Some(labels), deployment)
+            {
                 return None;
             }
             let job_id = labels.get(LABEL_JOB_ID)?;
@@ -1199,6 +1322,7 @@ pub fn job_service(
     spec: &JobSpec,
     config_ids: &HashMap<String, String>,
     shim: Option<&JobShim>,
+    deployment: &DeploymentId,
 ) -> Result<ServiceSpec, SwarmError> {
     let name = job_service_name(&spec.id)?;
     let files = job_mount_files(spec)?;
@@ -1241,6 +1365,7 @@ pub fn job_service(
             spec.deadline_at.to_rfc3339_opts(SecondsFormat::Secs, true),
         ),
         (LABEL_TIMEOUT.to_string(), spec.timeout_seconds.to_string()),
+        (LABEL_DEPLOYMENT.to_string(), deployment.to_string()),
     ]);
     if let Some(task) = &spec.task_id {
         labels.insert(LABEL_TASK.to_string(), task.clone());
@@ -1516,6 +1641,11 @@ mod tests {
         Slug::parse(s).unwrap()
     }
 
+    /// The deployment the snapshots are taken for.
+    fn dep() -> DeploymentId {
+        DeploymentId::parse("snap").unwrap()
+    }
+
     fn challenge() -> ChallengeSpec {
         ChallengeSpec {
             slug: slug("quiz"),
@@ -1603,13 +1733,13 @@ mod tests {
 
     #[test]
     fn challenge_service_snapshot() {
-        let s = challenge_service(&challenge(), &refs()).unwrap();
+        let s = challenge_service(&challenge(), &refs(), &dep()).unwrap();
         assert_snapshot("challenge_service.json", serde_json::to_value(&s).unwrap());
     }
 
     #[test]
     fn challenge_service_holds_no_token_and_no_control_plane_url() {
-        let s = challenge_service(&challenge(), &refs()).unwrap();
+        let s = challenge_service(&challenge(), &refs(), &dep()).unwrap();
         let text = serde_json::to_string(&s).unwrap();
         assert!(!text.contains("cleartext"), "{text}");
         assert!(!text.contains("BASE_DATABASE_URL"), "{text}");
@@ -1653,8 +1783,8 @@ mod tests {
 
     #[test]
     fn digest_follows_every_change_and_only_changes() {
-        let base = challenge_service(&challenge(), &refs()).unwrap();
-        let same = challenge_service(&challenge(), &refs()).unwrap();
+        let base = challenge_service(&challenge(), &refs(), &dep()).unwrap();
+        let same = challenge_service(&challenge(), &refs(), &dep()).unwrap();
         let current = Service {
             spec: Some(base.clone()),
             ..Default::default()
@@ -1664,13 +1794,13 @@ mod tests {
         c.image = ImageRef::parse("base.local/quiz-challenge:0.1.1").unwrap();
         assert!(needs_update(
             &current,
-            &challenge_service(&c, &refs()).unwrap()
+            &challenge_service(&c, &refs(), &dep()).unwrap()
         ));
         let mut r = refs();
         r.challenge.name = "base_quiz_challenge_token_ffffffff".into();
         assert!(needs_update(
             &current,
-            &challenge_service(&challenge(), &r).unwrap()
+            &challenge_service(&challenge(), &r, &dep()).unwrap()
         ));
         // A service BASE did not label is always brought to the spec.
         assert!(needs_update(&Service::default(), &same));
@@ -1716,7 +1846,7 @@ mod tests {
     #[test]
     fn secret_spec_carries_the_token_only_in_data() {
         let token = SecretString::from("tok-value");
-        let s = secret_spec(&slug("quiz"), SecretKind::Broker, &token);
+        let s = secret_spec(&slug("quiz"), SecretKind::Broker, &token, &dep());
         assert_eq!(
             s.name.as_deref(),
             Some(secret_name(&slug("quiz"), SecretKind::Broker, &token_hash8(&token)).as_str())
@@ -1725,35 +1855,147 @@ mod tests {
         let labels = s.labels.unwrap();
         assert_eq!(labels["base.challenge"], "quiz");
         assert_eq!(labels["base.secret"], "docker_broker_token");
+        assert_eq!(labels["base.deployment"], "snap");
         assert!(!labels.values().any(|v| v.contains("tok-value")));
+    }
+
+    #[test]
+    fn ownership_is_the_label_and_unlabelled_is_the_default_deployments() {
+        let labelled = |id: &str| HashMap::from([(LABEL_DEPLOYMENT.to_string(), id.to_string())]);
+        let none = HashMap::from([(LABEL_COMPONENT.to_string(), "challenge".to_string())]);
+        let a = DeploymentId::parse("a").unwrap();
+        let base = DeploymentId::default();
+        assert_eq!(owner(Some(&labelled("a")), &a), Owner::Ours);
+        assert_eq!(
+            owner(Some(&labelled("b")), &a),
+            Owner::Other {
+                id: "b".into(),
+                labelled: true
+            }
+        );
+        // Objects from before deployment ids: the default deployment adopts
+        // them, every other deployment leaves them to it.
+        for unlabelled in [None, Some(&none)] {
+            assert_eq!(owner(unlabelled, &base), Owner::Ours);
+            assert_eq!(
+                owner(unlabelled, &a),
+                Owner::Other {
+                    id: "base".into(),
+                    labelled: false
+                }
+            );
+        }
+        // A label naming the default deployment is the default's, not
+        // anyone's who happens to see it.
+        assert!(!is_ours(Some(&labelled("base")), &a));
+        assert!(is_ours(Some(&labelled("base")), &base));
+        assert!(!is_ours(Some(&labelled("a")), &base));
+        assert!(check_owner("service challenge-q", Some(&labelled("a")), &a).is_ok());
+        let why = check_owner("service challenge-q", Some(&labelled("b")), &a)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            why.contains("service challenge-q")
+                && why.contains("deployment 'b'")
+                && why.contains("'a'"),
+            "{why}"
+        );
+        let why = check_owner("volume base_q_data", None, &a)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            why.contains("volume base_q_data") && why.contains("deployment 'base'"),
+            "{why}"
+        );
+    }
+
+    #[test]
+    fn every_object_carries_its_deployment() {
+        let d = DeploymentId::parse("prod-7").unwrap();
+        let want = Some("prod-7");
+        fn get(l: Option<&HashMap<String, String>>) -> Option<&str> {
+            l.and_then(|l| l.get(LABEL_DEPLOYMENT)).map(String::as_str)
+        }
+        let c = challenge_service(&challenge(), &refs(), &d).unwrap();
+        assert_eq!(get(c.labels.as_ref()), want, "challenge service");
+        let task = c.task_template.as_ref().unwrap();
+        let container = task.container_spec.as_ref().unwrap();
+        assert_eq!(get(container.labels.as_ref()), want, "challenge container");
+        let data = &container.mounts.as_ref().unwrap()[0];
+        assert_eq!(
+            get(data.volume_options.as_ref().unwrap().labels.as_ref()),
+            want,
+            "volume created by a node"
+        );
+        let token = SecretString::from("t");
+        for kind in SecretKind::ALL {
+            assert_eq!(
+                get(secret_spec(&slug("quiz"), kind, &token, &d).labels.as_ref()),
+                want
+            );
+        }
+        assert_eq!(get(volume_spec(&slug("quiz"), &d).labels.as_ref()), want);
+        for net in BaseNetwork::ALL {
+            assert_eq!(get(network_spec(net, &d).labels.as_ref()), want, "{net:?}");
+        }
+        let mut j = job();
+        assert_eq!(get(job_network_spec(&j, &d).unwrap().labels.as_ref()), want);
+        let js = job_service(&j, &HashMap::new(), None, &d).unwrap();
+        assert_eq!(get(js.labels.as_ref()), want, "job service");
+        let jc = js.task_template.unwrap().container_spec.unwrap();
+        assert_eq!(get(jc.labels.as_ref()), want, "job container");
+        j.mounts = vec![JobMount {
+            target: "/in".into(),
+            read_only: true,
+            files: BTreeMap::from([("a".into(), b"x".to_vec())]),
+        }];
+        let files = job_mount_files(&j).unwrap();
+        assert_eq!(
+            get(job_config_spec(&j, &files[0], &d).labels.as_ref()),
+            want
+        );
+    }
+
+    #[test]
+    fn a_job_cannot_claim_another_deployment() {
+        let mut j = job();
+        j.labels
+            .insert(LABEL_DEPLOYMENT.to_string(), "someone-else".to_string());
+        let e = job_service(&j, &HashMap::new(), None, &dep())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("base.deployment") && e.contains("reserved"),
+            "{e}"
+        );
     }
 
     #[test]
     fn networks_and_volume() {
         assert_eq!(
-            serde_json::to_value(network_spec(BaseNetwork::Challenges)).unwrap(),
+            serde_json::to_value(network_spec(BaseNetwork::Challenges, &dep())).unwrap(),
             json!({
                 "Name": "base_challenges", "Driver": "overlay", "Scope": "swarm",
                 "Internal": false, "Attachable": true,
                 "Options": {"encrypted": "", "com.docker.network.driver.mtu": "1450"},
-                "Labels": {"base.component": "network"}
+                "Labels": {"base.component": "network", "base.deployment": "snap"}
             })
         );
         assert_eq!(
-            serde_json::to_value(network_spec(BaseNetwork::JobsInternal)).unwrap(),
+            serde_json::to_value(network_spec(BaseNetwork::JobsInternal, &dep())).unwrap(),
             json!({
                 "Name": "base_jobs_internal", "Driver": "overlay", "Scope": "swarm",
                 "Internal": true, "Attachable": false,
                 "Options": {"encrypted": "", "com.docker.network.driver.mtu": "1450"},
-                "Labels": {"base.component": "network"}
+                "Labels": {"base.component": "network", "base.deployment": "snap"}
             })
         );
         assert_eq!(
-            serde_json::to_value(volume_spec(&slug("quiz"))).unwrap(),
+            serde_json::to_value(volume_spec(&slug("quiz"), &dep())).unwrap(),
             json!({
                 "Name": "base_quiz_data", "Driver": "local",
                 "Labels": {"base.component": "challenge-data", "base.challenge": "quiz",
-                           "base.challenge.slug": "quiz"}
+                           "base.challenge.slug": "quiz", "base.deployment": "snap"}
             })
         );
         let enc = HashMap::from([("encrypted".to_string(), String::new())]);
@@ -1773,7 +2015,7 @@ mod tests {
 
     #[test]
     fn job_service_snapshot_cpu() {
-        let s = job_service(&job(), &HashMap::new(), None).unwrap();
+        let s = job_service(&job(), &HashMap::new(), None, &dep()).unwrap();
         assert_snapshot("job_cpu.json", serde_json::to_value(&s).unwrap());
     }
 
@@ -1782,7 +2024,8 @@ mod tests {
         let mut j = job();
         j.limits.gpus = Some(2);
         j.limits.network = JobNetwork::Default;
-        let v = serde_json::to_value(job_service(&j, &HashMap::new(), None).unwrap()).unwrap();
+        let v =
+            serde_json::to_value(job_service(&j, &HashMap::new(), None, &dep()).unwrap()).unwrap();
         assert_eq!(
             v["TaskTemplate"]["Placement"]["Constraints"],
             json!(["node.labels.base.workload==gpu"])
@@ -1795,7 +2038,8 @@ mod tests {
 
         // `none`: the job's own network, never a shared one.
         j.limits.network = JobNetwork::None;
-        let v = serde_json::to_value(job_service(&j, &HashMap::new(), None).unwrap()).unwrap();
+        let v =
+            serde_json::to_value(job_service(&j, &HashMap::new(), None, &dep()).unwrap()).unwrap();
         assert_eq!(
             v["TaskTemplate"]["Networks"],
             json!([{"Target": format!("base-job-{}", j.id)}])
@@ -1803,21 +2047,26 @@ mod tests {
         let mut other = job();
         other.id = "other-job".into();
         other.limits.network = JobNetwork::None;
-        let w = serde_json::to_value(job_service(&other, &HashMap::new(), None).unwrap()).unwrap();
+        let w = serde_json::to_value(job_service(&other, &HashMap::new(), None, &dep()).unwrap())
+            .unwrap();
         assert_ne!(
             v["TaskTemplate"]["Networks"], w["TaskTemplate"]["Networks"],
             "two none jobs of one challenge never share a network"
         );
 
         j.limits.network = JobNetwork::Named("base_eval_net".into());
-        let v = serde_json::to_value(job_service(&j, &HashMap::new(), None).unwrap()).unwrap();
+        let v =
+            serde_json::to_value(job_service(&j, &HashMap::new(), None, &dep()).unwrap()).unwrap();
         assert_eq!(
             v["TaskTemplate"]["Networks"],
             json!([{"Target": "base_eval_net"}])
         );
         for bad in ["base_challenges", "host", "bridge"] {
             j.limits.network = JobNetwork::Named(bad.into());
-            assert!(job_service(&j, &HashMap::new(), None).is_err(), "{bad}");
+            assert!(
+                job_service(&j, &HashMap::new(), None, &dep()).is_err(),
+                "{bad}"
+            );
         }
     }
 
@@ -1849,7 +2098,10 @@ mod tests {
         for (i, change) in cases.iter().enumerate() {
             let mut j = job();
             change(&mut j);
-            assert!(job_service(&j, &HashMap::new(), None).is_err(), "case {i}");
+            assert!(
+                job_service(&j, &HashMap::new(), None, &dep()).is_err(),
+                "case {i}"
+            );
         }
     }
 
@@ -1897,7 +2149,7 @@ mod tests {
 
     #[test]
     fn job_states_from_tasks() {
-        let labels = job_service(&job(), &HashMap::new(), None)
+        let labels = job_service(&job(), &HashMap::new(), None, &dep())
             .unwrap()
             .labels
             .unwrap();
@@ -1980,7 +2232,7 @@ mod tests {
     /// ran, not one that exited 0.
     #[test]
     fn a_rejected_task_has_no_exit_code() {
-        let labels = job_service(&job(), &HashMap::new(), None)
+        let labels = job_service(&job(), &HashMap::new(), None, &dep())
             .unwrap()
             .labels
             .unwrap();
@@ -2026,7 +2278,7 @@ mod tests {
 
     #[test]
     fn service_states_from_tasks() {
-        let spec = challenge_service(&challenge(), &refs()).unwrap();
+        let spec = challenge_service(&challenge(), &refs(), &dep()).unwrap();
         let service = Service {
             spec: Some(spec),
             ..Default::default()
@@ -2104,8 +2356,11 @@ mod tests {
     fn job_mounts_snapshot() {
         let j = job_with_mounts();
         let files = job_mount_files(&j).unwrap();
-        let configs: Vec<ConfigSpec> = files.iter().map(|f| job_config_spec(&j, f)).collect();
-        let service = job_service(&j, &ids_for(&files), None).unwrap();
+        let configs: Vec<ConfigSpec> = files
+            .iter()
+            .map(|f| job_config_spec(&j, f, &dep()))
+            .collect();
+        let service = job_service(&j, &ids_for(&files), None, &dep()).unwrap();
         assert_snapshot(
             "job_mounts.json",
             json!({"configs": configs, "service": service}),
@@ -2134,7 +2389,7 @@ mod tests {
                 ("base-job-j-0001-3", "/etc/task.json", &b"{\"task\":7}"[..]),
             ]
         );
-        let spec = job_config_spec(&j, &files[0]);
+        let spec = job_config_spec(&j, &files[0], &dep());
         assert_eq!(spec.data.as_deref(), Some("NDIK"));
         assert_eq!(spec.templating, None);
         let labels = spec.labels.unwrap();
@@ -2143,7 +2398,7 @@ mod tests {
         assert_eq!(labels["base.challenge"], "quiz");
         // The engine refuses empty data: an empty file is a template that
         // renders to nothing.
-        let empty = job_config_spec(&j, &files[2]);
+        let empty = job_config_spec(&j, &files[2], &dep());
         assert_eq!(
             empty.templating.as_ref().map(|d| d.name.as_str()),
             Some("golang")
@@ -2153,7 +2408,7 @@ mod tests {
             .unwrap();
         assert_eq!(template, EMPTY_FILE_TEMPLATE.as_bytes());
 
-        let service = job_service(&j, &ids_for(&files), None).unwrap();
+        let service = job_service(&j, &ids_for(&files), None, &dep()).unwrap();
         let configs = service
             .task_template
             .unwrap()
@@ -2175,10 +2430,12 @@ mod tests {
         // Every file needs its created config.
         let mut missing = ids_for(&files);
         missing.remove("base-job-j-0001-3");
-        let e = job_service(&j, &missing, None).unwrap_err().to_string();
+        let e = job_service(&j, &missing, None, &dep())
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("base-job-j-0001-3"), "{e}");
         // No mounts, no configs.
-        let plain = job_service(&job(), &HashMap::new(), None).unwrap();
+        let plain = job_service(&job(), &HashMap::new(), None, &dep()).unwrap();
         assert!(
             plain
                 .task_template
@@ -2214,7 +2471,7 @@ mod tests {
             host_path: "/opt/base/base-shim".into(),
             entrypoint: vec!["/bin/entry".into(), "--flag".into()],
         };
-        let service = job_service(&j, &ids_for(&files), Some(&shim)).unwrap();
+        let service = job_service(&j, &ids_for(&files), Some(&shim), &dep()).unwrap();
         let c = service
             .task_template
             .and_then(|t| t.container_spec)
@@ -2263,12 +2520,12 @@ mod tests {
             (Some("/opt/base/base-shim"), Some(SHIM_TARGET), Some(true))
         );
         // No shim configured: refused, naming the setting.
-        let err = job_service(&j, &ids_for(&files), None)
+        let err = job_service(&j, &ids_for(&files), None, &dep())
             .unwrap_err()
             .to_string();
         assert!(err.contains("BASE_SWARM_JOB_SHIM"), "{err}");
         // Read-only jobs never see the shim.
-        let plain = job_service(&job(), &HashMap::new(), Some(&shim)).unwrap();
+        let plain = job_service(&job(), &HashMap::new(), Some(&shim), &dep()).unwrap();
         let c = plain.task_template.and_then(|t| t.container_spec).unwrap();
         assert_eq!(c.command, None);
         assert_eq!(c.args, Some(job().command));
@@ -2370,7 +2627,10 @@ mod tests {
             let e = job_mount_files(&j).unwrap_err().to_string();
             assert!(e.contains(want), "case {i}: {e}");
             // job_service refuses the same, before any config exists.
-            assert!(job_service(&j, &HashMap::new(), None).is_err(), "case {i}");
+            assert!(
+                job_service(&j, &HashMap::new(), None, &dep()).is_err(),
+                "case {i}"
+            );
         }
         let mut j = job();
         j.mounts = vec![mount("/in", &[("cap.bin", &at_cap)])];
@@ -2456,8 +2716,15 @@ mod tests {
                 ("base.component", "job-mount"),
                 ("base.job.id", job),
                 ("base.challenge", "quiz"),
+                ("base.deployment", "snap"),
             ]
         }
+        let other = [
+            ("base.component", "job-mount"),
+            ("base.job.id", "j-theirs"),
+            ("base.deployment", "other"),
+        ];
+        let unlabelled = [("base.component", "job-mount"), ("base.job.id", "j-old")];
         let configs = vec![
             config("gone", &mount_of("j-gone"), old),
             config("live", &mount_of("j-live"), old),
@@ -2469,12 +2736,22 @@ mod tests {
                 old,
             ),
             config("nolabel", &[("base.component", "job-mount")], old),
+            config("theirs", &other, old),
+            config("unlabelled", &unlabelled, old),
             Config::default(),
         ];
         let live = HashSet::from(["j-live".to_string()]);
-        let orphans = orphaned_job_mounts(&configs, &live, now, chrono::Duration::seconds(60));
+        let minute = chrono::Duration::seconds(60);
+        let orphans = orphaned_job_mounts(&configs, &live, now, minute, &dep());
         let ids: Vec<&str> = orphans.iter().map(|o| o.id.as_str()).collect();
+        // Another deployment's config, and one from before deployment ids,
+        // are not this (non-default) deployment's to prune.
         assert_eq!(ids, ["gone", "unparsed"]);
+        // The default deployment adopts the unlabelled one, never the other
+        // deployment's.
+        let base = orphaned_job_mounts(&configs, &live, now, minute, &DeploymentId::default());
+        let ids: Vec<&str> = base.iter().map(|o| o.id.as_str()).collect();
+        assert_eq!(ids, ["unlabelled"]);
         assert_eq!(orphans[0].job_id, "j-gone");
         assert_eq!(orphans[0].name, "name-gone");
     }
@@ -2482,7 +2759,7 @@ mod tests {
     #[test]
     fn a_none_jobs_network_is_internal_and_its_own() {
         let j = job();
-        let v = serde_json::to_value(job_network_spec(&j).unwrap()).unwrap();
+        let v = serde_json::to_value(job_network_spec(&j, &dep()).unwrap()).unwrap();
         assert_eq!(
             v,
             json!({
@@ -2490,12 +2767,12 @@ mod tests {
                 "Internal": true, "Attachable": false,
                 "Options": {"com.docker.network.driver.mtu": "1450"},
                 "Labels": {"base.component": "job-network", "base.job.id": j.id,
-                           "base.challenge": j.slug.as_str()}
+                           "base.challenge": j.slug.as_str(), "base.deployment": "snap"}
             })
         );
         let mut bad = job();
         bad.id = "../x".into();
-        assert!(job_network_spec(&bad).is_err());
+        assert!(job_network_spec(&bad, &dep()).is_err());
     }
 
     #[test]
@@ -2514,7 +2791,13 @@ mod tests {
             ),
             ..Default::default()
         };
-        let of = |job: &'static str| [("base.component", "job-network"), ("base.job.id", job)];
+        let of = |job: &'static str| {
+            [
+                ("base.component", "job-network"),
+                ("base.job.id", job),
+                ("base.deployment", "snap"),
+            ]
+        };
         let old = "2030-01-01T00:09:00Z";
         let networks = vec![
             net("base-job-gone", &of("gone"), old),
@@ -2523,12 +2806,32 @@ mod tests {
             net("base-job-unparsed", &of("unparsed"), "yesterday"),
             net("base_challenges", &[("base.component", "network")], old),
             net("foreign", &[("base.job.id", "gone")], old),
+            net(
+                "base-job-theirs",
+                &[
+                    ("base.component", "job-network"),
+                    ("base.job.id", "theirs"),
+                    ("base.deployment", "other"),
+                ],
+                old,
+            ),
+            net(
+                "base-job-old",
+                &[("base.component", "job-network"), ("base.job.id", "old")],
+                old,
+            ),
             bollard::models::Network::default(),
         ];
         let live = HashSet::from(["live".to_string()]);
+        let grace = chrono::Duration::seconds(15);
         assert_eq!(
-            orphaned_job_networks(&networks, &live, now, chrono::Duration::seconds(15)),
+            orphaned_job_networks(&networks, &live, now, grace, &dep()),
             ["base-job-gone", "base-job-unparsed"]
+        );
+        assert_eq!(
+            orphaned_job_networks(&networks, &live, now, grace, &DeploymentId::default()),
+            ["base-job-old"],
+            "the default deployment adopts unlabelled job networks only"
         );
     }
 
@@ -2593,13 +2896,22 @@ mod tests {
             }
 
             /// A job's orphans never include a config whose job still has a
-            /// service, one younger than the grace, or one BASE did not
-            /// label as a job mount.
+            /// service, one younger than the grace, one BASE did not label
+            /// as a job mount, or one of another deployment (owner 0: this
+            /// deployment's label, 1: another's, 2: none — the default
+            /// deployment's).
             #[test]
             fn pruning_spares_live_young_and_foreign_configs(
                 entries in proptest::collection::vec(
-                    (0u8..6, any::<bool>(), 0i64..600, any::<bool>()), 0..20),
+                    (0u8..6, any::<bool>(), 0i64..600, any::<bool>(), 0u8..3), 0..20),
+                default_deployment in any::<bool>(),
             ) {
+                let deployment = if default_deployment {
+                    DeploymentId::default()
+                } else {
+                    dep()
+                };
+                let mine = |owner: u8| if default_deployment { owner == 2 } else { owner == 0 };
                 let now = DateTime::parse_from_rfc3339("2030-01-01T01:00:00Z")
                     .unwrap()
                     .with_timezone(&Utc);
@@ -2607,16 +2919,18 @@ mod tests {
                 let configs: Vec<Config> = entries
                     .iter()
                     .enumerate()
-                    .map(|(i, (job, ours, age, _))| {
+                    .map(|(i, (job, ours, age, _, owner))| {
                         let job = format!("j{job}");
                         let component = if *ours { "job-mount" } else { "job" };
                         let created = (now - chrono::Duration::seconds(*age))
                             .to_rfc3339_opts(SecondsFormat::Nanos, true);
-                        config(
-                            &format!("c{i}"),
-                            &[("base.component", component), ("base.job.id", &job)],
-                            &created,
-                        )
+                        let mut labels = vec![("base.component", component), ("base.job.id", &job)];
+                        match owner {
+                            0 => labels.push(("base.deployment", "snap")),
+                            1 => labels.push(("base.deployment", "other")),
+                            _ => {}
+                        }
+                        config(&format!("c{i}"), &labels, &created)
                     })
                     .collect();
                 let live: HashSet<String> = entries
@@ -2624,11 +2938,12 @@ mod tests {
                     .filter(|e| e.3)
                     .map(|e| format!("j{}", e.0))
                     .collect();
-                let orphans = orphaned_job_mounts(&configs, &live, now, grace);
+                let orphans = orphaned_job_mounts(&configs, &live, now, grace, &deployment);
                 for o in &orphans {
                     let i: usize = o.id[1..].parse().unwrap();
-                    let (job, ours, age, _) = entries[i];
+                    let (job, ours, age, _, owner) = entries[i];
                     prop_assert!(ours);
+                    prop_assert!(mine(owner));
                     let job_id = format!("j{job}");
                     prop_assert!(!live.contains(&job_id));
                     prop_assert!(age >= 60);
@@ -2636,8 +2951,8 @@ mod tests {
                 // And every config that is none of those is pruned.
                 let expected = entries
                     .iter()
-                    .filter(|(job, ours, age, _)| {
-                        *ours && *age >= 60 && !live.contains(&format!("j{job}"))
+                    .filter(|(job, ours, age, _, owner)| {
+                        *ours && mine(*owner) && *age >= 60 && !live.contains(&format!("j{job}"))
                     })
                     .count();
                 prop_assert_eq!(orphans.len(), expected);
@@ -2674,7 +2989,7 @@ mod tests {
 
     #[test]
     fn a_stopped_job_spec_asks_for_nothing_and_keeps_the_rest() {
-        let mut spec = job_service(&job(), &HashMap::new(), None).unwrap();
+        let mut spec = job_service(&job(), &HashMap::new(), None, &dep()).unwrap();
         spec.update_config = Some(ServiceSpecUpdateConfig {
             parallelism: Some(1),
             ..Default::default()

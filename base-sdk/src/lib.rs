@@ -13,6 +13,7 @@ pub mod challenge;
 pub mod config;
 pub mod metagraph;
 pub mod model;
+pub mod node;
 pub mod orchestrator;
 pub mod proxy;
 pub mod registry;

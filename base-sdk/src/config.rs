@@ -729,6 +729,13 @@ impl Settings {
         fig.merge(Env::prefixed("BASE_").ignore(&["config"]))
     }
 
+    /// The built-in defaults alone: no file, no `BASE_*` variable except
+    /// the raw secret ones `from_figment` always reads. A base for tests
+    /// and for pure decisions such as `node::plan`.
+    pub fn defaults() -> Result<Self, ConfigError> {
+        Self::from_figment(Figment::from(Serialized::defaults(DEFAULTS)))
+    }
+
     /// Extracts settings and resolves `*_FILE` variants.
     pub fn from_figment(fig: Figment) -> Result<Self, ConfigError> {
         let mut fig = fig;
@@ -974,6 +981,55 @@ mod tests {
             assert!(!dbg.contains("hunter2"), "{dbg}");
             assert!(!dbg.contains("from-file"), "{dbg}");
             assert!(dbg.contains("postgres://u:***@db/base"), "{dbg}");
+            Ok(())
+        });
+    }
+
+    /// A FROM-scratch container gets every secret as a Docker secret
+    /// file: each secret setting has its `*_FILE` form, and the file wins
+    /// over the plain variable.
+    #[test]
+    fn every_secret_setting_reads_its_file_form() {
+        Jail::expect_with(|jail| {
+            jail.create_file("db", "postgres://u:pw@db/base\n")?;
+            jail.create_file("sk", "secret-key-from-file\n")?;
+            jail.create_file("wk", "weights-key-from-file\n")?;
+            jail.create_file("at", "admin-from-file\n")?;
+            jail.set_env("BASE_SECRET_KEY", "secret-key-from-env");
+            jail.set_env("BASE_DATABASE_URL_FILE", "db");
+            jail.set_env("BASE_SECRET_KEY_FILE", "sk");
+            jail.set_env("BASE_WEIGHTS_KEY_FILE", "wk");
+            jail.set_env("BASE_ADMIN_TOKEN_FILE", "at");
+            let s = Settings::load(None).map_err(|e| e.to_string())?;
+            let text = |v: &Option<SecretString>| v.as_ref().map(|t| t.expose_secret().to_string());
+            assert_eq!(
+                s.database_url.as_ref().map(DatabaseUrl::expose),
+                Some("postgres://u:pw@db/base")
+            );
+            assert_eq!(text(&s.secret_key).as_deref(), Some("secret-key-from-file"));
+            assert_eq!(
+                text(&s.weights_key).as_deref(),
+                Some("weights-key-from-file")
+            );
+            assert_eq!(text(&s.admin_token).as_deref(), Some("admin-from-file"));
+            // A missing file names the variable that pointed at it.
+            for key in [
+                "BASE_DATABASE_URL_FILE",
+                "BASE_SECRET_KEY_FILE",
+                "BASE_WEIGHTS_KEY_FILE",
+            ] {
+                jail.set_env(key, "/nonexistent/secret");
+                let e = Settings::load(None).unwrap_err().to_string();
+                assert!(e.contains(key), "{e}");
+                jail.set_env(
+                    key,
+                    match key {
+                        "BASE_DATABASE_URL_FILE" => "db",
+                        "BASE_SECRET_KEY_FILE" => "sk",
+                        _ => "wk",
+                    },
+                );
+            }
             Ok(())
         });
     }

@@ -14,6 +14,7 @@ pub mod config;
 pub mod install;
 pub mod metagraph;
 pub mod model;
+pub mod node;
 pub mod orchestrator;
 pub mod proxy;
 pub mod registry;

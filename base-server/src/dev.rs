@@ -15,16 +15,13 @@ use std::time::Duration;
 
 use base_sdk::auth::AdminAuth;
 use base_sdk::config::{ConfigError, Settings};
-use base_sdk::metagraph::FileMetagraph;
 use base_sdk::model::{ChallengeStatus, EmissionPercent};
+use base_sdk::node::{LoopHooks, MetagraphPlan, Node, NodeError, Role};
 use base_sdk::orchestrator::Orchestrator;
-use base_sdk::orchestrator::process::{ProcessOrchestrator, ProgramTable};
+use base_sdk::orchestrator::process::ProgramTable;
 use base_sdk::registry::{NewChallenge, Registry, RegistryError};
-use base_sdk::weights::{EpochConfig, EpochRunner, HttpWeightSource};
 use secrecy::{ExposeSecret, SecretString};
 use tokio::sync::watch;
-
-use crate::state::AppState;
 
 /// The image name the dev program table maps to the example challenge.
 pub const EXAMPLE_IMAGE: &str = "base.local/quiz-challenge:0.1.0";
@@ -42,9 +39,6 @@ pub enum DevError {
     /// Settings.
     #[error(transparent)]
     Config(#[from] ConfigError),
-    /// The store.
-    #[error("opening the dev database: {0}")]
-    Store(#[from] base_sdk::store::StoreError),
     /// Seeding the registry.
     #[error("registering the example challenges: {0}")]
     Registry(#[from] RegistryError),
@@ -60,9 +54,9 @@ pub enum DevError {
         #[source]
         source: std::io::Error,
     },
-    /// The weight client.
+    /// Planning or building the node.
     #[error(transparent)]
-    Weights(#[from] base_sdk::weights::WeightsError),
+    Node(#[from] NodeError),
     /// Starting the broker.
     #[error("starting the broker: {0}")]
     Broker(#[from] crate::master::MasterError),
@@ -121,6 +115,15 @@ pub fn settings(config: Option<&Path>, listen: Option<String>) -> Result<Setting
     Settings::from_figment(fig)
 }
 
+/// The image → program table of dev's process orchestrator: which program
+/// runs each image dev knows. `exe` is this binary.
+pub fn programs(exe: &Path) -> Result<ProgramTable, DevError> {
+    Ok(ProgramTable::new().with(
+        EXAMPLE_IMAGE,
+        [exe.display().to_string(), EXAMPLE_SUBCOMMAND.to_string()],
+    )?)
+}
+
 /// Runs dev mode until `shutdown` resolves. `exe` is the binary that runs
 /// the example challenge with [`EXAMPLE_SUBCOMMAND`].
 pub async fn run(
@@ -130,47 +133,22 @@ pub async fn run(
 ) -> Result<(), DevError> {
     let data_dir = settings.data_dir.clone();
     std::fs::create_dir_all(&data_dir).map_err(io(format!("creating {}", data_dir.display())))?;
-    let db = settings.effective_database_url()?;
-    let store = base_sdk::store::connect(db.expose()).await?;
-    // dev, and only dev, makes up its keys (in its data dir, mode 0600).
-    let vault = Arc::new(settings.dev_vault()?);
-    let weights_key = Arc::new(settings.dev_weights_key()?);
-    let weights_pubkey = weights_key.public();
-    let registry = Registry::new(store, settings.environment).with_vault(vault);
-    registry.check_sealing().await?;
+    let plan = base_sdk::node::plan(&settings, Role::Dev)?;
+    let node = Node::build(&settings, plan, Some(programs(&exe)?)).await?;
     let admin_token = admin_token(&settings, &data_dir)?;
-
-    let programs = ProgramTable::new().with(
-        EXAMPLE_IMAGE,
-        [exe.display().to_string(), EXAMPLE_SUBCOMMAND.to_string()],
-    )?;
-    let orchestrator = Arc::new(ProcessOrchestrator::new(
-        settings.environment,
-        data_dir.clone(),
-        programs,
-    )?);
-    seed_examples(&registry).await?;
-    let metagraph_path = settings
-        .metagraph_file
-        .clone()
-        .unwrap_or_else(|| data_dir.join("metagraph.json"));
-    write_dev_metagraph(&metagraph_path)?;
-
-    let state = AppState::new(
-        registry.clone(),
-        AdminAuth::new(Some(admin_token.clone())),
-        settings.netuid,
-    )
-    .with_orchestrator(orchestrator.clone())
-    .with_admin_limits(settings.admin_limits());
-    state.weights().set_key(weights_key);
-    // A restart serves the last stored vector from the first request on,
-    // not only once the first epoch has run.
-    match registry.store().latest_snapshot().await {
-        Ok(Some(s)) => state.weights().publish(&s),
-        Ok(None) => {}
-        Err(e) => tracing::warn!(error = %e, "could not load the last weights snapshot"),
+    let Some(orchestrator) = node.orchestrator.clone() else {
+        return Err(DevError::Node(NodeError::Plan(
+            "dev runs the process orchestrator".into(),
+        )));
+    };
+    seed_examples(&node.registry).await?;
+    if let MetagraphPlan::File(path) = &node.plan.metagraph {
+        write_dev_metagraph(path)?;
     }
+    let weights_pubkey = node.weights_key.as_ref().map(|k| k.public().to_string());
+
+    let state =
+        crate::master::app_state(&node, &settings, AdminAuth::new(Some(admin_token.clone()))).await;
     let listener = tokio::net::TcpListener::bind(settings.listen)
         .await
         .map_err(io(format!("binding {}", settings.listen)))?;
@@ -178,88 +156,49 @@ pub async fn run(
         .local_addr()
         .map_err(io("reading the bound address"))?;
 
-    let (stop_tx, stop_rx) = watch::channel(false);
-    let stopped = |mut rx: watch::Receiver<bool>| async move {
-        let _ = rx.wait_for(|s| *s).await;
-    };
-    // Challenges are told where to submit jobs: dev's own broker on
-    // loopback (its challenges are local processes), unless configured.
-    let broker_url = settings.challenge_broker_url(
-        settings
-            .broker_enabled
-            .then(|| local_url(settings.broker_listen)),
-    )?;
-    let reconciler = tokio::spawn(base_sdk::supervisor::run_reconciler(
-        registry.clone(),
-        orchestrator.clone(),
-        broker_url,
-        Duration::from_secs(settings.reconcile_seconds),
-        state.reconcile_wake(),
-        stopped(stop_rx.clone()),
-    ));
-    let runner = EpochRunner::new(
-        registry.clone(),
-        Some(orchestrator.clone()),
-        Arc::new(HttpWeightSource::new(Duration::from_secs(5), 2)?),
-        Arc::new(FileMetagraph::new(&metagraph_path)),
-        EpochConfig {
-            netuid: settings.netuid,
-            chain_endpoint: settings.chain_endpoint.clone(),
-            ..Default::default()
-        },
-    );
-    let epoch_interval = Duration::from_secs(settings.epoch_seconds);
     // Let the miners answer every challenge once before the first epoch
     // (waiting 3 s at least, 30 s at most, so a challenge that never comes
     // up does not hold the weights back), so the first vector is already
     // non-trivial.
     let (answered_tx, mut answered_rx) = watch::channel(false);
-    let epochs = tokio::spawn({
-        let publish = state.weights().publisher();
-        let mut stop = stop_rx.clone();
-        async move {
-            let first_round = async {
-                let at_least = tokio::time::sleep(Duration::from_secs(3));
-                let _ = tokio::time::timeout(Duration::from_secs(30), answered_rx.wait_for(|a| *a))
-                    .await;
-                at_least.await;
-            };
-            tokio::select! {
-                _ = stop.wait_for(|s| *s) => return,
-                () = first_round => {}
-            }
-            runner.run(epoch_interval, publish, stopped(stop)).await;
-        }
+    let first_round = Box::pin(async move {
+        let at_least = tokio::time::sleep(Duration::from_secs(3));
+        let _ = tokio::time::timeout(Duration::from_secs(30), answered_rx.wait_for(|a| *a)).await;
+        at_least.await;
     });
-    let miners = tokio::spawn(simulate_miners(
-        registry.clone(),
-        orchestrator.clone(),
+    let mut running = node.spawn_loops(LoopHooks {
+        reconcile_wake: state.reconcile_wake(),
+        publish: state.weights().publisher(),
+        epochs_after: Some(first_round),
+    })?;
+    let miners_stop = running.stopped();
+    running.spawn(simulate_miners(
+        node.registry.clone(),
+        orchestrator,
         answered_tx,
-        stopped(stop_rx.clone()),
+        miners_stop,
     ));
 
-    let broker = if settings.broker_enabled {
-        // So the submit_job example (and curl) can call the dev broker as
-        // the quiz challenge: its broker token, readable by this user only.
-        let token_file = data_dir.join("quiz.broker-token");
-        let slug = base_sdk::model::Slug::parse("quiz").map_err(|e| DevError::Io {
-            context: "naming the quiz challenge".into(),
-            source: std::io::Error::other(e.to_string()),
-        })?;
-        let secrets = registry.reveal(&slug).await?;
-        base_sdk::vault::write_private(
-            &token_file,
-            secrecy::ExposeSecret::expose_secret(&secrets.broker_token),
-        )
-        .map_err(io(format!("writing {}", token_file.display())))?;
-        let broker = base_sdk::broker::Broker::new(
-            registry.store().clone(),
-            orchestrator.clone(),
-            crate::master::broker_config(&settings),
-        );
-        Some(crate::master::start_broker(&settings, broker, stopped(stop_rx.clone())).await?)
-    } else {
-        None
+    let broker_runs = match node.broker.clone() {
+        Some(broker) => {
+            // So the submit_job example (and curl) can call the dev broker
+            // as the quiz challenge: its broker token, readable by this
+            // user only.
+            let token_file = data_dir.join("quiz.broker-token");
+            let slug = base_sdk::model::Slug::parse("quiz").map_err(|e| DevError::Io {
+                context: "naming the quiz challenge".into(),
+                source: std::io::Error::other(e.to_string()),
+            })?;
+            let secrets = node.registry.reveal(&slug).await?;
+            base_sdk::vault::write_private(
+                &token_file,
+                secrecy::ExposeSecret::expose_secret(&secrets.broker_token),
+            )
+            .map_err(io(format!("writing {}", token_file.display())))?;
+            crate::master::serve_broker(&settings, broker, &mut running).await?;
+            true
+        }
+        None => false,
     };
 
     println!("BASE dev is running (data in {}):", data_dir.display());
@@ -273,8 +212,10 @@ pub async fn run(
         admin_token_hint(&settings, &data_dir)
     );
     println!("  CLI             base --master http://{addr} weights latest");
-    println!("  weights pubkey  {weights_pubkey}   (BASE_MASTER_PUBKEY for a submitter)");
-    if broker.is_some() {
+    if let Some(pubkey) = weights_pubkey {
+        println!("  weights pubkey  {pubkey}   (BASE_MASTER_PUBKEY for a submitter)");
+    }
+    if broker_runs {
         println!(
             "  broker          http://{}/v1/jobs   (jobs run as local processes; images base.local/*)",
             settings.broker_listen
@@ -287,12 +228,7 @@ pub async fn run(
     println!("Stop with Ctrl-C.");
 
     let served = crate::serve(listener, state, shutdown).await;
-    let _ = stop_tx.send(true);
-    let _ = tokio::join!(reconciler, epochs, miners);
-    if let Some(b) = broker {
-        let _ = b.await;
-    }
-    orchestrator.shutdown().await;
+    running.stop().await;
     served.map_err(io("serving the API"))
 }
 
@@ -376,7 +312,7 @@ fn write_dev_metagraph(path: &Path) -> Result<(), DevError> {
 /// still starting), then `answered` becomes true.
 async fn simulate_miners(
     registry: Registry,
-    orchestrator: Arc<ProcessOrchestrator>,
+    orchestrator: Arc<dyn Orchestrator>,
     answered: watch::Sender<bool>,
     shutdown: impl std::future::Future<Output = ()> + Send,
 ) {
@@ -466,28 +402,9 @@ fn pseudo_unit(hotkey: &str, task: u32) -> f64 {
     f64::from(n) / (f64::from(u32::MAX) + 1.0)
 }
 
-/// `http://` + `addr` as a local client reaches it: an unspecified listen
-/// address (`0.0.0.0`, `::`) is reached on loopback.
-fn local_url(addr: std::net::SocketAddr) -> String {
-    let ip = match addr.ip() {
-        std::net::IpAddr::V4(v4) if v4.is_unspecified() => std::net::Ipv4Addr::LOCALHOST.into(),
-        std::net::IpAddr::V6(v6) if v6.is_unspecified() => std::net::Ipv6Addr::LOCALHOST.into(),
-        ip => ip,
-    };
-    format!("http://{}", std::net::SocketAddr::new(ip, addr.port()))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn the_local_broker_url_is_reached_on_loopback() {
-        let url = |a: &str| local_url(a.parse().unwrap());
-        assert_eq!(url("0.0.0.0:18082"), "http://127.0.0.1:18082");
-        assert_eq!(url("[::]:18082"), "http://[::1]:18082");
-        assert_eq!(url("127.0.0.2:9"), "http://127.0.0.2:9");
-    }
 
     #[test]
     fn skills_shape_the_answers() {

@@ -8,6 +8,7 @@ pub mod admin;
 pub mod broker;
 pub mod dev;
 pub mod error;
+pub mod healthcheck;
 pub mod json;
 pub mod master;
 pub mod proxy;

@@ -69,6 +69,18 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// GET the /health of the master or broker in this container; exit 0
+    /// when it answers 2xx, 1 otherwise (a Docker HEALTHCHECK for an image
+    /// with no shell).
+    Healthcheck {
+        /// What to check (also BASE_HEALTHCHECK_URL; the broker's is
+        /// http://127.0.0.1:18082/health).
+        #[arg(long, env = "BASE_HEALTHCHECK_URL", default_value = base_server::healthcheck::DEFAULT_URL)]
+        url: String,
+        /// Seconds to wait for the answer.
+        #[arg(long, default_value_t = 5)]
+        timeout: u64,
+    },
     /// Run the example quiz challenge (what `dev` starts for each challenge).
     #[command(hide = true, name = "example-challenge")]
     ExampleChallenge,
@@ -151,6 +163,17 @@ async fn main() -> anyhow::Result<()> {
                 println!("ss58: {}", public.ss58());
             }
             Ok(())
+        }
+        Command::Healthcheck { url, timeout } => {
+            match base_server::healthcheck::check(&url, std::time::Duration::from_secs(timeout))
+                .await
+            {
+                Ok(()) => Ok(()),
+                Err(e) => {
+                    eprintln!("unhealthy: {e}");
+                    std::process::exit(1);
+                }
+            }
         }
         Command::ExampleChallenge => {
             quiz_challenge::run_from_env().await?;

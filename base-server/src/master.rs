@@ -1,49 +1,25 @@
-//! `base-server master`: the production control plane's wiring — store,
-//! registry, orchestrator, reconciler and epochs around the API.
+//! `base-server master` and `base-server broker`: settings → node → serve.
+//!
+//! What runs, with what, is decided and built once in
+//! [`base_sdk::node`]; this file only puts the HTTP layer (the API's
+//! `AppState` and listeners, the broker's server) on top of the node.
 
 use std::sync::Arc;
-use std::time::Duration;
 
 use base_sdk::auth::AdminAuth;
-use base_sdk::broker::{Broker, BrokerConfig};
-use base_sdk::chain::metagraph::{ChainMetagraph, LazySubtensor};
-use base_sdk::config::{ConfigError, MetagraphKind, OrchestratorKind, Settings};
-use base_sdk::metagraph::{FileMetagraph, Metagraph};
-use base_sdk::orchestrator::Orchestrator;
-use base_sdk::orchestrator::swarm::SwarmOrchestrator;
-use base_sdk::registry::{self, Policy, Registry, RegistryError};
-use base_sdk::weights::{EpochConfig, EpochRunner, HttpWeightSource};
-use tokio::sync::watch;
+use base_sdk::broker::Broker;
+use base_sdk::config::Settings;
+use base_sdk::metagraph::Metagraph;
+use base_sdk::node::{LoopHooks, Node, NodeError, Role, Running};
 
 use crate::state::AppState;
 
-/// Why the master could not start.
+/// Why the master or the broker could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum MasterError {
-    /// Settings.
+    /// Planning or building the node.
     #[error(transparent)]
-    Config(#[from] ConfigError),
-    /// The control-plane database.
-    #[error("opening the control-plane database {url}: {source}")]
-    Store {
-        /// The redacted URL.
-        url: String,
-        /// Why.
-        #[source]
-        source: base_sdk::store::StoreError,
-    },
-    /// Production policy.
-    #[error(transparent)]
-    Policy(#[from] RegistryError),
-    /// The orchestrator.
-    #[error("orchestrator: {0}")]
-    Orchestrator(#[from] base_sdk::orchestrator::OrchestratorError),
-    /// A choice this command does not offer.
-    #[error("{0}")]
-    Unsupported(String),
-    /// The weight client.
-    #[error(transparent)]
-    Weights(#[from] base_sdk::weights::WeightsError),
+    Node(#[from] NodeError),
     /// Binding or serving.
     #[error("{context}: {source}")]
     Io {
@@ -55,142 +31,31 @@ pub enum MasterError {
     },
 }
 
-/// Connects the orchestrator `settings` name (default: swarm).
-pub async fn orchestrator(
-    settings: &Settings,
-) -> Result<Option<Arc<dyn Orchestrator>>, MasterError> {
-    match settings.orchestrator.unwrap_or(OrchestratorKind::Swarm) {
-        OrchestratorKind::None => Ok(None),
-        OrchestratorKind::Swarm => {
-            let swarm = SwarmOrchestrator::connect()
-                .await?
-                .with_job_shim(Some(settings.swarm_job_shim.clone()))
-                .with_deployment(settings.deployment.clone());
-            let networks = swarm.ensure_networks().await?;
-            tracing::info!(?networks, "swarm networks ready");
-            Ok(Some(Arc::new(swarm)))
-        }
-        OrchestratorKind::Process => Err(MasterError::Unsupported(
-            "BASE_ORCHESTRATOR=process is only for `base-server dev`, which knows which program runs each image; use swarm or none".into(),
-        )),
-    }
-}
-
 /// Runs the master until `shutdown` resolves.
 pub async fn run(
     settings: Settings,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<(), MasterError> {
-    // Both keys first: a master without them must not get as far as
-    // touching the database, and never makes them up (only `dev` does).
-    let vault = Arc::new(settings.vault()?);
-    let weights_key = Arc::new(settings.weights_key()?);
-    // Where challenges submit jobs: only what the operator configured (a
-    // host-process broker is not reachable from the challenge overlay).
-    let broker_url = settings.challenge_broker_url(None)?;
-    let db = settings.effective_database_url()?;
-    let store = base_sdk::store::connect(db.expose())
-        .await
-        .map_err(|source| MasterError::Store {
-            url: db.redacted(),
-            source,
-        })?;
-    registry::check_database(&Policy {
-        environment: settings.environment,
-        backend: store.backend(),
-    })?;
+    let plan = base_sdk::node::plan(&settings, Role::Master)?;
+    let node = Node::build(&settings, plan, None).await?;
     if settings.admin_token.is_none() {
         tracing::warn!(
             "no admin token configured (BASE_ADMIN_TOKEN / BASE_ADMIN_TOKEN_FILE): admin routes will answer 401"
         );
     }
-    let registry = Registry::new(store, settings.environment).with_vault(vault);
-    // Tokens sealed under another key would fail every epoch and every
-    // bridge call one by one; refuse to start instead, naming the key.
-    let opened = registry.check_sealing().await?;
-    tracing::info!(
-        tokens = opened,
-        weights_pubkey = %weights_key.public(),
-        "sealing key opens the stored tokens; weight vectors are signed"
-    );
-    let orchestrator = orchestrator(&settings).await?;
-    let mut state = AppState::new(
-        registry.clone(),
+    let state = app_state(
+        &node,
+        &settings,
         AdminAuth::new(settings.admin_token.clone()),
-        settings.netuid,
     )
-    .with_admin_limits(settings.admin_limits());
-    if let Some(o) = &orchestrator {
-        state = state.with_orchestrator(o.clone());
-    }
-    // One metagraph (and, on the chain, one connection and one cache) for
-    // both the upload bridge and the epochs.
-    let metagraph = metagraph(&settings);
-    state = state.with_proxy(Arc::new(proxy(&settings, metagraph.clone())));
-    state.weights().set_key(weights_key);
-    // A restart serves the last vector at once.
-    if let Ok(Some(snapshot)) = registry.store().latest_snapshot().await {
-        state.weights().publish(&snapshot);
-    }
-
-    let (stop_tx, stop_rx) = watch::channel(false);
-    let stopped = |mut rx: watch::Receiver<bool>| async move {
-        let _ = rx.wait_for(|s| *s).await;
-    };
-    let mut tasks = Vec::new();
-    if let Some(o) = &orchestrator {
-        tasks.push(tokio::spawn(base_sdk::supervisor::run_reconciler(
-            registry.clone(),
-            o.clone(),
-            broker_url.clone(),
-            Duration::from_secs(settings.reconcile_seconds),
-            state.reconcile_wake(),
-            stopped(stop_rx.clone()),
-        )));
-    }
-    // Expired bridge nonces go in the background, never on a request.
-    tasks.push(tokio::spawn(base_sdk::proxy::bridge::purge_nonces_every(
-        registry.store().clone(),
-        Duration::from_secs(600),
-        stopped(stop_rx.clone()),
-    )));
-    match metagraph {
-        Some(metagraph) => {
-            let runner = EpochRunner::new(
-                registry.clone(),
-                orchestrator.clone(),
-                Arc::new(HttpWeightSource::new(Duration::from_secs(10), 2)?),
-                metagraph,
-                EpochConfig {
-                    netuid: settings.netuid,
-                    chain_endpoint: settings.chain_endpoint.clone(),
-                    ..Default::default()
-                },
-            );
-            let publish = state.weights().publisher();
-            tasks.push(tokio::spawn(runner.run(
-                Duration::from_secs(settings.epoch_seconds),
-                publish,
-                stopped(stop_rx.clone()),
-            )));
-        }
-        None => tracing::warn!(
-            "weights disabled: set BASE_METAGRAPH=chain (hotkeys from BASE_CHAIN_ENDPOINT) or BASE_METAGRAPH_FILE"
-        ),
-    }
-
-    if settings.broker_enabled {
-        match &orchestrator {
-            Some(o) => {
-                let broker = Broker::new(
-                    registry.store().clone(),
-                    o.clone(),
-                    broker_config(&settings),
-                );
-                tasks.push(start_broker(&settings, broker, stopped(stop_rx.clone())).await?);
-            }
-            None => tracing::warn!("broker disabled: it needs an orchestrator (BASE_ORCHESTRATOR)"),
-        }
+    .await;
+    let mut running = node.spawn_loops(LoopHooks {
+        reconcile_wake: state.reconcile_wake(),
+        publish: state.weights().publisher(),
+        epochs_after: None,
+    })?;
+    if let Some(broker) = node.broker.clone() {
+        serve_broker(&settings, broker, &mut running).await?;
     }
 
     let threads = settings
@@ -205,9 +70,10 @@ pub async fn run(
     tracing::info!(
         listen = %settings.listen,
         threads,
-        database = %db.redacted(),
+        database = %node.plan.database.redacted(),
         environment = settings.environment.as_str(),
-        orchestrator = orchestrator.as_ref().map_or("none", |o| o.name()),
+        orchestrator = node.orchestrator.as_ref().map_or("none", |o| o.name()),
+        challenge_broker_url = node.plan.challenge_broker_url.as_deref().unwrap_or("none"),
         "BASE master started"
     );
     let served = if threads == 0 {
@@ -222,15 +88,36 @@ pub async fn run(
     } else {
         crate::serve_on(listeners, state, shutdown).await
     };
-    let _ = stop_tx.send(true);
-    for t in tasks {
-        let _ = t.await;
-    }
+    running.stop().await;
     tracing::info!("BASE master stopped");
     served.map_err(|source| MasterError::Io {
         context: "serving the API".into(),
         source,
     })
+}
+
+/// The API's state over a built node: its registry, orchestrator,
+/// metagraph (shared with the epochs), weights key and the last stored
+/// vector, so a restart serves it from the first request on.
+pub async fn app_state(node: &Node, settings: &Settings, admin: AdminAuth) -> AppState {
+    let mut state = AppState::new(node.registry.clone(), admin, settings.netuid)
+        .with_admin_limits(settings.admin_limits());
+    if let Some(o) = &node.orchestrator {
+        state = state.with_orchestrator(o.clone());
+    }
+    if node.plan.role == Role::Master {
+        state = state.with_proxy(Arc::new(proxy(settings, node.metagraph.clone())));
+    }
+    if let Some(key) = &node.weights_key {
+        tracing::info!(weights_pubkey = %key.public(), "weight vectors are signed");
+        state.weights().set_key(key.clone());
+    }
+    match node.registry.store().latest_snapshot().await {
+        Ok(Some(s)) => state.weights().publish(&s),
+        Ok(None) => {}
+        Err(e) => tracing::warn!(error = %e, "could not load the last weights snapshot"),
+    }
+    state
 }
 
 /// The public proxy from the operator's settings; the bridge checks
@@ -245,85 +132,28 @@ pub fn proxy(settings: &Settings, metagraph: Option<Arc<dyn Metagraph>>) -> base
     base_sdk::proxy::Proxy::new(settings.proxy_config(), metagraph)
 }
 
-/// The metagraph the epochs use: `BASE_METAGRAPH=chain` reads
-/// `SubtensorModule` storage at `BASE_CHAIN_ENDPOINT` (cached for
-/// `BASE_METAGRAPH_TTL_SECONDS`); `file` (the default whenever
-/// `BASE_METAGRAPH_FILE` is set) reads the file; otherwise none.
-pub fn metagraph(settings: &Settings) -> Option<Arc<dyn Metagraph>> {
-    let kind = settings.metagraph.or(settings
-        .metagraph_file
-        .as_ref()
-        .map(|_| MetagraphKind::File))?;
-    match kind {
-        MetagraphKind::File => match settings.metagraph_file.clone() {
-            Some(path) => Some(Arc::new(FileMetagraph::new(path))),
-            None => {
-                tracing::warn!("BASE_METAGRAPH=file needs BASE_METAGRAPH_FILE");
-                None
-            }
-        },
-        MetagraphKind::Chain => {
-            tracing::info!(endpoint = %settings.chain_endpoint, netuid = settings.netuid, "metagraph from the chain");
-            Some(Arc::new(ChainMetagraph::new(
-                LazySubtensor::new(settings.chain_endpoint.clone(), Duration::from_secs(60)),
-                settings.netuid,
-                Duration::from_secs(settings.metagraph_ttl_seconds),
-            )))
-        }
-    }
-}
-
-/// The broker's settings from the operator's.
-pub fn broker_config(settings: &Settings) -> BrokerConfig {
-    BrokerConfig {
-        allowed_images: settings.broker_allowed_images.clone(),
-        gpu_capacity: settings.broker_gpu_capacity,
-        start_grace: Duration::from_secs(settings.broker_start_grace_seconds),
-        output_retention: Duration::from_secs(
-            settings.broker_output_retention_hours.saturating_mul(3600),
-        ),
-        job_retention: Duration::from_secs(
-            settings.broker_job_retention_days.saturating_mul(86_400),
-        ),
-        max_jobs: (settings.broker_max_jobs > 0).then_some(settings.broker_max_jobs),
-        max_jobs_per_challenge: (settings.broker_max_jobs_per_challenge > 0)
-            .then_some(settings.broker_max_jobs_per_challenge),
-        schedule_timeout: Duration::from_secs(settings.broker_schedule_timeout_seconds),
-        mount_budget: base_sdk::broker::request::MountBudget {
-            max_mounts: settings.broker_max_mounts,
-            max_file_bytes: settings.broker_max_job_mount_bytes,
-            ..Default::default()
-        },
-        ..BrokerConfig::default()
-    }
-}
-
-/// Recovers what a previous broker left, then serves the broker on
-/// `BASE_BROKER_LISTEN` with its reaper beside it until `shutdown`.
-pub async fn start_broker(
+/// Binds the broker on `BASE_BROKER_LISTEN` and serves it as one of the
+/// node's tasks, until the node stops. The node already recovered it and
+/// runs its reaper.
+pub async fn serve_broker(
     settings: &Settings,
     broker: Broker,
-    shutdown: impl std::future::Future<Output = ()> + Send + 'static,
-) -> Result<tokio::task::JoinHandle<()>, MasterError> {
-    let report = broker
-        .recover()
-        .await
-        .map_err(|e| MasterError::Unsupported(format!("broker recovery failed: {e}")))?;
+    running: &mut Running,
+) -> Result<(), MasterError> {
     let listener = tokio::net::TcpListener::bind(settings.broker_listen)
         .await
         .map_err(|source| MasterError::Io {
             context: format!("binding the broker to {}", settings.broker_listen),
             source,
         })?;
-    tracing::info!(listen = %settings.broker_listen, ?report, "broker started");
-    let shutdown = futures::FutureExt::shared(Box::pin(shutdown));
-    Ok(tokio::spawn(async move {
-        let reaper = tokio::spawn(broker.clone().run_reaper(shutdown.clone()));
-        if let Err(e) = crate::broker::serve(listener, broker, shutdown).await {
+    tracing::info!(listen = %settings.broker_listen, "broker started");
+    let stopped = running.stopped();
+    running.spawn(async move {
+        if let Err(e) = crate::broker::serve(listener, broker, stopped).await {
             tracing::error!(error = %e, "broker stopped serving");
         }
-        let _ = reaper.await;
-    }))
+    });
+    Ok(())
 }
 
 /// Runs the broker alone (`base-server broker`): store, orchestrator,
@@ -332,25 +162,18 @@ pub async fn run_broker(
     settings: Settings,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<(), MasterError> {
-    let db = settings.effective_database_url()?;
-    let store = base_sdk::store::connect(db.expose())
-        .await
-        .map_err(|source| MasterError::Store {
-            url: db.redacted(),
-            source,
-        })?;
-    registry::check_database(&Policy {
-        environment: settings.environment,
-        backend: store.backend(),
+    let plan = base_sdk::node::plan(&settings, Role::Broker)?;
+    let node = Node::build(&settings, plan, None).await?;
+    let mut running = node.spawn_loops(LoopHooks {
+        reconcile_wake: Arc::new(tokio::sync::Notify::new()),
+        publish: Arc::new(|_| {}),
+        epochs_after: None,
     })?;
-    let Some(orchestrator) = orchestrator(&settings).await? else {
-        return Err(MasterError::Unsupported(
-            "the broker needs an orchestrator: BASE_ORCHESTRATOR=swarm".into(),
-        ));
-    };
-    let broker = Broker::new(store, orchestrator, broker_config(&settings));
-    let task = start_broker(&settings, broker, shutdown).await?;
-    let _ = task.await;
+    if let Some(broker) = node.broker.clone() {
+        serve_broker(&settings, broker, &mut running).await?;
+    }
+    shutdown.await;
+    running.stop().await;
     tracing::info!("BASE broker stopped");
     Ok(())
 }

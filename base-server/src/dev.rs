@@ -144,11 +144,14 @@ pub async fn run(
         EXAMPLE_IMAGE,
         [exe.display().to_string(), EXAMPLE_SUBCOMMAND.to_string()],
     )?;
-    let orchestrator = Arc::new(ProcessOrchestrator::new(
-        settings.environment,
-        data_dir.clone(),
-        programs,
-    )?);
+    // The quiz scores through broker jobs of its own image: here that
+    // image's job runs this binary's `example-challenge <command…>`
+    // (`example-challenge evaluate`), as its ENTRYPOINT would on Swarm.
+    let job_entrypoints = programs.clone();
+    let orchestrator = Arc::new(
+        ProcessOrchestrator::new(settings.environment, data_dir.clone(), programs)?
+            .with_job_entrypoints(job_entrypoints),
+    );
     seed_examples(&registry).await?;
     let metagraph_path = settings
         .metagraph_file

@@ -436,11 +436,18 @@ impl Node {
                 let programs = programs.ok_or_else(|| {
                     NodeError::Plan("the process orchestrator needs a program table".into())
                 })?;
-                let p = Arc::new(ProcessOrchestrator::new(
-                    settings.environment,
-                    settings.data_dir.clone(),
-                    programs,
-                )?);
+                // An image's program is also its jobs' entrypoint, as an
+                // image's ENTRYPOINT is on Swarm: the quiz scores through
+                // jobs of its own image (`example-challenge evaluate`).
+                let entrypoints = programs.clone();
+                let p = Arc::new(
+                    ProcessOrchestrator::new(
+                        settings.environment,
+                        settings.data_dir.clone(),
+                        programs,
+                    )?
+                    .with_job_entrypoints(entrypoints),
+                );
                 process = Some(p.clone());
                 Some(p)
             }

@@ -81,9 +81,14 @@ enum Command {
         #[arg(long, default_value_t = 5)]
         timeout: u64,
     },
-    /// Run the example quiz challenge (what `dev` starts for each challenge).
+    /// Run the example quiz challenge (what `dev` starts for each challenge),
+    /// or with `evaluate` its evaluation job (what dev's broker runs for it).
     #[command(hide = true, name = "example-challenge")]
-    ExampleChallenge,
+    ExampleChallenge {
+        /// `evaluate`: score the batch in QUIZ_EVAL_INPUT and print the result line.
+        #[arg(value_parser = ["evaluate"])]
+        mode: Option<String>,
+    },
 }
 
 /// mimalloc: the proxy and the API allocate many short-lived buffers per
@@ -175,9 +180,12 @@ async fn main() -> anyhow::Result<()> {
                 }
             }
         }
-        Command::ExampleChallenge => {
+        Command::ExampleChallenge { mode: None } => {
             quiz_challenge::run_from_env().await?;
             Ok(())
+        }
+        Command::ExampleChallenge { mode: Some(_) } => {
+            std::process::exit(quiz_challenge::evaluate_main())
         }
     }
 }

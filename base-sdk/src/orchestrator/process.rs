@@ -174,6 +174,11 @@ pub struct ProcessOrchestrator {
     data_dir: PathBuf,
     /// What to run for each image name.
     programs: ProgramTable,
+    /// The "entrypoint" of each image whose jobs run a local program: such a
+    /// job runs this argv followed by its whole `command`, as Docker runs
+    /// an image's `ENTRYPOINT` followed by the command. Other images' jobs
+    /// run their `command` as is.
+    job_entrypoints: ProgramTable,
     /// Time between SIGTERM and SIGKILL when stopping a child.
     stop_grace: Duration,
     /// The services this orchestrator started, including exited ones (they
@@ -381,11 +386,21 @@ impl ProcessOrchestrator {
         Ok(Self {
             data_dir,
             programs,
+            job_entrypoints: ProgramTable::new(),
             stop_grace: DEFAULT_STOP_GRACE,
             services: Mutex::new(HashMap::new()),
             jobs: Mutex::new(HashMap::new()),
             shut_down: AtomicBool::new(false),
         })
+    }
+
+    /// Jobs of the images in `entrypoints` run the registered argv followed
+    /// by their `command` (a challenge's own image used as its job image,
+    /// as `base-server dev` does with the example quiz); other jobs are
+    /// unchanged.
+    pub fn with_job_entrypoints(mut self, entrypoints: ProgramTable) -> Self {
+        self.job_entrypoints = entrypoints;
+        self
     }
 
     /// Sets the time a stopping child gets between SIGTERM and SIGKILL
@@ -464,7 +479,13 @@ impl ProcessOrchestrator {
     /// every refusal is an [`OrchestratorError::InvalidSpec`].
     fn plan_job(&self, spec: &JobSpec) -> Result<JobPlan, OrchestratorError> {
         check_job_id(&spec.id)?;
-        let Some((program, args)) = spec.command.split_first() else {
+        let command: Vec<String> = match self.job_entrypoints.program(&spec.image) {
+            Some(entrypoint) if !spec.command.is_empty() => {
+                entrypoint.iter().chain(&spec.command).cloned().collect()
+            }
+            _ => spec.command.clone(),
+        };
+        let Some((program, args)) = command.split_first() else {
             return Err(OrchestratorError::InvalidSpec(format!(
                 "job '{}': the command is empty",
                 spec.id
@@ -476,7 +497,7 @@ impl ProcessOrchestrator {
                 spec.id
             )));
         }
-        if spec.command.iter().any(|arg| arg.contains('\0')) {
+        if command.iter().any(|arg| arg.contains('\0')) {
             return Err(OrchestratorError::InvalidSpec(format!(
                 "job '{}': the command contains a NUL byte",
                 spec.id

@@ -45,6 +45,12 @@ use base_sdk::challenge::{
 use serde::{Deserialize, Serialize};
 use sqlx::SqlitePool;
 
+pub mod evaluate;
+pub mod evaluator;
+
+use evaluate::EvalItem;
+use evaluator::{BrokerEvaluator, EvaluationOptions};
+
 /// The seed used when `QUIZ_SEED` is unset.
 pub const DEFAULT_SEED: u64 = 2026;
 
@@ -93,6 +99,9 @@ pub enum QuizError {
     /// The SDK refused (its own status: settings, master authentication, serving).
     #[error(transparent)]
     Sdk(#[from] ChallengeError),
+    /// The evaluation settings are unusable (start-up only).
+    #[error(transparent)]
+    Evaluation(#[from] evaluator::EvaluatorError),
 }
 
 impl QuizError {
@@ -105,7 +114,9 @@ impl QuizError {
             Self::UnknownTask(_) | Self::SubmissionNotFound(_) => StatusCode::NOT_FOUND,
             Self::AlreadyAnswered(_) => StatusCode::CONFLICT,
             Self::Sdk(e) => e.status(),
-            Self::InvalidOption { .. } | Self::Database(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            Self::InvalidOption { .. } | Self::Database(_) | Self::Evaluation(_) => {
+                StatusCode::INTERNAL_SERVER_ERROR
+            }
         }
     }
 }
@@ -285,6 +296,37 @@ pub struct SubmissionRequest {
     pub answer: i64,
 }
 
+/// Where a submission is in its evaluation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SubmissionStatus {
+    /// Stored, waiting for its evaluation job.
+    Pending,
+    /// Evaluated; `correct` says how. Only these count in the weights.
+    Scored,
+    /// Its jobs failed too often: kept, never counted.
+    Failed,
+}
+
+impl SubmissionStatus {
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::Pending => "pending",
+            Self::Scored => "scored",
+            Self::Failed => "failed",
+        }
+    }
+
+    fn parse(s: &str) -> Self {
+        match s {
+            "scored" => Self::Scored,
+            "pending" => Self::Pending,
+            // Anything unexpected in the file is never counted.
+            _ => Self::Failed,
+        }
+    }
+}
+
 /// A stored submission (`POST /submissions` → 201, `GET /submissions/{id}`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Submission {
@@ -298,8 +340,15 @@ pub struct Submission {
     pub task_id: u32,
     /// The answer given.
     pub answer: i64,
-    /// Whether it was right.
-    pub correct: bool,
+    /// Whether it was right; `null` until scored.
+    pub correct: Option<bool>,
+    /// Pending, scored or failed.
+    pub status: SubmissionStatus,
+    /// The broker job that scored it (or last failed on it); `null` when
+    /// scored inline.
+    pub job_id: Option<String>,
+    /// Why its evaluation failed, when it did.
+    pub error: Option<String>,
     /// When it arrived, unix seconds.
     pub submitted_at: i64,
 }
@@ -336,6 +385,10 @@ pub struct Quiz {
     options: QuizOptions,
     /// `generate_tasks(options.seed, options.task_count)`, computed once.
     tasks: Vec<Task>,
+    /// Whether submissions wait for a broker job (else scored inline).
+    deferred: bool,
+    /// Wakes the evaluator when a submission arrives.
+    wake: tokio::sync::Notify,
 }
 
 impl std::fmt::Debug for Quiz {
@@ -354,8 +407,35 @@ const SCHEMA: &str = "CREATE TABLE IF NOT EXISTS quiz_submissions (
     answer INTEGER NOT NULL,
     correct INTEGER NOT NULL,
     submitted_at INTEGER NOT NULL,
+    status TEXT NOT NULL DEFAULT 'scored',
+    attempts INTEGER NOT NULL DEFAULT 0,
+    job_id TEXT,
+    error TEXT,
     UNIQUE (hotkey, seed, task_id)
 )";
+
+/// Columns added when evaluation moved to broker jobs: a file written by
+/// an earlier version gets them, its rows keeping `status = 'scored'` (they
+/// were scored inline when they arrived).
+const ADDED_COLUMNS: &[(&str, &str)] = &[
+    ("status", "TEXT NOT NULL DEFAULT 'scored'"),
+    ("attempts", "INTEGER NOT NULL DEFAULT 0"),
+    ("job_id", "TEXT"),
+    ("error", "TEXT"),
+];
+
+type SubmissionRow = (
+    i64,
+    String,
+    String,
+    i64,
+    i64,
+    bool,
+    i64,
+    String,
+    Option<String>,
+    Option<String>,
+);
 
 impl Quiz {
     /// The quiz over `pool` (see `base_sdk::challenge::open_database`),
@@ -368,11 +448,104 @@ impl Quiz {
             });
         }
         sqlx::query(SCHEMA).execute(&pool).await?;
+        let columns: Vec<(String,)> =
+            sqlx::query_as("SELECT name FROM pragma_table_info('quiz_submissions')")
+                .fetch_all(&pool)
+                .await?;
+        for (name, decl) in ADDED_COLUMNS {
+            if !columns.iter().any(|(c,)| c == name) {
+                sqlx::query(&format!(
+                    "ALTER TABLE quiz_submissions ADD COLUMN {name} {decl}"
+                ))
+                .execute(&pool)
+                .await?;
+            }
+        }
         Ok(Self {
             pool,
             tasks: generate_tasks(options.seed, options.task_count),
             options,
+            deferred: false,
+            wake: tokio::sync::Notify::new(),
         })
+    }
+
+    /// Submissions are stored pending and scored later by a broker job
+    /// (see [`evaluator::BrokerEvaluator::run`]) instead of at once.
+    pub fn deferred(mut self) -> Self {
+        self.deferred = true;
+        self
+    }
+
+    /// Up to `limit` pending submissions, oldest first, as job input.
+    pub async fn pending_batch(&self, limit: usize) -> Result<Vec<EvalItem>, QuizError> {
+        let rows: Vec<(i64, String, i64, i64)> = sqlx::query_as(
+            "SELECT id, seed, task_id, answer FROM quiz_submissions \
+             WHERE status = 'pending' ORDER BY id LIMIT ?",
+        )
+        .bind(i64::try_from(limit).unwrap_or(i64::MAX))
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows
+            .into_iter()
+            .filter_map(|(id, seed, task_id, answer)| {
+                Some(EvalItem {
+                    id,
+                    seed: seed.parse().ok()?,
+                    task_id: u32::try_from(task_id).ok()?,
+                    answer,
+                })
+            })
+            .collect())
+    }
+
+    /// Scores pending submissions from job `job`'s verdicts, all or none.
+    pub async fn record_verdicts(
+        &self,
+        job: &str,
+        verdicts: &std::collections::BTreeMap<i64, bool>,
+    ) -> Result<(), QuizError> {
+        let mut tx = self.pool.begin().await?;
+        for (id, correct) in verdicts {
+            sqlx::query(
+                "UPDATE quiz_submissions SET status = 'scored', correct = ?, job_id = ?, \
+                 error = NULL WHERE id = ? AND status = 'pending'",
+            )
+            .bind(correct)
+            .bind(job)
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Charges one failed attempt to each pending submission of `ids`;
+    /// those reaching `max_attempts` become failed (never counted).
+    pub async fn record_failure(
+        &self,
+        ids: &[i64],
+        job: Option<&str>,
+        reason: &str,
+        max_attempts: i64,
+    ) -> Result<(), QuizError> {
+        let mut tx = self.pool.begin().await?;
+        for id in ids {
+            sqlx::query(
+                "UPDATE quiz_submissions SET attempts = attempts + 1, \
+                 status = CASE WHEN attempts + 1 >= ? THEN 'failed' ELSE 'pending' END, \
+                 job_id = COALESCE(?, job_id), error = ? WHERE id = ? AND status = 'pending'",
+            )
+            .bind(max_attempts)
+            .bind(job)
+            .bind(reason)
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(())
     }
 
     /// The round's parameters.
@@ -402,19 +575,26 @@ impl Quiz {
             .tasks
             .get(task_id as usize)
             .ok_or(QuizError::UnknownTask(task_id))?;
-        let correct = task.answer() == answer;
+        // Deferred: the broker job decides; until then it counts for nothing.
+        let (correct, status) = if self.deferred {
+            (None, SubmissionStatus::Pending)
+        } else {
+            (Some(task.answer() == answer), SubmissionStatus::Scored)
+        };
         let submitted_at = chrono::Utc::now().timestamp();
         // The seed is a u64; SQLite integers are i64, so it is stored as text.
         let inserted = sqlx::query(
-            "INSERT INTO quiz_submissions (hotkey, seed, task_id, answer, correct, submitted_at) \
-             VALUES (?, ?, ?, ?, ?, ?)",
+            "INSERT INTO quiz_submissions \
+             (hotkey, seed, task_id, answer, correct, submitted_at, status) \
+             VALUES (?, ?, ?, ?, ?, ?, ?)",
         )
         .bind(hotkey)
         .bind(self.options.seed.to_string())
         .bind(i64::from(task_id))
         .bind(answer)
-        .bind(correct)
+        .bind(correct.unwrap_or(false))
         .bind(submitted_at)
+        .bind(status.as_str())
         .execute(&self.pool)
         .await;
         let done = match inserted {
@@ -427,6 +607,9 @@ impl Quiz {
             }
             Err(e) => return Err(e.into()),
         };
+        if self.deferred {
+            self.wake.notify_one();
+        }
         Ok(Submission {
             id: done.last_insert_rowid(),
             hotkey: hotkey.to_string(),
@@ -434,37 +617,45 @@ impl Quiz {
             task_id,
             answer,
             correct,
+            status,
+            job_id: None,
+            error: None,
             submitted_at,
         })
     }
 
     /// One stored submission, of any round.
     pub async fn submission(&self, id: i64) -> Result<Submission, QuizError> {
-        let row: Option<(i64, String, String, i64, i64, bool, i64)> = sqlx::query_as(
-            "SELECT id, hotkey, seed, task_id, answer, correct, submitted_at \
-             FROM quiz_submissions WHERE id = ?",
+        let row: Option<SubmissionRow> = sqlx::query_as(
+            "SELECT id, hotkey, seed, task_id, answer, correct, submitted_at, status, job_id, \
+             error FROM quiz_submissions WHERE id = ?",
         )
         .bind(id)
         .fetch_optional(&self.pool)
         .await?;
-        let (id, hotkey, seed, task_id, answer, correct, submitted_at) =
+        let (id, hotkey, seed, task_id, answer, correct, submitted_at, status, job_id, error) =
             row.ok_or(QuizError::SubmissionNotFound(id))?;
+        let status = SubmissionStatus::parse(&status);
         Ok(Submission {
             id,
             hotkey,
             seed: seed.parse().unwrap_or_default(),
             task_id: u32::try_from(task_id).unwrap_or_default(),
             answer,
-            correct,
+            correct: (status == SubmissionStatus::Scored).then_some(correct),
+            status,
+            job_id,
+            error,
             submitted_at,
         })
     }
 
-    /// This round's standings, best first.
+    /// This round's standings, best first, over scored submissions only
+    /// (pending and failed ones count for nothing).
     pub async fn leaderboard(&self) -> Result<Vec<LeaderboardEntry>, QuizError> {
         let rows: Vec<(String, i64, i64)> = sqlx::query_as(
-            "SELECT hotkey, COUNT(*), COALESCE(SUM(correct), 0) \
-             FROM quiz_submissions WHERE seed = ? AND task_id < ? GROUP BY hotkey",
+            "SELECT hotkey, COUNT(*), COALESCE(SUM(correct), 0) FROM quiz_submissions \
+             WHERE seed = ? AND task_id < ? AND status = 'scored' GROUP BY hotkey",
         )
         .bind(self.options.seed.to_string())
         .bind(i64::from(self.options.task_count))
@@ -596,11 +787,21 @@ async fn leaderboard(State(q): State<Arc<Quiz>>) -> Result<Json<LeaderboardRespo
 }
 
 /// Runs the quiz with explicit settings until `shutdown` completes: opens
-/// the database, creates the table, serves. For tests and embedding;
-/// services use [`run_from_env`].
+/// the database, creates the table, serves, scoring inline. For tests and
+/// embedding; services use [`run_from_env`].
 pub async fn run(
     settings: ChallengeSettings,
     options: QuizOptions,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), QuizError> {
+    run_with(settings, options, None, shutdown).await
+}
+
+/// [`run`], scoring through `evaluator`'s broker jobs when one is given.
+pub async fn run_with(
+    settings: ChallengeSettings,
+    options: QuizOptions,
+    evaluator: Option<BrokerEvaluator>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), QuizError> {
     if settings.shared_token.is_none() {
@@ -609,27 +810,67 @@ pub async fn run(
         );
     }
     let pool = challenge::open_database(&settings).await?;
-    let quiz = Arc::new(Quiz::new(pool.clone(), options).await?);
+    let mut quiz = Quiz::new(pool.clone(), options).await?;
+    if evaluator.is_some() {
+        quiz = quiz.deferred();
+    }
+    let quiz = Arc::new(quiz);
     tracing::info!(
         slug = %settings.slug,
         seed = options.seed,
         tasks = options.task_count,
+        broker_jobs = evaluator.is_some(),
         "quiz challenge starting"
     );
+    // The evaluator stops with the service: a watch both futures observe.
+    let (stop_tx, mut stop_rx) = tokio::sync::watch::channel(false);
+    let evaluating = evaluator.map(|e| {
+        tokio::spawn(e.run(quiz.clone(), async move {
+            let _ = stop_rx.wait_for(|s| *s).await;
+        }))
+    });
     let served = challenge::serve(settings, quiz, shutdown).await;
+    let _ = stop_tx.send(true);
+    if let Some(task) = evaluating {
+        let _ = task.await;
+    }
     // Checkpoints the WAL so the file on /data is complete on its own.
     pool.close().await;
     served.map_err(QuizError::from)
 }
 
 /// The service entry point: settings from the `CHALLENGE_*` variables
-/// (see `base_sdk::challenge::ChallengeSettings`) and the round from
-/// `QUIZ_SEED` / `QUIZ_TASKS` ([`QuizOptions`]), served until Ctrl-C or
-/// SIGTERM.
+/// (see `base_sdk::challenge::ChallengeSettings`), the round from
+/// `QUIZ_SEED` / `QUIZ_TASKS` ([`QuizOptions`]) and the scoring from
+/// `QUIZ_EVALUATE` / `QUIZ_JOB_IMAGE` / `QUIZ_JOB_TIMEOUT_SECONDS`
+/// ([`EvaluationOptions`]: broker jobs when the platform gave a broker),
+/// served until Ctrl-C or SIGTERM.
 pub async fn run_from_env() -> Result<(), QuizError> {
     let settings = ChallengeSettings::from_env()?;
-    let options = QuizOptions::from_lookup(|k| std::env::var(k).ok())?;
-    run(settings, options, challenge::shutdown_signal()).await
+    let lookup = |k: &str| std::env::var(k).ok();
+    let options = QuizOptions::from_lookup(lookup)?;
+    let evaluation = EvaluationOptions::from_lookup(lookup)?;
+    let evaluator = evaluation.resolve(
+        lookup("CHALLENGE_DOCKER_BROKER_URL").as_deref(),
+        base_sdk::broker::client::BrokerClient::from_env,
+    )?;
+    run_with(settings, options, evaluator, challenge::shutdown_signal()).await
+}
+
+/// The `evaluate` mode of the image (a broker job): reads the batch from
+/// `QUIZ_EVAL_INPUT`, prints one result line; exit code 0, or 2 with the
+/// reason on stderr when the input is refused.
+pub fn evaluate_main() -> i32 {
+    match evaluate::evaluate_mode(|k| std::env::var(k).ok()) {
+        Ok(line) => {
+            println!("{line}");
+            0
+        }
+        Err(e) => {
+            eprintln!("quiz-challenge evaluate: {e}");
+            2
+        }
+    }
 }
 
 #[cfg(test)]

@@ -12,6 +12,9 @@
 //!   challenge's readiness and calls its `get_weights` with the token read
 //!   from `<token-file>` (a mounted secret, so the token is never in argv),
 //!   prints one line of JSON and exits 0 when both succeed, 1 otherwise.
+//! - `quiz-challenge evaluate` is the evaluation job the challenge itself
+//!   runs through the broker: it reads a batch from `QUIZ_EVAL_INPUT` and
+//!   prints one JSON result line (see `quiz_challenge::evaluate`).
 //! - `quiz-challenge exit <code>` writes a line to stdout and one to stderr
 //!   and exits with `<code>`: a job with a known outcome.
 //! - `quiz-challenge cat <path>…` copies files to stdout (exit 1 naming the
@@ -34,6 +37,8 @@ async fn main() -> anyhow::Result<()> {
         Some("sleep") => sleep_mode(&args[1..]).await,
         Some("cat") => cat_mode(&args[1..]),
         Some("append") => append_mode(&args[1..]),
+        // The broker job that scores a batch (see quiz_challenge::evaluate).
+        Some("evaluate") => std::process::exit(quiz_challenge::evaluate_main()),
         _ => serve().await,
     }
 }

@@ -319,7 +319,11 @@ async fn submissions_are_validated() {
         .await
         .unwrap();
     assert_eq!(
-        (got.hotkey.as_str(), got.task_id, got.correct),
+        (
+            got.hotkey.as_str(),
+            got.task_id,
+            got.correct.unwrap_or(false)
+        ),
         ("5Carol", 0, true)
     );
     let res = reqwest::get(format!("{}/submissions/999", app.base))

@@ -906,7 +906,7 @@ async fn a_job_reads_its_mounted_files_and_leaves_no_config_behind() {
     let labels: serde_json::Value = serde_json::from_str(labels.trim()).unwrap();
     assert_eq!(
         labels,
-        serde_json::json!({"base.component": "job-mount", "base.job.id": "swt-mount", "base.challenge": "swt-jobs"})
+        serde_json::json!({"base.component": "job-mount", "base.job.id": "swt-mount", "base.challenge": "swt-jobs", "base.deployment": "base"})
     );
     let done = o
         .wait_job("swt-mount", Duration::from_secs(120))

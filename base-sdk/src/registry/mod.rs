@@ -249,6 +249,19 @@ fn check_resources(resources: &BTreeMap<String, String>) -> Result<(), RegistryE
         .map_err(|e| RegistryError::Invalid(e.to_string()))
 }
 
+/// Extra `volumes` are not mounted by any orchestrator yet: a record
+/// asking for them is refused rather than stored and silently ignored
+/// (the challenge's own `/data` volume needs no entry).
+fn check_volumes(volumes: &BTreeMap<String, String>) -> Result<(), RegistryError> {
+    match volumes.keys().next() {
+        None => Ok(()),
+        Some(name) => Err(RegistryError::Invalid(format!(
+            "volumes: '{}' cannot be honoured: extra volumes are not supported yet (each challenge gets its own /data volume)",
+            name.escape_debug()
+        ))),
+    }
+}
+
 fn parse_image(raw: &str) -> Result<ImageRef, RegistryError> {
     ImageRef::parse(raw).map_err(|e| RegistryError::Invalid(e.to_string()))
 }
@@ -275,6 +288,8 @@ pub fn validate_new(
     check_env_names(&env)?;
     let resources = req.resources.unwrap_or_default();
     check_resources(&resources)?;
+    let volumes = req.volumes.unwrap_or_default();
+    check_volumes(&volumes)?;
     let challenge = Challenge {
         image_digest: image.digest.clone(),
         slug,
@@ -290,7 +305,7 @@ pub fn validate_new(
             .required_capabilities
             .unwrap_or_else(default_capabilities),
         resources,
-        volumes: req.volumes.unwrap_or_default(),
+        volumes,
         env,
         secrets: req.secrets.unwrap_or_default(),
         metadata: req.metadata.unwrap_or_default(),
@@ -359,6 +374,7 @@ pub fn apply_patch(
         c.resources = v;
     }
     if let Some(v) = patch.volumes {
+        check_volumes(&v)?;
         c.volumes = v;
     }
     if let Some(v) = patch.env {
@@ -970,6 +986,29 @@ mod tests {
         assert!(
             matches!(apply_patch(&c, p, &dev(), now), Err(RegistryError::Invalid(m)) if m.contains("resources.cpus: '-1'"))
         );
+    }
+
+    #[test]
+    fn volumes_are_refused_not_ignored() {
+        let now = crate::model::now();
+        let mut r = req("ab", "a/b:1");
+        r.volumes = Some(BTreeMap::from([("cache".into(), "/cache".into())]));
+        assert!(
+            matches!(validate_new(r, &dev(), now), Err(RegistryError::Invalid(m)) if m.contains("volumes: 'cache'"))
+        );
+        let c = validate_new(req("ab", "a/b:1"), &dev(), now).unwrap();
+        let p = ChallengePatch {
+            volumes: Some(BTreeMap::from([("x".into(), "/x".into())])),
+            ..Default::default()
+        };
+        assert!(
+            matches!(apply_patch(&c, p, &dev(), now), Err(RegistryError::Invalid(m)) if m.contains("volumes: 'x'"))
+        );
+        let p = ChallengePatch {
+            volumes: Some(BTreeMap::new()),
+            ..Default::default()
+        };
+        assert!(apply_patch(&c, p, &dev(), now).unwrap().volumes.is_empty());
     }
 
     #[test]

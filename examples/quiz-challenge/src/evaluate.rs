@@ -181,6 +181,41 @@ pub fn evaluate_mode(lookup: impl Fn(&str) -> Option<String>) -> Result<String, 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        // The job runs a miner's answer, so its stdout is hostile: whatever
+        // it prints, an accepted result holds exactly one verdict per
+        // submitted id, and a well-formed line is read back exactly.
+        #[test]
+        fn any_stdout_yields_exactly_the_expected_ids_or_an_error(
+            stdout in ".{0,300}",
+            expected in proptest::collection::btree_set(0i64..50, 0..6),
+        ) {
+            let expected: Vec<i64> = expected.into_iter().collect();
+            if let Ok(map) = parse_result(&stdout, false, &expected) {
+                prop_assert_eq!(map.keys().copied().collect::<Vec<_>>(), expected);
+            }
+        }
+
+        #[test]
+        fn a_well_formed_line_round_trips_and_extra_fields_are_refused(
+            verdicts in proptest::collection::btree_map(0i64..1000, any::<bool>(), 1..8),
+            noise in "[a-z ]{0,40}",
+        ) {
+            let results: Vec<_> = verdicts
+                .iter()
+                .map(|(id, c)| serde_json::json!({"id": id, "correct": c}))
+                .collect();
+            let line = serde_json::json!({"results": results}).to_string();
+            let expected: Vec<i64> = verdicts.keys().copied().collect();
+            let stdout = format!("{noise}\n{line}\n");
+            prop_assert_eq!(parse_result(&stdout, false, &expected).unwrap(), verdicts.clone());
+            prop_assert!(parse_result(&stdout, true, &expected).is_err());
+            let extra = serde_json::json!({"results": results, "bonus": 1}).to_string();
+            prop_assert!(parse_result(&extra, false, &expected).is_err());
+        }
+    }
 
     #[test]
     fn evaluate_checks_each_answer_against_its_round() {
